@@ -1,0 +1,61 @@
+"""What every gpuclust estimator shares: device/dtype resolution, input conversion, fitted checks."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+from sklearn.exceptions import NotFittedError
+
+from ._arrays import as_tensor, resolve_dtype, to_output
+from ._device import resolve_device
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+    return int(value)
+
+
+def check_nonnegative_float(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative number.")
+    return float(value)
+
+
+class TorchEstimatorMixin:
+    """Input handling shared by KMeans and GaussianMixture.
+
+    ``fit`` calls :meth:`_prepare_fit_input` once; other methods call
+    :meth:`_prepare_input`, which reuses the fitted device and dtype and checks
+    the feature count. Results go back through :meth:`_output`.
+    """
+
+    def _prepare_fit_input(self, X):
+        self._device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype)
+        X_t, kind = as_tensor(X, device=self._device, dtype=dtype)
+        self._dtype = X_t.dtype
+        self._input_kind = kind
+        self.n_features_in_ = int(X_t.shape[1])
+        return X_t, kind
+
+    def _check_is_fitted(self, attribute):
+        if not hasattr(self, attribute):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+    def _prepare_input(self, X, attribute):
+        self._check_is_fitted(attribute)
+        X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
+        if X_t.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X_t.shape[1]} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features_in_} features."
+            )
+        return X_t, kind
+
+    @staticmethod
+    def _output(t: torch.Tensor, kind):
+        return to_output(t, kind)

@@ -1,0 +1,31 @@
+"""Row tiling: how many samples to process at once under a memory budget."""
+from __future__ import annotations
+
+import torch
+
+# Tiles only bound temporary memory (X itself is sliced, never copied); larger tiles
+# mean fewer kernel launches, so the defaults are generous.
+DEFAULT_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
+
+
+def rows_per_chunk(n_samples: int, bytes_per_row: int, device: torch.device,
+                   chunk_size: int | None = None, memory_budget: int | None = None) -> int:
+    """Rows per tile: ``chunk_size`` if given, else ``memory_budget // bytes_per_row``.
+
+    ``bytes_per_row`` is the temporary memory one sample needs in the tiled
+    computation (for example ``(n_clusters + n_features) * itemsize``).
+    """
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be a positive number of rows.")
+        return max(1, min(int(chunk_size), n_samples))
+    budget = memory_budget if memory_budget is not None else DEFAULT_BUDGET_BYTES.get(device.type, 64 << 20)
+    if budget <= 0:
+        raise ValueError(f"memory_budget={memory_budget} must be a positive number of bytes.")
+    return max(1, min(n_samples, int(budget) // max(1, int(bytes_per_row))))
+
+
+def chunk_slices(n_samples: int, chunk: int):
+    """Yield ``slice`` objects covering ``range(n_samples)`` in steps of ``chunk``."""
+    for start in range(0, n_samples, chunk):
+        yield slice(start, min(start + chunk, n_samples))

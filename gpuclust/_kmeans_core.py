@@ -1,0 +1,293 @@
+"""The KMeans numerics in torch: one tiled distance primitive, Lloyd passes, k-means++.
+
+Every function takes tensors already on the compute device; nothing here
+converts or validates user input (that is :mod:`gpuclust.kmeans`'s job).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._chunks import chunk_slices
+
+
+def squared_norms(X: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared Euclidean norms, shape (n_samples,).
+
+    ``vector_norm`` is a single fused reduction (several times faster on the CPU
+    than ``einsum`` or ``(X * X).sum(1)``, which materialise or re-read X).
+    """
+    return torch.linalg.vector_norm(X, dim=1).square_()
+
+
+def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
+    """Mean over features of the (biased) per-feature variance, from the row norms already computed.
+
+    ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64.
+    """
+    n, d = X.shape
+    mean = (torch.ones(1, n, dtype=X.dtype, device=X.device) @ X).to(torch.float64) / n
+    total = float(x_sq.sum(dtype=torch.float64)) - n * float((mean * mean).sum())
+    return max(total, 0.0) / (n * d)
+
+
+def nearest_center(Xc: torch.Tensor, centers: torch.Tensor, c_sq: torch.Tensor, x_sq: torch.Tensor):
+    """Label and squared distance to the nearest centre for one tile of rows.
+
+    ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile, never an (n, k, d) tensor.
+    """
+    scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
+    min_scores, labels = scores.min(dim=1)
+    return labels, (min_scores + x_sq).clamp_min_(0)
+
+
+def assign(X, x_sq, centers, chunk):
+    """Nearest centre and squared distance to it for every sample, tile by tile.
+
+    Returns
+    -------
+    labels : (n,) int64
+    distances : (n,) in X's dtype
+    """
+    n = X.shape[0]
+    c_sq = squared_norms(centers)
+    labels = torch.empty(n, dtype=torch.int64, device=X.device)
+    distances = torch.empty(n, dtype=X.dtype, device=X.device)
+    for rows in chunk_slices(n, chunk):
+        labels[rows], distances[rows] = nearest_center(X[rows], centers, c_sq, x_sq[rows])
+    return labels, distances
+
+
+def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0):
+    """sums[labels[i]] += sign * w[i] * X[i] (float64 accumulators)."""
+    k = sums.shape[0]
+    if X.device.type == "cuda":
+        # A one-hot GEMM is deterministic on the GPU, unlike index_add_'s atomics.
+        onehot = torch.zeros(X.shape[0], k, dtype=X.dtype, device=X.device)
+        onehot.scatter_(1, labels.unsqueeze(1), 1.0 if unit_weight else w.unsqueeze(1))
+        sums.add_((onehot.T @ X).to(torch.float64), alpha=sign)
+        weights.add_(onehot.sum(0, dtype=torch.float64), alpha=sign)
+        return
+    part = torch.zeros(k, X.shape[1], dtype=X.dtype, device=X.device)
+    part.index_add_(0, labels, X if unit_weight else X * w.unsqueeze(1))
+    sums.add_(part.to(torch.float64), alpha=sign)
+    weights.index_add_(0, labels, w.to(torch.float64), alpha=sign)
+
+
+def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
+    """Weighted sum of the members of each cluster, and the weight in each: (k, d) and (k,), float64."""
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float64, device=X.device)
+    weights = torch.zeros(k, dtype=torch.float64, device=X.device)
+    for rows in chunk_slices(X.shape[0], chunk):
+        _add_rows(sums, weights, X[rows], w[rows], labels[rows], unit_weight)
+    return sums, weights
+
+
+def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False):
+    """Move the samples whose label changed from their old cluster's sums to their new one's.
+
+    After the first iterations few labels change, so this touches a small part of X
+    instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
+    """
+    moved = torch.nonzero(labels != labels_old).flatten()
+    if moved.numel() == 0:
+        return
+    Xm, wm = X[moved], w[moved]
+    _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
+    _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
+
+
+def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights):
+    """Move each empty cluster onto one of the samples farthest from their centre (as scikit-learn does)."""
+    empty = torch.nonzero(weights == 0).flatten()
+    n_empty = int(empty.numel())
+    if n_empty == 0:
+        return
+    far = torch.topk(distances, n_empty).indices
+    for new_id, idx in zip(empty.tolist(), far.tolist()):
+        w = sample_weight[idx].to(torch.float64)
+        old_id = int(labels[idx])
+        x = X[idx].to(torch.float64)
+        sums[old_id] -= x * w
+        sums[new_id] = x * w
+        weights[new_id] = w
+        weights[old_id] -= w
+
+
+def average_centers(sums, weights, old_centers):
+    """Divide sums by weights; a cluster with no weight keeps its old centre."""
+    safe = torch.where(weights > 0, weights, torch.ones_like(weights))
+    new = (sums / safe.unsqueeze(1)).to(old_centers.dtype)
+    return torch.where((weights > 0).unsqueeze(1), new, old_centers)
+
+
+def assign_top2(X, x_sq, centers, chunk, rows_subset=None):
+    """Nearest centre, and squared distances to the nearest and second-nearest, tile by tile.
+
+    With ``rows_subset`` (an index tensor), only those samples are assigned: each
+    tile of them is gathered into one reused buffer (a fresh (m, d) gather would
+    spend more time on page faults than on the GEMM).
+    """
+    k = centers.shape[0]
+    m = X.shape[0] if rows_subset is None else rows_subset.numel()
+    c_sq = squared_norms(centers).unsqueeze(0)
+    labels = torch.zeros(m, dtype=torch.int64, device=X.device)
+    first = torch.empty(m, dtype=X.dtype, device=X.device)
+    second = torch.full((m,), float("inf"), dtype=X.dtype, device=X.device)
+    buffer = None if rows_subset is None else torch.empty(min(chunk, m), X.shape[1], dtype=X.dtype, device=X.device)
+    for rows in chunk_slices(m, chunk):
+        if rows_subset is None:
+            tile = X[rows]
+        else:
+            tile = buffer[: rows.stop - rows.start]
+            torch.index_select(X, 0, rows_subset[rows], out=tile)
+        scores = torch.addmm(c_sq, tile, centers.T, alpha=-2.0)
+        if k == 1:
+            first[rows] = scores[:, 0]
+        else:
+            top = torch.topk(scores, 2, dim=1, largest=False, sorted=True)
+            labels[rows] = top.indices[:, 0]
+            first[rows], second[rows] = top.values[:, 0], top.values[:, 1]
+    xs = x_sq if rows_subset is None else x_sq[rows_subset]
+    return labels, (first + xs).clamp_min_(0), (second + xs).clamp_min_(0)
+
+
+class _HamerlyBounds:
+    """Hamerly's bounds: skip samples that provably keep their centre.
+
+    ``upper[i]`` bounds the distance of sample i to its centre from above and
+    ``lower[i]`` the distance to any other centre from below. After the centres
+    move by ``delta``, the bounds loosen by ``delta``; a sample whose upper bound
+    stays below both its lower bound and half the distance from its centre to the
+    nearest other centre cannot change cluster, so only the rest is re-assigned.
+    The labels are the same as plain Lloyd's; a margin of the size of the
+    rounding error of the distance expansion keeps near-ties exact.
+    """
+
+    def __init__(self, X, x_sq, labels, first, second):
+        eps = torch.finfo(X.dtype).eps
+        self.rounding = 8.0 * math.sqrt(X.shape[1]) * eps
+        self.x_sq = x_sq.to(torch.float64)
+        self.upper = first.to(torch.float64).sqrt()
+        self.lower = second.to(torch.float64).sqrt()
+        self.labels = labels
+
+    def candidates(self, centers):
+        c = centers.to(torch.float64)
+        c_sq = (c * c).sum(1)
+        between = torch.cdist(c, c)
+        between.fill_diagonal_(float("inf"))
+        half_gap = 0.5 * between.min(1).values
+        margin = (self.rounding * (self.x_sq + float(c_sq.max()))).sqrt_()
+        bound = torch.maximum(half_gap[self.labels], self.lower)
+        return torch.nonzero(self.upper + margin > bound - margin).flatten()
+
+    def refresh(self, idx, labels, first, second):
+        self.labels[idx] = labels
+        self.upper[idx] = first.to(torch.float64).sqrt()
+        self.lower[idx] = second.to(torch.float64).sqrt()
+
+    def centers_moved(self, delta):
+        self.upper += delta[self.labels]
+        if delta.numel() > 1:
+            top = torch.topk(delta, 2)
+            # The largest move of any *other* centre bounds how much closer it came.
+            other = torch.where(self.labels == top.indices[0], top.values[1], top.values[0])
+            self.lower -= other
+
+
+def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True):
+    """Lloyd's algorithm from ``centers``, with scikit-learn's stopping rule.
+
+    Stops when the labels stop changing (strict convergence) or the total squared
+    centre shift falls to ``tol`` (already scaled to the data). A final
+    assignment pass makes the labels match the final centres and gives the inertia.
+    With ``prune`` (Hamerly's bounds), each iteration re-assigns only the samples
+    that might change cluster; the result is the same as without.
+
+    Returns
+    -------
+    labels, inertia (python float), centers, n_iter
+    """
+    k = centers.shape[0]
+    labels, first, second = assign_top2(X, x_sq, centers, chunk)
+    bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second) if prune else None
+    sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        if n_iter > 1:
+            labels_old = labels
+            if prune:
+                idx = bounds.candidates(centers)
+                labels = labels_old.clone()
+                if idx.numel():
+                    lab_s, first_s, second_s = assign_top2(X, x_sq, centers, min(chunk, 4096), idx)
+                    labels[idx] = lab_s
+                    bounds.refresh(idx, lab_s, first_s, second_s)
+            else:
+                labels, first, _ = assign_top2(X, x_sq, centers, chunk)
+            update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
+        step_sums, step_weights = sums, weights
+        if bool((weights == 0).any()):
+            # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
+            distances = ((X - centers[labels]) ** 2).sum(1)
+            step_sums, step_weights = sums.clone(), weights.clone()
+            relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights)
+        new_centers = average_centers(step_sums, step_weights, centers)
+        delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
+        centers = new_centers
+        if n_iter > 1 and torch.equal(labels, labels_old):
+            break
+        if float((delta * delta).sum()) <= tol:
+            break
+        if prune:
+            bounds.centers_moved(delta)
+    labels, distances = assign(X, x_sq, centers, chunk)
+    inertia = float((distances.to(torch.float64) * sample_weight.to(torch.float64)).sum())
+    return labels, inertia, centers, n_iter
+
+
+def _sq_dist_to_rows(X, x_sq, rows_X, rows_sq):
+    """Squared distances from each of a few points (m, d) to every sample: (m, n)."""
+    d = torch.addmm(rows_sq.unsqueeze(1) + x_sq.unsqueeze(0), rows_X, X.T, alpha=-2.0)
+    return d.clamp_min_(0)
+
+
+def kmeans_plusplus(X, n_clusters, sample_weight, x_sq, random_state: np.random.RandomState,
+                    n_local_trials: int | None = None):
+    """Greedy k-means++ seeding: ``2 + log(k)`` candidates per step, keep the one lowering the potential most.
+
+    The random draws come from ``random_state`` (numpy, on the host), so the same
+    seed picks the same candidates on the CPU and on a GPU.
+
+    Returns
+    -------
+    centers : (k, d) tensor
+    indices : (k,) numpy int array of the chosen samples
+    """
+    n, d = X.shape
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(n_clusters))
+    w64 = sample_weight.to(torch.float64)
+    p = (w64 / w64.sum()).cpu().numpy()
+    first = int(random_state.choice(n, p=p))
+    indices = np.full(n_clusters, -1, dtype=np.int64)
+    indices[0] = first
+    closest = _sq_dist_to_rows(X, x_sq, X[first:first + 1], x_sq[first:first + 1])[0].to(torch.float64)
+    potential = float(closest @ w64)
+    for c in range(1, n_clusters):
+        rand_vals = random_state.uniform(size=n_local_trials) * potential
+        cumulative = torch.cumsum(w64 * closest, 0)
+        candidates = torch.searchsorted(cumulative, torch.as_tensor(rand_vals, device=X.device))
+        candidates.clamp_(max=n - 1)
+        dist = _sq_dist_to_rows(X, x_sq, X[candidates], x_sq[candidates]).to(torch.float64)
+        torch.minimum(closest.unsqueeze(0), dist, out=dist)
+        potentials = dist @ w64
+        best = int(torch.argmin(potentials))
+        potential = float(potentials[best])
+        closest = dist[best]
+        indices[c] = int(candidates[best])
+    centers = X[torch.as_tensor(indices, device=X.device)].clone()
+    return centers, indices
