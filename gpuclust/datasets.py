@@ -63,11 +63,10 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's IDX bytes, decompressed when it is gzip (told by its magic bytes, not its name)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ValueError(f"{path}: cannot be read as an (optionally gzipped) IDX file: {exc}") from exc
 

@@ -25,6 +25,8 @@ def _as_label_tensor(labels, name, device=None) -> torch.Tensor:
             t = torch.from_dlpack(labels)
         else:
             arr = np.asarray(labels)
+            if arr.size == 0:
+                raise ValueError(f"{name} is empty.")
             if arr.dtype == object or arr.dtype.kind not in "biuf":
                 raise ValueError(f"{name} must hold integer labels, got dtype {arr.dtype}.")
             t = torch.from_numpy(np.ascontiguousarray(arr))

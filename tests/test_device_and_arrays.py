@@ -1,0 +1,83 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from gpuclust import resolve_device
+from gpuclust._arrays import as_tensor, resolve_dtype, to_output
+
+CPU = torch.device("cpu")
+
+
+def test_auto_resolves_and_logs(caplog):
+    with caplog.at_level(logging.INFO, logger="gpuclust"):
+        dev = resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert "resolved to" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("bad", ["tpu", "gpu0", "mps"])
+def test_unknown_device(bad):
+    with pytest.raises(ValueError, match="device="):
+        resolve_device(bad)
+
+
+def test_device_type_error():
+    with pytest.raises(TypeError):
+        resolve_device(3)
+
+
+def test_numpy_to_torch_is_zero_copy_on_cpu():
+    X = np.random.rand(50, 4).astype(np.float32)
+    t, kind = as_tensor(X, device=CPU)
+    assert t.data_ptr() == X.__array_interface__["data"][0]
+    assert kind.namespace == "numpy"
+    assert isinstance(to_output(t, kind), np.ndarray)
+
+
+def test_torch_input_is_not_copied_and_comes_back_as_torch():
+    X = torch.rand(20, 3, dtype=torch.float64)
+    t, kind = as_tensor(X, device=CPU)
+    assert t.data_ptr() == X.data_ptr()
+    assert isinstance(to_output(t, kind), torch.Tensor)
+
+
+def test_dtype_conversion_and_defaults():
+    X = np.arange(12, dtype=np.uint8).reshape(6, 2)
+    assert as_tensor(X, device=CPU)[0].dtype == torch.float32
+    assert as_tensor(X, device=CPU, dtype=resolve_dtype("float64"))[0].dtype == torch.float64
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8")
+
+
+@pytest.mark.parametrize("X,match", [
+    (np.array([[1.0, np.nan]]), "NaN or infinity"),
+    (np.array([[1.0, np.inf]]), "NaN or infinity"),
+    (np.zeros(5), "must be 2-d, got 1-d"),
+    (np.zeros((2, 2, 2)), "must be 2-d, got 3-d"),
+    (np.zeros((0, 3)), "empty"),
+    (np.array([["a", "b"]]), "numeric"),
+    (np.array([[1 + 2j]]), "complex"),
+    ("text", "string"),
+    (None, "None"),
+])
+def test_bad_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        as_tensor(X, device=CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_to_cupy_is_zero_copy_on_gpu():
+    cupy = pytest.importorskip("cupy")
+    X = cupy.random.rand(100, 8, dtype=cupy.float32)
+    t, kind = as_tensor(X, device=torch.device("cuda"))
+    assert t.data_ptr() == X.data.ptr
+    back = to_output(t, kind)
+    assert isinstance(back, cupy.ndarray) and back.data.ptr == X.data.ptr
