@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from gpuclust.autoencoder import PRESETS, ConvAutoencoder, count_parameters, images_to_tensor
+from gpuclust.training import encode, load_checkpoint, train_autoencoder
+
+
+def tiny_images(n=96, seed=0):
+    rng = np.random.RandomState(seed)
+    # Smooth blobs, so there is something to learn in a few steps.
+    yy, xx = np.mgrid[:28, :28]
+    cy, cx = rng.uniform(8, 20, (2, n, 1, 1))
+    return (255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30.0)).astype(np.uint8)
+
+
+def test_seed_preset_has_the_reports_parameter_counts():
+    trainable, running = count_parameters(ConvAutoencoder("seed"))
+    assert trainable == 185_857
+    assert running == 640
+    assert trainable + running == 186_497
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_shapes(preset):
+    model = ConvAutoencoder(preset).eval()
+    x = torch.rand(3, 1, 28, 28)
+    z = model.encode(x)
+    assert z.shape == (3, model.latent_dim)
+    assert model.decode(z).shape == (3, 1, 28, 28)
+    assert model.latent_dim == (6272 if preset == "seed" else PRESETS[preset].bottleneck)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        ConvAutoencoder("huge")
+
+
+def test_loss_falls_over_a_few_steps():
+    images = tiny_images()
+    _, history = train_autoencoder(images[:64], images[64:], preset="dense10", epochs=6, batch_size=16,
+                                   progress=False, device="cpu")
+    assert history.train_loss[-1] < 0.7 * history.train_loss[0]
+    assert len(history.val_loss) == 6 and all(v > 0 for v in history.images_per_second)
+
+
+def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
+    images = tiny_images()
+    kw = dict(preset="dense10", batch_size=32, progress=False, device="cpu", seed=3, patience=50)
+    straight, h_straight = train_autoencoder(images[:64], images[64:], epochs=4, **kw)
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(images[:64], images[64:], epochs=2, checkpoint=ckpt, **kw)
+    assert ckpt.is_file() and not list(tmp_path.glob(".*.tmp"))
+    resumed, h_resumed = train_autoencoder(images[:64], images[64:], epochs=4, checkpoint=ckpt, resume=True, **kw)
+    assert h_resumed.train_loss == h_straight.train_loss
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    loaded, info = load_checkpoint(ckpt)
+    assert info["epoch"] == 4 and len(info["history"]["val_loss"]) == 4
+    x = images_to_tensor(images[:5])
+    assert torch.equal(loaded.encode(x), resumed.encode(x))
+
+
+def test_resume_with_another_architecture_is_clear_error(tmp_path):
+    images = tiny_images(40)
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(images[:32], images[32:], preset="dense10", epochs=1, checkpoint=ckpt, progress=False,
+                      device="cpu")
+    with pytest.raises(ValueError, match="architecture"):
+        train_autoencoder(images[:32], images[32:], preset="dense32", epochs=2, checkpoint=ckpt, resume=True,
+                          progress=False, device="cpu")
+
+
+def test_bad_checkpoint_file(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable gpuclust checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_early_stopping_restores_best_epoch():
+    images = tiny_images(64)
+    _, history = train_autoencoder(images[:48], images[48:], preset="dense10", epochs=30, batch_size=48, lr=5e-2,
+                                   patience=2, progress=False, device="cpu")
+    assert history.stopped_early  # lr=5e-2 makes the validation loss bounce within 30 epochs
+    assert history.best_epoch == int(np.argmin(history.val_loss)) + 1
+    assert len(history.val_loss) == history.best_epoch + 2
+
+
+def test_encode_stays_on_device_and_batches():
+    model = ConvAutoencoder("dense10")
+    z = encode(model, tiny_images(50), batch_size=7)
+    assert z.shape == (50, 10) and z.device.type == "cpu"
+    assert torch.allclose(z, model.eval().encode(images_to_tensor(tiny_images(50))), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_encode_on_gpu_returns_gpu_tensor():
+    model = ConvAutoencoder("dense10").cuda()
+    z = encode(model, tiny_images(20))
+    assert z.is_cuda
+
+
+@pytest.mark.parametrize("images,match", [
+    (np.zeros((4, 32, 32), dtype=np.uint8), "shape"),
+    (np.zeros((4, 28, 28), dtype=np.int32), "dtype"),
+    (np.full((4, 28, 28), 3.0, dtype=np.float32), r"\[0, 1\]"),
+    (np.zeros((0, 28, 28), dtype=np.uint8), "empty"),
+])
+def test_bad_images(images, match):
+    with pytest.raises(ValueError, match=match):
+        images_to_tensor(images)
+
+
+def test_bad_training_settings():
+    with pytest.raises(ValueError, match="positive"):
+        train_autoencoder(tiny_images(8), tiny_images(4), epochs=0, progress=False, device="cpu")
