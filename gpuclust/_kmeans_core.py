@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ._chunks import chunk_slices
+from ._comm import LOCAL
 
 
 def squared_norms(X: torch.Tensor) -> torch.Tensor:
@@ -22,14 +23,19 @@ def squared_norms(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(X, dim=1).square_()
 
 
-def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor) -> float:
+def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> float:
     """Mean over features of the (biased) per-feature variance, from the row norms already computed.
 
     ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64.
     """
-    n, d = X.shape
-    mean = (torch.ones(1, n, dtype=X.dtype, device=X.device) @ X).to(torch.float64) / n
-    total = float(x_sq.sum(dtype=torch.float64)) - n * float((mean * mean).sum())
+    n_local, d = X.shape
+    col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
+    totals = torch.cat([col_sums, x_sq.sum(dtype=torch.float64).reshape(1),
+                        torch.tensor([float(n_local)], dtype=torch.float64, device=X.device)])
+    comm.sum_(totals, "data variance")
+    n = float(totals[-1])
+    mean = totals[:d] / n
+    total = float(totals[d]) - n * float((mean * mean).sum())
     return max(total, 0.0) / (n * d)
 
 
@@ -90,26 +96,35 @@ def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=Fal
 
     After the first iterations few labels change, so this touches a small part of X
     instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
+    Returns the number of samples that moved.
     """
     moved = torch.nonzero(labels != labels_old).flatten()
     if moved.numel() == 0:
-        return
+        return 0
     Xm, wm = X[moved], w[moved]
     _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
     _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
+    return int(moved.numel())
 
 
-def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights):
-    """Move each empty cluster onto one of the samples farthest from their centre (as scikit-learn does)."""
+def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, comm=LOCAL):
+    """Move each empty cluster onto one of the samples farthest from their centre (as scikit-learn does).
+
+    ``sums`` and ``weights`` are the global statistics (identical on every rank);
+    the farthest samples are chosen over all ranks.
+    """
     empty = torch.nonzero(weights == 0).flatten()
     n_empty = int(empty.numel())
     if n_empty == 0:
         return
-    far = torch.topk(distances, n_empty).indices
-    for new_id, idx in zip(empty.tolist(), far.tolist()):
-        w = sample_weight[idx].to(torch.float64)
-        old_id = int(labels[idx])
-        x = X[idx].to(torch.float64)
+    top = torch.topk(distances, min(n_empty, distances.numel()))
+    # Each rank offers its farthest samples: (distance, weight, old label, row).
+    offers = torch.cat([top.values.to(torch.float64).unsqueeze(1), sample_weight[top.indices].to(torch.float64).unsqueeze(1),
+                        labels[top.indices].to(torch.float64).unsqueeze(1), X[top.indices].to(torch.float64)], dim=1)
+    offers = comm.gather_rows(offers, "empty-cluster relocation")
+    chosen = offers[torch.topk(offers[:, 0], n_empty).indices]
+    for new_id, offer in zip(empty.tolist(), chosen):
+        w, old_id, x = offer[1], int(offer[2]), offer[3:]
         sums[old_id] -= x * w
         sums[new_id] = x * w
         weights[new_id] = w
@@ -198,18 +213,20 @@ class _HamerlyBounds:
             self.lower -= other
 
 
-def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True):
+def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL):
     """Lloyd's algorithm from ``centers``, with scikit-learn's stopping rule.
 
     Stops when the labels stop changing (strict convergence) or the total squared
     centre shift falls to ``tol`` (already scaled to the data). A final
     assignment pass makes the labels match the final centres and gives the inertia.
     With ``prune`` (Hamerly's bounds), each iteration re-assigns only the samples
-    that might change cluster; the result is the same as without.
+    that might change cluster; the result is the same as without. Under
+    torch.distributed (``comm``), each rank holds a block of rows and the centre
+    sums, counts and inertia are all-reduced, so every rank gets the same centres.
 
     Returns
     -------
-    labels, inertia (python float), centers, n_iter
+    labels (this rank's rows), inertia (python float, over all ranks), centers, n_iter
     """
     k = centers.shape[0]
     labels, first, second = assign_top2(X, x_sq, centers, chunk)
@@ -217,6 +234,7 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
     sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
+        changed = 0
         if n_iter > 1:
             labels_old = labels
             if prune:
@@ -228,24 +246,26 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
                     bounds.refresh(idx, lab_s, first_s, second_s)
             else:
                 labels, first, _ = assign_top2(X, x_sq, centers, chunk)
-            update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
-        step_sums, step_weights = sums, weights
-        if bool((weights == 0).any()):
+            changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
+        # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
+        packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1),
+                           "centre sums")
+        step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
+        if bool((step_weights == 0).any()):
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
             distances = ((X - centers[labels]) ** 2).sum(1)
-            step_sums, step_weights = sums.clone(), weights.clone()
-            relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights)
+            relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
         new_centers = average_centers(step_sums, step_weights, centers)
         delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
         centers = new_centers
-        if n_iter > 1 and torch.equal(labels, labels_old):
+        if n_iter > 1 and changed == 0:
             break
         if float((delta * delta).sum()) <= tol:
             break
         if prune:
             bounds.centers_moved(delta)
     labels, distances = assign(X, x_sq, centers, chunk)
-    inertia = float((distances.to(torch.float64) * sample_weight.to(torch.float64)).sum())
+    inertia = comm.sum_float(float((distances.to(torch.float64) * sample_weight.to(torch.float64)).sum()), "inertia")
     return labels, inertia, centers, n_iter
 
 

@@ -1,7 +1,7 @@
 """Convolutional autoencoders for Fashion-MNIST features: the seed report's, and one built for clustering."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -15,6 +15,7 @@ from ._arrays import as_tensor
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
 from ._kmeans_core import kmeans_plusplus, squared_norms
+from .kmeans import _make_comm
 
 logger = logging.getLogger("gpuclust")
 
@@ -61,6 +62,11 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         Rows per tile; by default derived from ``memory_budget``.
     memory_budget : int, optional
         Bytes of temporary memory per tile (default 64 MiB on CPU, 512 MiB on CUDA).
+    distributed : bool, default=False
+        Fit data-parallel under an initialized torch.distributed process group: each
+        rank passes its own block of rows; the sufficient statistics and the
+        log-likelihood are all-reduced and every rank ends with the same parameters.
+        See :mod:`gpuclust.distributed`.
 
     Attributes
     ----------
@@ -76,7 +82,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6, max_iter=100,
                  n_init=1, init_params="kmeans", weights_init=None, means_init=None, precisions_init=None,
                  random_state=None, warm_start=False, verbose=0, verbose_interval=10, device="auto",
-                 dtype=None, chunk_size=None, memory_budget=None):
+                 dtype=None, chunk_size=None, memory_budget=None, distributed=False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -95,10 +101,11 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ checks
     def _check_params(self, X):
-        n, d = X.shape
+        n, d = self._n_global, X.shape[1]
         K = check_positive_int(self.n_components, "n_components")
         check_positive_int(self.n_init, "n_init")
         check_positive_int(self.max_iter, "max_iter", minimum=0)
@@ -166,6 +173,22 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             total += log_norm.sum(dtype=torch.float64)
             gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
         stats.log_likelihood = float(total)
+        return self._reduce_stats(stats)
+
+    def _reduce_stats(self, stats):
+        """Sum the statistics over ranks in one all-reduce (a no-op in one process)."""
+        if self._comm.world_size == 1:
+            return stats
+        parts = [stats.nk, stats.sx.flatten(), torch.tensor([stats.log_likelihood], dtype=torch.float64,
+                                                              device=stats.nk.device)]
+        if stats.sxx is not None:
+            parts.append(stats.sxx.flatten())
+        packed = self._comm.sum_(torch.cat(parts), "EM statistics")
+        K, D = stats.sx.shape
+        stats.nk, stats.sx = packed[:K], packed[K:K + K * D].view(K, D)
+        stats.log_likelihood = float(packed[K + K * D])
+        if stats.sxx is not None:
+            stats.sxx = packed[K + K * D + 1:].view_as(stats.sxx)
         return stats
 
     def _m_step(self, stats, n_samples):
@@ -176,7 +199,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ init
     def _init_resp_tiles(self, X, random_state):
         """Yield (shifted tile, responsibilities) for the chosen init_params, one tile at a time."""
-        n, K = X.shape[0], self.n_components
+        K = self.n_components
         dt = X.dtype
         if self.init_params == "random":
             for rows, Xs in self._tiles(X):
@@ -188,26 +211,29 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             from .kmeans import KMeans
 
             km = KMeans(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=dt,
-                        backend="torch").fit(X)
+                        backend="torch", distributed=self.distributed).fit(X)
             labels = km._assign(X)[0]
             for rows, Xs in self._tiles(X):
                 resp = torch.zeros(rows.stop - rows.start, K, dtype=dt, device=X.device)
                 resp.scatter_(1, labels[rows].unsqueeze(1), 1.0)
                 yield Xs, resp
             return
+        comm = self._comm
+        X_all = comm.gather_rows(X, "init sample") if comm.world_size > 1 else X
         if self.init_params == "random_from_data":
-            indices = random_state.choice(n, size=K, replace=False)
+            indices = random_state.choice(X_all.shape[0], size=K, replace=False)
         else:
-            x_sq = squared_norms(X)
-            _, indices = kmeans_plusplus(X, K, torch.ones(n, dtype=dt, device=X.device), x_sq, random_state)
-        # Only K samples carry responsibility: each component starts at one sample.
-        idx = torch.as_tensor(indices, device=X.device)
-        resp = torch.zeros(K, K, dtype=dt, device=X.device)
-        resp[torch.arange(K), torch.arange(K)] = 1.0
-        yield X[idx] - self._shift.to(dt), resp
+            ones = torch.ones(X_all.shape[0], dtype=dt, device=X.device)
+            _, indices = kmeans_plusplus(X_all, K, ones, squared_norms(X_all), random_state)
+        idx = comm.broadcast_(torch.as_tensor(indices, device=X.device), 0, "initial samples")
+        # Only K samples carry responsibility: each component starts at one sample. Rank 0
+        # alone contributes them, so the all-reduce of the statistics counts them once.
+        if comm.rank == 0:
+            resp = torch.eye(K, dtype=dt, device=X.device)
+            yield X_all[idx] - self._shift.to(dt), resp
 
     def _initialize(self, X, random_state):
-        n, d = X.shape
+        d = X.shape[1]
         K = self.n_components
         inits_all = all(v is not None for v in (self.weights_init, self.means_init, self.precisions_init))
         p = {}
@@ -215,14 +241,15 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             stats = gm.new_stats(K, d, self.covariance_type, X.device)
             for Xs, resp in self._init_resp_tiles(X, random_state):
                 gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
+            stats = self._reduce_stats(stats)
             nk, means, cov = gm.estimate_parameters(stats, self.reg_covar, self.covariance_type, self._xtx)
             if self.covariance_type == "tied" and self.init_params in ("random_from_data", "k-means++"):
                 # Components start at single samples, whose pooled scatter is zero; start the
                 # shared covariance at the data's instead. (scikit-learn's formula mixes X^T X
                 # over all samples with counts over K samples here.)
-                cov = self._xtx / n
+                cov = self._xtx / self._n_global
                 cov.diagonal().add_(self.reg_covar)
-            p = {"weights": nk / n, "means": means, "covariances": cov}
+            p = {"weights": nk / self._n_global, "means": means, "covariances": cov}
         if self.weights_init is not None:
             p["weights"] = self._as_param(self.weights_init, "weights_init", (K,))
         if self.means_init is not None:
@@ -265,11 +292,15 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         else:
             X_t, kind = self._prepare_input(X, "_p")
             self._input_kind = kind
+        self._comm = _make_comm(self.distributed)
+        n_local, d = X_t.shape
+        col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
+        totals = self._comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
+        n = self._n_global = int(totals[-1])
         K = self._check_params(X_t)
-        n, d = X_t.shape
-        self._chunk_rows = self._chunk(n, d, K)
+        self._chunk_rows = self._chunk(n_local, d, K)
         if do_init:
-            self._shift = (torch.ones(1, n, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0] / n
+            self._shift = totals[:-1] / n
         self._xtx = self._scatter(X_t) if self.covariance_type == "tied" else None
         random_state = check_random_state(self.random_state)
         n_init = self.n_init if do_init else 1
@@ -310,7 +341,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         xtx = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
         for _, Xs in self._tiles(X):
             xtx += (Xs.T @ Xs).to(torch.float64)
-        return xtx
+        return self._comm.sum_(xtx, "scatter matrix")
 
     def _publish(self, kind):
         """Fitted attributes in the caller's array type and the working dtype."""

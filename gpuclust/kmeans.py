@@ -16,6 +16,7 @@ from ._arrays import as_sample_weight, as_tensor
 from ._backends import cuml_available, require
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import rows_per_chunk
+from ._comm import LOCAL
 
 logger = logging.getLogger("gpuclust")
 
@@ -24,6 +25,13 @@ ALGORITHMS = ("auto", "lloyd", "hamerly")
 # What backend="auto" picks on a CPU: the faster one in benchmarks/results/kmeans_cpu.jsonl
 # (ours ran 60000x784, k=10 at a lower time per iteration than scikit-learn's lloyd).
 CPU_AUTO_BACKEND = "torch"
+
+
+def _make_comm(distributed):
+    if not distributed:
+        return LOCAL
+    from .distributed import TorchDistComm
+    return TorchDistComm()
 
 
 class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -62,6 +70,11 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         Rows per tile; by default derived from ``memory_budget``.
     memory_budget : int, optional
         Bytes of temporary memory per tile (default 64 MiB on CPU, 512 MiB on CUDA).
+    distributed : bool, default=False
+        Fit data-parallel under an initialized torch.distributed process group: each
+        rank passes its own block of rows to ``fit``; counts, sums and inertia are
+        all-reduced, and every rank ends with the same centres. ``labels_`` are the
+        rank's own rows'. See :mod:`gpuclust.distributed`.
 
     Attributes
     ----------
@@ -77,7 +90,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
                  verbose=0, random_state=None, algorithm="auto", device="auto", dtype=None,
-                 backend="auto", chunk_size=None, memory_budget=None):
+                 backend="auto", chunk_size=None, memory_budget=None, distributed=False):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -91,9 +104,11 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         self.backend = backend
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ checks
     def _check_params(self, n_samples):
+        n_samples = int(self._comm.sum_float(n_samples, "sample count"))
         k = check_positive_int(self.n_clusters, "n_clusters")
         check_positive_int(self.max_iter, "max_iter")
         check_nonnegative_float(self.tol, "tol")
@@ -152,6 +167,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         """
         X_t, kind = self._prepare_fit_input(X)
         n, d = X_t.shape
+        self._comm = _make_comm(self.distributed)
         k, n_init = self._check_params(n)
         w = as_sample_weight(sample_weight, n, device=self._device, dtype=self._dtype)
         init_t = None
@@ -160,6 +176,8 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
             if tuple(init_t.shape) != (k, d):
                 raise ValueError(f"init has shape {tuple(init_t.shape)}, expected (n_clusters, n_features) = ({k}, {d}).")
         self.backend_ = self._resolve_backend()
+        if self.distributed and self.backend_ != "torch":
+            raise ValueError(f"distributed=True needs backend='torch' (got {self.backend_!r}).")
         if self.backend_ == "torch":
             centers, labels, inertia, n_iter = self._fit_torch(X_t, w, k, n_init, init_t, sample_weight is None)
         elif self.backend_ == "sklearn":
@@ -167,7 +185,8 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         else:
             centers, labels, inertia, n_iter = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
         self._centers = centers
-        n_distinct = int(torch.unique(labels).numel())
+        sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
+        n_distinct = int((sizes > 0).sum())
         if n_distinct < k:
             warnings.warn(f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
                           "Possibly due to duplicate points in X.", ConvergenceWarning, stacklevel=2)
@@ -186,20 +205,30 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         n, d = X.shape
         rs = check_random_state(self.random_state)
         x_sq = core.squared_norms(X)
-        tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq) * self.tol
+        comm = self._comm
+        tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq, comm) * self.tol
         chunk = self._chunk(n, d, k)
         prune = self.algorithm == "hamerly" or (self.algorithm == "auto" and X.device.type == "cpu")
+        if init_t is None and comm.world_size > 1:
+            # Seed from every rank's rows gathered in rank order: the same centres a single
+            # process would pick from the concatenated data, broadcast from rank 0.
+            X_all, w_all = comm.gather_rows(X, "init sample"), comm.gather_rows(w.unsqueeze(1), "init weights")[:, 0]
+        else:
+            X_all, w_all = X, w
         best = None
         for run in range(n_init):
             if init_t is not None:
                 centers = init_t.clone()
             elif self.init == "k-means++":
-                centers, _ = core.kmeans_plusplus(X, k, w, x_sq, rs)
+                centers, _ = core.kmeans_plusplus(X_all, k, w_all, core.squared_norms(X_all) if X_all is not X
+                                                  else x_sq, rs)
             else:
-                seeds = torch.as_tensor(rs.permutation(n)[:k], device=X.device)
-                centers = X[seeds].clone()
+                seeds = torch.as_tensor(rs.permutation(X_all.shape[0])[:k], device=X.device)
+                centers = X_all[seeds].clone()
+            comm.broadcast_(centers, 0, "initial centres")
             labels, inertia, centers, n_iter = core.lloyd(X, w, x_sq, centers, max_iter=self.max_iter, tol=tol,
-                                                          chunk=chunk, unit_weight=unit_weight, prune=prune)
+                                                          chunk=chunk, unit_weight=unit_weight, prune=prune,
+                                                          comm=comm)
             if self.verbose:
                 logger.info("KMeans init %d: inertia %.6g after %d iterations", run, inertia, n_iter)
             if best is None or inertia < best[2]:

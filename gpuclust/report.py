@@ -1,0 +1,168 @@
+"""Turn the main job's results into results.json, report.md and PNG plots in a run folder."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_write, atomic_write_json, atomic_write_text
+
+SCORE_COLUMNS = ("completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy")
+
+
+def _matplotlib():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _matplotlib().close(fig)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+
+
+def plot_loss_curve(training, path):
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(training["train_loss"]) + 1)
+    ax.plot(epochs, training["train_loss"], label="training")
+    ax.plot(epochs, training["val_loss"], label="validation")
+    if training.get("best_epoch"):
+        ax.axvline(training["best_epoch"], color="grey", ls=":", label=f"best (epoch {training['best_epoch']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean squared reconstruction error")
+    ax.set_title("Autoencoder training and validation loss")
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def matched_confusion(y_true, y_pred):
+    """Contingency matrix with columns reordered so cluster j sits under the class it is matched to."""
+    from .metrics import match_clusters
+
+    mapping, counts, classes, clusters = match_clusters(np.asarray(y_true), np.asarray(y_pred))
+    counts = counts.cpu().numpy()
+    cls, clu = classes.cpu().tolist(), clusters.cpu().tolist()
+    matched = [clu.index(c) for c in sorted(mapping, key=lambda c: cls.index(mapping[c]))]
+    order = matched + [j for j in range(len(clu)) if j not in matched]
+    return counts[:, order], [clu[j] for j in order], cls
+
+
+def plot_confusion(y_true, y_pred, class_names, title, path):
+    plt = _matplotlib()
+    matrix, cluster_ids, classes = matched_confusion(y_true, y_pred)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(cluster_ids)), [f"c{c}" for c in cluster_ids], rotation=0)
+    ax.set_yticks(range(len(classes)), [class_names[c] for c in classes])
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_xlabel("cluster (matched to the class on its row by the Hungarian method)")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save_figure(fig, path)
+
+
+def plot_covariance_tradeoff(rows, path):
+    plt = _matplotlib()
+    gmm = [r for r in rows if r.get("covariance_type")]
+    if not gmm:
+        return
+    names = [r["covariance_type"] for r in gmm]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
+    a.bar(names, [r["fit_seconds"] for r in gmm], color="tab:orange")
+    a.set_yscale("log")
+    a.set_ylabel("fit time (s, log scale)")
+    a.set_title("GMM fit time by covariance type")
+    b.bar(names, [100 * r["completeness"] for r in gmm], color="tab:blue")
+    b.set_ylabel("test completeness (%)")
+    b.set_title("GMM completeness by covariance type")
+    for ax in (a, b):
+        ax.set_xlabel("covariance type")
+    _save_figure(fig, path)
+
+
+def _fmt(x, digits=4):
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def results_table(rows, seed_report) -> str:
+    head = ("| task | features | completeness | seed report | homogeneity | V-measure | NMI | ARI | "
+            "cluster acc. | fit s | device | backend |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        ref = seed_report.get(r["task"])
+        lines.append(
+            f"| {r['task']} | {r.get('features', '')} | {100 * r['completeness']:.2f}% | "
+            f"{'' if ref is None else f'{100 * ref:.2f}%'} | {_fmt(r['homogeneity'])} | {_fmt(r['v_measure'])} | "
+            f"{_fmt(r['nmi'])} | {_fmt(r['ari'])} | {_fmt(r['cluster_accuracy'])} | {r['fit_seconds']:.2f} | "
+            f"{r['device']} | {r['backend']} |")
+    return "\n".join(lines)
+
+
+def write_run_folder(run: dict, out_dir) -> dict:
+    """Write results.json, report.md, predictions.npz and the plots; return the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = run["predictions"]
+    summary = {k: v for k, v in run.items() if k not in ("predictions", "test_labels")}
+    paths = {"results": out / "results.json", "report": out / "report.md", "loss_curve": out / "loss_curve.png",
+             "covariance_types": out / "covariance_types.png", "predictions": out / "predictions.npz"}
+    atomic_write_json(paths["results"], summary)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, test_labels=np.asarray(run["test_labels"]),
+                        **{k: np.asarray(v) for k, v in predictions.items()})
+    atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
+    plot_loss_curve(run["training"], paths["loss_curve"])
+    plot_covariance_tradeoff(run["results"], paths["covariance_types"])
+    for task, pred in predictions.items():
+        paths[f"confusion_{task}"] = out / f"confusion_{task}.png"
+        score = next(r["completeness"] for r in run["results"] if r["task"] == task)
+        plot_confusion(run["test_labels"], pred, run["class_names"], f"{task} (completeness {100 * score:.2f}%)",
+                       paths[f"confusion_{task}"])
+    atomic_write_text(paths["report"], render_report(run, paths))
+    return paths
+
+
+def render_report(run: dict, paths: dict) -> str:
+    cfg, env, tr = run["config"], run["environment"], run["training"]
+    profile_note = {
+        "quick": (f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
+                  f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']} epochs, "
+                  f"{cfg['max_train_seconds']} s). Scores are lower than the full protocol's."),
+        "full": (f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
+                 f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."),
+    }[cfg["profile"]]
+    best = max((r for r in run["results"] if r["task"].startswith("task3")), key=lambda r: r["completeness"],
+               default=None)
+    lines = [
+        "# gpuclust run report", "",
+        profile_note, "",
+        f"Device: {env['device']} ({env['device_name']}); torch {env['torch']}, gpuclust {env['gpuclust']}, "
+        f"commit {env.get('git_commit') or 'unknown'}. Autoencoder preset `{cfg['preset']}` "
+        f"(latent {tr['latent_dim']}-d), trained in {tr['seconds']:.1f} s, best epoch {tr['best_epoch']}.", "",
+        "All scores on the held-out 10,000-image test set. *Seed report* is the seed's completeness "
+        "(called accuracy there).", "",
+        results_table(run["results"], run["seed_report"]), "",
+    ]
+    if best is not None:
+        beat = best["completeness"] > run["seed_report"]["task3_ae_gmm_diag"]
+        lines += [f"Best Gaussian mixture: **{best['covariance_type']}**, completeness "
+                  f"{100 * best['completeness']:.2f}% ({'above' if beat else 'below'} the seed report's best, 56.26%).", ""]
+    lines += ["## Plots", ""]
+    for key, path in paths.items():
+        if path.suffix == ".png":
+            lines.append(f"![{key}]({path.name})")
+    return "\n".join(lines) + "\n"
+
+
+def load_results(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,96 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import COVARIANCE_TYPES
+
+WORKER = Path(__file__).with_name("_distributed_worker.py")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path, world=2, extra=()):
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(port),
+                               str(tmp_path / f"rank{r}.npz"), *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for r in range(world)]
+    return procs
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    procs = launch(tmp)
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return [dict(np.load(tmp / f"rank{r}.npz")) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single_results():
+    from _distributed_worker import fit_all, shared_data
+    return fit_all(shared_data(), False)
+
+
+def test_every_rank_ends_with_identical_parameters(two_rank_results):
+    a, b = two_rank_results
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+def test_kmeans_equals_single_process(two_rank_results, single_results):
+    d = two_rank_results[0]
+    assert rel(d["kmeans_centers"], single_results["kmeans_centers"]) < 1e-10
+    assert rel(d["kmeans_inertia"], single_results["kmeans_inertia"]) < 1e-10
+    assert int(d["kmeans_n_iter"]) == single_results["kmeans_n_iter"]
+    # k-means++ on the gathered rows picks the same seeds as one process on all rows.
+    assert rel(d["kmeanspp_centers"], single_results["kmeanspp_centers"]) < 1e-10
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gmm_equals_single_process(two_rank_results, single_results, covariance_type):
+    d = two_rank_results[0]
+    for name in ("means", "covariances", "weights", "lower_bound"):
+        key = f"{covariance_type}_{name}"
+        assert rel(d[key], single_results[key]) < 1e-10, key
+    assert int(d[f"{covariance_type}_n_iter"]) == single_results[f"{covariance_type}_n_iter"]
+
+
+def test_gmm_kmeans_init_is_consistent(two_rank_results, single_results):
+    assert rel(two_rank_results[0]["kmeansinit_means"], single_results["kmeansinit_means"]) < 1e-10
+
+
+def test_a_rank_that_dies_mid_fit_ends_the_others_with_a_clear_error(tmp_path):
+    start = time.monotonic()
+    procs = launch(tmp_path, extra=("die",))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    elapsed = time.monotonic() - start
+    assert procs[1].returncode == 17, outs[1]
+    assert procs[0].returncode == 3, outs[0]
+    message = (tmp_path / "rank0.npz").read_text()
+    assert "rank 0 of 2" in message and "peer rank has failed" in message
+    assert elapsed < 60
+
+
+def test_distributed_without_process_group_is_clear_error():
+    from gpuclust import KMeans
+    with pytest.raises(ValueError, match="initialized torch.distributed process group"):
+        KMeans(2, distributed=True, device="cpu").fit(np.random.rand(10, 2))
