@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto",
                      help="KMeans backend (default auto)")
     run.add_argument("--train-subset", type=int, metavar="N", help="train the autoencoder on N training images")
+    run.add_argument("--limit", type=int, metavar="N",
+                     help="use only the first N training and N test images (a smoke run)")
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/run-DATE-TIME)")
     _add_common(run)
 
@@ -158,7 +160,7 @@ def cmd_run(args, say):
     config = RunConfig(profile=args.profile, epochs=args.epochs, preset=args.preset,
                        covariance_types=args.covariance_types, backend=args.backend, device=args.device,
                        data_dir=args.data_dir, download=args.download, seed=args.seed,
-                       train_subset=args.train_subset, progress=not args.quiet)
+                       train_subset=args.train_subset, limit=args.limit, progress=not args.quiet)
     out = Path(args.out) if args.out else default_run_dir()
     run = run_experiments(config, on_progress=say)
     paths = write_run_folder(run, out)

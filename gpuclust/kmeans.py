@@ -22,7 +22,7 @@ logger = logging.getLogger("gpuclust")
 
 BACKENDS = ("auto", "torch", "sklearn", "cuml")
 ALGORITHMS = ("auto", "lloyd", "hamerly")
-# What backend="auto" picks on a CPU: the faster one in benchmarks/results/kmeans_cpu.jsonl
+# What backend="auto" picks on a CPU: the faster one in benchmarks/results/cpu.md
 # (ours ran 60000x784, k=10 at a lower time per iteration than scikit-learn's lloyd).
 CPU_AUTO_BACKEND = "torch"
 

@@ -52,6 +52,7 @@ class RunConfig:
     patience: int = 10
     train_subset: int | None = None
     max_train_seconds: float | None = None
+    limit: int | None = None  # use only the first N training and N test images (smoke runs, tests)
     progress: bool = True
     extras: dict = field(default_factory=dict)
 
@@ -75,6 +76,17 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     """Versions and hardware, recorded with every result."""
     import sklearn
@@ -82,7 +94,7 @@ def environment(device: torch.device) -> dict:
     env = {"gpuclust": __version__, "torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
            "python": platform.python_version(), "cpu_count": torch.get_num_threads(), "platform": platform.platform(),
            "device": str(device), "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                                  else platform.processor() or platform.machine()),
+                                                  else cpu_name()),
            "tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
     try:
         import subprocess
@@ -132,6 +144,11 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     cfg = config.resolved(device)
     train_images, train_labels = load_fashion_mnist("train", cfg.data_dir, cfg.download)
     test_images, test_labels = load_fashion_mnist("test", cfg.data_dir, cfg.download)
+    if cfg.limit is not None:
+        if cfg.limit < 50:
+            raise ValueError(f"limit={cfg.limit} is too small; use at least 50 images.")
+        train_images, train_labels = train_images[:cfg.limit], train_labels[:cfg.limit]
+        test_images, test_labels = test_images[:cfg.limit], test_labels[:cfg.limit]
     results, predictions = [], {}
 
     say("task 1: KMeans (k=10) on normalized pixels")

@@ -137,10 +137,12 @@ def render_report(run: dict, paths: dict) -> str:
     profile_note = {
         "quick": (f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
                   f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']} epochs, "
-                  f"{cfg['max_train_seconds']} s). Scores are lower than the full protocol's."),
+                  f"{cfg['max_train_seconds']} s). `--profile full` (the default on a GPU) follows the seed's protocol."),
         "full": (f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
                  f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."),
     }[cfg["profile"]]
+    if cfg.get("limit"):
+        profile_note += f" **Smoke run**: only the first {cfg['limit']} training and test images."
     best = max((r for r in run["results"] if r["task"].startswith("task3")), key=lambda r: r["completeness"],
                default=None)
     lines = [

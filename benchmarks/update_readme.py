@@ -1,0 +1,139 @@
+"""Rebuild the README's results section from the committed results (never typed by hand).
+
+    python benchmarks/update_readme.py              # rewrite README.md between the markers
+    python benchmarks/update_readme.py --check-only # exit 1 if README.md is stale
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _jsonl(name):
+    path = RESULTS / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _env_line(rows):
+    env = next((r["environment"] for r in rows if r.get("environment")), None)
+    if not env:
+        return ""
+    return (f"Measured on {env['device_name']} ({env['device']}, {env['cpu_count']} CPU threads), torch "
+            f"{env['torch']}, scikit-learn {env['sklearn']}, commit {env.get('git_commit') or '?'}.")
+
+
+def _ok(rows, **match):
+    return [r for r in rows if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())]
+
+
+def main_job_section():
+    lines = []
+    for folder, title in (("run_full_gpu", "full profile on a GPU"), ("run_quick_cpu", "quick profile on the CPU")):
+        path = RESULTS / folder / "results.json"
+        if not path.exists():
+            continue
+        run = json.loads(path.read_text())
+        env, tr, cfg = run["environment"], run["training"], run["config"]
+        lines += [f"### `gpuclust run`, {title}", "",
+                  f"{env['device_name']} ({env['device']}); preset `{cfg['preset']}` trained on "
+                  f"{tr['n_train_images']} images for {len(tr['train_loss'])} epochs in {tr['seconds']:.0f} s "
+                  f"(median {sorted(tr['images_per_second'])[len(tr['images_per_second']) // 2]:.0f} images/s). "
+                  f"Test-set scores; from `benchmarks/results/{folder}/results.json`.", "",
+                  "| task | completeness | seed report | NMI | ARI | cluster acc. | fit s |", "|---|---|---|---|---|---|---|"]
+        for r in run["results"]:
+            ref = run["seed_report"].get(r["task"])
+            lines.append(f"| {r['task']} | {100 * r['completeness']:.2f}% | "
+                         f"{'' if ref is None else f'{100 * ref:.2f}%'} | {r['nmi']:.3f} | {r['ari']:.3f} | "
+                         f"{r['cluster_accuracy']:.3f} | {r['fit_seconds']:.2f} |")
+        lines.append("")
+    return lines
+
+
+def kmeans_section(rows, title):
+    km = _ok(rows, algorithm="kmeans", mode="per_iter")
+    if not km:
+        return []
+    lines = [f"### KMeans per iteration, {title}", "", _env_line(rows), "",
+             "| data | backend | algorithm | ms / iteration | vs scikit-learn | GB/s of X | completeness |",
+             "|---|---|---|---|---|---|---|"]
+    for r in km:
+        peer = next((p for p in km if p["backend"] == "sklearn" and p["data"] == r["data"]), None)
+        ratio = "" if peer is None or r["backend"] == "sklearn" else f"{peer['seconds_median'] / r['seconds_median']:.2f}x"
+        where = f"{r['backend']}/{r['device']}"
+        lines.append(f"| {r['data']} {r['n']}x{r['d']}, k={r['k']} | {where} | "
+                     f"{r['kmeans_algorithm'] if r['backend'] == 'torch' else 'lloyd'} | "
+                     f"{1e3 * r['seconds_median']:.2f} | {ratio} | {r['bytes_per_iter'] / r['seconds_median'] / 1e9:.1f} | "
+                     f"{r['completeness']:.3f} |")
+    return lines + ["", "Ratios above 1 mean gpuclust is faster, measured in the same run.", ""]
+
+
+def gmm_section(rows, title, mode):
+    gmm = _ok(rows, algorithm="gmm", mode=mode)
+    ours = [r for r in gmm if r["backend"] == "torch"]
+    if not ours:
+        return []
+    per = mode == "per_iter"
+    unit = "ms / iteration" if per else "s / fit"
+    scale = 1e3 if per else 1.0
+    lines = [f"### GaussianMixture {'per iteration' if per else 'converged fits'}, {title}", "", _env_line(rows), "",
+             f"| data | covariance | ours ({unit}) | scikit-learn ({unit}) | speed-up | peak memory ours / sklearn | "
+             f"completeness ours / sklearn | log-likelihood |", "|---|---|---|---|---|---|---|---|"]
+    for r in ours:
+        peer = next((p for p in gmm if p["backend"] == "sklearn" and p["data"] == r["data"] and p["n"] == r["n"]
+                     and p["covariance_type"] == r["covariance_type"]), None)
+        sk_t = f"{scale * peer['seconds_median']:.2f}" if peer else "n/a"
+        speed = f"{peer['seconds_median'] / r['seconds_median']:.2f}x" if peer else ""
+        mem = (f"{r['peak_memory_bytes'] / 2**20:.0f} / {peer['peak_memory_bytes'] / 2**20:.0f} MiB" if peer
+               else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB")
+        comp = f"{r['completeness']:.3f} / {peer['completeness']:.3f}" if peer else f"{r['completeness']:.3f}"
+        lines.append(f"| {r['data']} {r['n']}x{r['d']}, K={r['k']} | {r['covariance_type']} | "
+                     f"{scale * r['seconds_median']:.2f} | {sk_t} | {speed} | {mem} | {comp} | "
+                     f"{r['log_likelihood']:.3f} |")
+    return lines + [""]
+
+
+def render():
+    cpu, mem, gpu = _jsonl("cpu.jsonl"), _jsonl("cpu-memory.jsonl"), _jsonl("gpu_h100.jsonl")
+    lines = [START, "## Results", "",
+             "Generated by `python benchmarks/update_readme.py` from the files in `benchmarks/results/`.", ""]
+    lines += main_job_section()
+    lines += kmeans_section(cpu, "this 2-core CPU")
+    lines += gmm_section(cpu, "this 2-core CPU", "per_iter")
+    lines += gmm_section(cpu, "this 2-core CPU", "converged")
+    lines += gmm_section(mem, "memory case on the CPU", "per_iter")
+    if gpu:
+        lines += kmeans_section(gpu, "GPU")
+        lines += gmm_section(gpu, "GPU", "per_iter")
+    else:
+        lines += ["No GPU results are committed yet: `benchmarks/gpu_check.sh` is ready for the first session "
+                  "with a GPU.", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check-only", action="store_true")
+    args = parser.parse_args(argv)
+    readme = (ROOT / "README.md").read_text()
+    if START not in readme or END not in readme:
+        print("README.md has no results markers", file=sys.stderr)
+        return 1
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    updated = head + render() + tail
+    if args.check_only:
+        return 0 if updated == readme else 1
+    if updated != readme:
+        (ROOT / "README.md").write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
