@@ -191,6 +191,28 @@ def log_gaussian_prob(Xs, means, prec_chol, covariance_type):
     return -0.5 * (d * math.log(2 * math.pi) + log_prob) + log_det
 
 
+def normalize_log_prob(weighted_log_prob: torch.Tensor):
+    """Per-sample log-likelihood and responsibilities from weighted log-probabilities (c, K).
+
+    One exponential per entry, in place (``torch.logsumexp`` followed by ``exp``
+    would take two). Arguments are clamped at the log of the smallest normal
+    number first: a responsibility below ~1e-38 (float32) or ~1e-308 (float64)
+    changes no sum, and on the CPU ``exp`` of an underflowing argument takes a
+    slow path, about 13 times slower in float32.
+
+    Returns
+    -------
+    log_norm : (c,)
+    resp : (c, K), the input's storage reused
+    """
+    floor = math.log(torch.finfo(weighted_log_prob.dtype).tiny) + 1.0
+    top = weighted_log_prob.amax(dim=1, keepdim=True)
+    resp = weighted_log_prob.sub_(top).clamp_min_(floor).exp_()
+    total = resp.sum(dim=1, keepdim=True)
+    resp.div_(total)
+    return (top + total.log()).squeeze(1), resp
+
+
 def n_parameters(n_components, n_features, covariance_type):
     K, D = n_components, n_features
     cov = {"full": K * D * (D + 1) / 2.0, "tied": D * (D + 1) / 2.0, "diag": K * D, "spherical": K}[covariance_type]

@@ -229,8 +229,11 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
     labels (this rank's rows), inertia (python float, over all ranks), centers, n_iter
     """
     k = centers.shape[0]
-    labels, first, second = assign_top2(X, x_sq, centers, chunk)
-    bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second) if prune else None
+    if prune:
+        labels, first, second = assign_top2(X, x_sq, centers, chunk)
+        bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
+    else:
+        labels, _ = assign(X, x_sq, centers, chunk)
     sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -239,13 +242,18 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
             labels_old = labels
             if prune:
                 idx = bounds.candidates(centers)
-                labels = labels_old.clone()
-                if idx.numel():
-                    lab_s, first_s, second_s = assign_top2(X, x_sq, centers, min(chunk, 4096), idx)
-                    labels[idx] = lab_s
-                    bounds.refresh(idx, lab_s, first_s, second_s)
+                if 2 * idx.numel() > X.shape[0]:
+                    # Most samples may move: one pass over X beats gathering them.
+                    labels, first, second = assign_top2(X, x_sq, centers, chunk)
+                    bounds.refresh(slice(None), labels, first, second)
+                else:
+                    labels = labels_old.clone()
+                    if idx.numel():
+                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, min(chunk, 4096), idx)
+                        labels[idx] = lab_s
+                        bounds.refresh(idx, lab_s, first_s, second_s)
             else:
-                labels, first, _ = assign_top2(X, x_sq, centers, chunk)
+                labels, _ = assign(X, x_sq, centers, chunk)
             changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
         # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
         packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1),

@@ -47,13 +47,17 @@ class Case:
 
     @property
     def label(self):
-        alg = self.algorithm if self.algorithm == "kmeans" else f"gmm-{self.covariance_type}"
+        if self.algorithm == "kmeans":
+            alg = f"kmeans-{self.kmeans_algorithm if self.kmeans_algorithm != 'auto' else 'lloyd'}"
+        else:
+            alg = f"gmm-{self.covariance_type}"
         return f"{alg} {self.backend}/{self.device} {self.data} n={self.n} d={self.d} k={self.k} {self.dtype}"
 
 
-def _kmeans_cases(backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",)):
+def _kmeans_cases(backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",),
+                  sklearn_algorithms=("lloyd",)):
     return [Case("kmeans", b, device, data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
-            for b in backends for a in (algorithms if b == "torch" else ("auto",))]
+            for b in backends for a in (sklearn_algorithms if b == "sklearn" else algorithms)]
 
 
 def _gmm_cases(backends, device, data, n, d, k, covs=("full", "tied", "diag", "spherical"), dtype="float32",
@@ -68,7 +72,7 @@ GRIDS = {
                   + _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 2000, 8, 5, iters=3)),
     # The committed CPU results (tens of minutes on 2 cores).
     "cpu": (_kmeans_cases(("torch", "sklearn"), "cpu", "pixels", 60000, 784, 10, iters=20,
-                          algorithms=("lloyd", "hamerly"))
+                          algorithms=("lloyd", "hamerly"), sklearn_algorithms=("lloyd", "elkan"))
             + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64")
             + _gmm_cases(("torch", "sklearn"), "cpu", "pca-98", 60000, 98, 10, dtype="float64")
             + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64", mode="converged",
@@ -176,7 +180,8 @@ def _make_estimator(case, max_iter, init, tol):
     if case.algorithm == "kmeans":
         if case.backend == "sklearn":
             from sklearn.cluster import KMeans as SkKMeans
-            return SkKMeans(case.k, init=init["init"], n_init=1, max_iter=max_iter, tol=tol, algorithm="lloyd")
+            return SkKMeans(case.k, init=init["init"], n_init=1, max_iter=max_iter, tol=tol,
+                            algorithm="elkan" if case.kmeans_algorithm == "elkan" else "lloyd")
         from .kmeans import KMeans
         return KMeans(case.k, init=init["init"], max_iter=max_iter, tol=tol, device=case.device, backend=case.backend,
                       algorithm=case.kmeans_algorithm)
@@ -311,7 +316,8 @@ def _peer_key(row):
 def summarize(rows, markdown_path, plot_prefix):
     """Markdown table with ratios to scikit-learn from the same run, and the plots."""
     ok = [r for r in rows if r["status"] == "ok"]
-    sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn"}
+    # The peer is scikit-learn's default algorithm (lloyd for KMeans), measured in the same run.
+    sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn" and r["kmeans_algorithm"] in ("auto", "lloyd")}
     env = next((r["environment"] for r in rows if r.get("environment")), {}) or {}
     lines = [f"Device: {env.get('device_name', '?')} ({env.get('device', '?')}), {env.get('cpu_count', '?')} CPU "
              f"threads; torch {env.get('torch', '?')}, scikit-learn {env.get('sklearn', '?')}; commit "

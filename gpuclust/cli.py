@@ -194,10 +194,7 @@ def cmd_train_ae(args, say):
 
 
 def cmd_cluster(args, say):
-    import numpy as np
-
     from .datasets import flatten_pixels, load_fashion_mnist
-    from .metrics import all_scores
 
     if args.features:
         X = _load_array(args.features)
@@ -208,24 +205,36 @@ def cmd_cluster(args, say):
     if args.distributed:
         from .distributed import fit_distributed_cli
         return fit_distributed_cli(args, X, y, say)
+    est = make_cluster_estimator(args, args.device)
+    labels = est.fit_predict(X)
+    report_clustering(args, labels, y, est.n_iter_)
+    return 0
+
+
+def make_cluster_estimator(args, device, distributed=False):
+    """The estimator ``gpuclust cluster`` asked for."""
+    common = dict(random_state=args.seed, device=device, distributed=distributed,
+                  **({"max_iter": args.max_iter} if args.max_iter else {}))
     if args.algorithm == "kmeans":
         from .kmeans import KMeans
-        est = KMeans(args.n_clusters, random_state=args.seed, device=args.device, backend=args.backend,
-                     **({"max_iter": args.max_iter} if args.max_iter else {}))
-    else:
-        from .gaussian_mixture import GaussianMixture
-        est = GaussianMixture(args.n_clusters, covariance_type=args.covariance_type, random_state=args.seed,
-                              device=args.device, **({"max_iter": args.max_iter} if args.max_iter else {}))
-    labels = est.fit_predict(X)
+        return KMeans(args.n_clusters, backend="torch" if distributed else args.backend, **common)
+    from .gaussian_mixture import GaussianMixture
+    return GaussianMixture(args.n_clusters, covariance_type=args.covariance_type, **common)
+
+
+def report_clustering(args, labels, y, n_iter, where=""):
+    """Print the clustering's size and, given true labels, its scores; save the labels if asked."""
+    import numpy as np
+
+    from .metrics import all_scores
+
     labels = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)
-    print(f"{args.algorithm}: {len(labels)} samples in {len(np.unique(labels))} clusters "
-          f"({est.n_iter_} iterations)")
+    print(f"{args.algorithm}{where}: {len(labels)} samples in {len(np.unique(labels))} clusters ({n_iter} iterations)")
     if y is not None:
         for name, value in all_scores(np.asarray(y), labels).items():
             print(f"  {name}: {value:.4f}")
     if args.save_labels:
         _save_array(args.save_labels, labels)
-    return 0
 
 
 def cmd_select(args, say):

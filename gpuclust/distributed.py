@@ -157,24 +157,15 @@ def shard_rows(X, rank=None, world_size=None):
 
 def fit_distributed_cli(args, X, y, say):
     """``gpuclust cluster --distributed``: every rank loads X, fits on its block, rank 0 reports."""
-    from .metrics import all_scores
+    from .cli import make_cluster_estimator, report_clustering
 
     device = init_from_env()
     start, stop = shard_bounds(len(X))
-    X_local = X[start:stop]
-    if args.algorithm == "kmeans":
-        from .kmeans import KMeans
-        est = KMeans(args.n_clusters, random_state=args.seed, device=device, backend="torch", distributed=True,
-                     **({"max_iter": args.max_iter} if args.max_iter else {}))
-    else:
-        from .gaussian_mixture import GaussianMixture
-        est = GaussianMixture(args.n_clusters, covariance_type=args.covariance_type, random_state=args.seed,
-                              device=device, distributed=True, **({"max_iter": args.max_iter} if args.max_iter else {}))
-    rank = dist.get_rank()
+    est = make_cluster_estimator(args, device, distributed=True)
+    rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        local = torch.as_tensor(np.asarray(est.fit_predict(X_local)) if isinstance(X_local, np.ndarray)
-                                else est.fit_predict(X_local)).to(device)
-        labels = TorchDistComm().gather_rows(local.unsqueeze(1).to(torch.float64), "labels")[:, 0].long().cpu().numpy()
+        local = torch.as_tensor(np.asarray(est.fit_predict(X[start:stop]))).to(device)
+        labels = TorchDistComm().gather_rows(local.unsqueeze(1).to(torch.float64), "labels")[:, 0].long()
     except DistributedFitError as exc:
         import sys
         print(f"gpuclust: error: {exc}", file=sys.stderr, flush=True)
@@ -182,12 +173,5 @@ def fit_distributed_cli(args, X, y, say):
         os._exit(2)
     dist.destroy_process_group()
     if rank == 0:
-        print(f"{args.algorithm} (distributed over {stop - start} rows on rank 0): {len(labels)} samples, "
-              f"{est.n_iter_} iterations")
-        if y is not None:
-            for name, value in all_scores(np.asarray(y), labels).items():
-                print(f"  {name}: {value:.4f}")
-        if args.save_labels:
-            from .cli import _save_array
-            _save_array(args.save_labels, labels)
+        report_clustering(args, labels, y, est.n_iter_, where=f" (distributed over {world} ranks)")
     return 0

@@ -167,9 +167,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         log_w = self._working(torch.log(self._p["weights"]))
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         for _, Xs in self._tiles(X):
-            wlp = self._estimate_weighted_log_prob(Xs, means_w, prec_w, log_w)
-            log_norm = torch.logsumexp(wlp, dim=1)
-            resp = torch.exp(wlp - log_norm.unsqueeze(1))
+            log_norm, resp = gm.normalize_log_prob(self._estimate_weighted_log_prob(Xs, means_w, prec_w, log_w))
             total += log_norm.sum(dtype=torch.float64)
             gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
         stats.log_likelihood = float(total)

@@ -185,7 +185,7 @@ def test_warm_start_continues_from_last_fit():
         first = ws.lower_bound_
         ws.fit(X)
         straight = GaussianMixture(3, max_iter=10, **kw).fit(X)
-    assert ws.lower_bound_ >= first
+    assert ws.lower_bound_ >= first - 1e-12 * abs(first)  # EM never goes down, up to rounding
     np.testing.assert_allclose(ws.means_, straight.means_, rtol=1e-9)
 
 
