@@ -47,6 +47,9 @@ def main_job_section():
                   f"Test-set scores; from `benchmarks/results/{folder}/results.json`.", "",
                   "| task | completeness | seed report | NMI | ARI | cluster acc. | fit s |", "|---|---|---|---|---|---|---|"]
         for r in run["results"]:
+            if "skipped" in r:
+                lines.append(f"| {r['task']} | {r['skipped']} | | | | | |")
+                continue
             ref = run["seed_report"].get(r["task"])
             lines.append(f"| {r['task']} | {100 * r['completeness']:.2f}% | "
                          f"{'' if ref is None else f'{100 * ref:.2f}%'} | {r['nmi']:.3f} | {r['ari']:.3f} | "

@@ -235,8 +235,8 @@ def work_per_iteration(case) -> dict:
     if case.algorithm == "kmeans":
         flops = 2 * n * d * k
     else:
-        flops = {"full": 4 * n * k * d * d, "tied": 2 * n * d * d + 4 * n * d * k,
-                 "diag": 6 * n * d * k, "spherical": 4 * n * d * k}[case.covariance_type]
+        from .pipeline import gmm_flops_per_iteration
+        flops = gmm_flops_per_iteration(case.covariance_type, n, d, k)
     return {"bytes_per_iter": n * d * item, "flops_per_iter": flops}
 
 

@@ -73,7 +73,7 @@ def plot_confusion(y_true, y_pred, class_names, title, path):
 
 def plot_covariance_tradeoff(rows, path):
     plt = _matplotlib()
-    gmm = [r for r in rows if r.get("covariance_type")]
+    gmm = [r for r in rows if r.get("covariance_type") and "skipped" not in r]
     if not gmm:
         return
     names = [r["covariance_type"] for r in gmm]
@@ -99,6 +99,9 @@ def results_table(rows, seed_report) -> str:
             "cluster acc. | fit s | device | backend |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['task']} | {r['skipped']} |" + " |" * 10)
+            continue
         ref = seed_report.get(r["task"])
         lines.append(
             f"| {r['task']} | {r.get('features', '')} | {100 * r['completeness']:.2f}% | "
@@ -143,7 +146,8 @@ def render_report(run: dict, paths: dict) -> str:
     }[cfg["profile"]]
     if cfg.get("limit"):
         profile_note += f" **Smoke run**: only the first {cfg['limit']} training and test images."
-    best = max((r for r in run["results"] if r["task"].startswith("task3")), key=lambda r: r["completeness"],
+    best = max((r for r in run["results"] if r["task"].startswith("task3") and "skipped" not in r),
+               key=lambda r: r["completeness"],
                default=None)
     lines = [
         "# gpuclust run report", "",

@@ -128,3 +128,23 @@ def test_console_script_exit_code_and_help():
         help_text = subprocess.run([sys.executable, "-m", "gpuclust.cli", command, "--help"], capture_output=True,
                                    text=True)
         assert help_text.returncode == 0 and "--device" in help_text.stdout
+
+
+def test_default_run_skips_hours_long_fits_on_cpu_only():
+    import torch
+    from gpuclust.pipeline import cpu_skip_reason
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert "skipped on the CPU" in cpu_skip_reason("full", 48000, 6272, 10, cpu)
+    assert "skipped on the CPU" in cpu_skip_reason("tied", 48000, 6272, 10, cpu)
+    assert cpu_skip_reason("diag", 48000, 6272, 10, cpu) is None
+    assert cpu_skip_reason("full", 48000, 10, 10, cpu) is None
+    assert cpu_skip_reason("full", 48000, 6272, 10, gpu) is None
+
+
+@pytest.mark.realdata
+def test_run_with_the_seed_preset(fashion_train, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "run", "--preset", "seed", "--limit", "300", "--epochs", "1",
+                              "--covariance-types", "spherical", "--out", str(tmp_path), "--device", "cpu", "-q")
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["training"]["latent_dim"] == 6272
