@@ -139,8 +139,8 @@ def render_report(run: dict, paths: dict) -> str:
     cfg, env, tr = run["config"], run["environment"], run["training"]
     profile_note = {
         "quick": (f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
-                  f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']} epochs, "
-                  f"{cfg['max_train_seconds']} s). `--profile full` (the default on a GPU) follows the seed's protocol."),
+                  f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']}). "
+                  "`--profile full` (the default on a GPU) follows the seed's protocol."),
         "full": (f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
                  f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."),
     }[cfg["profile"]]
