@@ -22,8 +22,10 @@ A rank that fails or disappears makes every other rank raise
 :class:`DistributedFitError` within the process group's timeout instead of hanging.
 
 Equal to a single-process fit on the concatenated rows (to rounding): explicit
-initial parameters, k-means++, ``init="random"`` (KMeans) and the GMM inits
-"kmeans", "k-means++" and "random_from_data". The GMM's ``init_params="random"``
+initial parameters, and, while all rows fit in the seeding sample (2**25 values,
+``gpuclust._kmeans_core.INIT_SAMPLE_ELEMENTS``), k-means++, ``init="random"``
+(KMeans) and the GMM inits "kmeans", "k-means++" and "random_from_data". Beyond
+that, seeding uses a uniform sample drawn from every rank. The GMM's ``init_params="random"``
 draws each rank's responsibilities from its own copy of the random state, so it
 is consistent across ranks but not equal to a single-process fit.
 """

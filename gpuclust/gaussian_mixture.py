@@ -14,7 +14,7 @@ from . import _gmm_numerics as gm
 from ._arrays import as_tensor
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
-from ._kmeans_core import kmeans_plusplus, squared_norms
+from ._kmeans_core import gather_init_sample, kmeans_plusplus, squared_norms
 from .kmeans import _make_comm
 
 logger = logging.getLogger("gpuclust")
@@ -189,7 +189,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             stats.sxx = packed[K + K * D + 1:].view_as(stats.sxx)
         return stats
 
-    def _m_step(self, stats, n_samples):
+    def _m_step(self, stats):
         nk, means, cov = gm.estimate_parameters(stats, self.reg_covar, self.covariance_type, self._xtx)
         self._p = {"weights": nk / nk.sum(), "means": means, "covariances": cov,
                    "prec_chol": gm.precision_cholesky(cov, self.covariance_type, self._dtype == torch.float32)}
@@ -210,18 +210,17 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
             km = KMeans(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=dt,
                         backend="torch", distributed=self.distributed).fit(X)
-            labels = km._assign(X)[0]
+            labels = km.labels_  # a tensor on X's device, since X is one
             for rows, Xs in self._tiles(X):
                 resp = torch.zeros(rows.stop - rows.start, K, dtype=dt, device=X.device)
                 resp.scatter_(1, labels[rows].unsqueeze(1), 1.0)
                 yield Xs, resp
             return
         comm = self._comm
-        X_all = comm.gather_rows(X, "init sample") if comm.world_size > 1 else X
+        X_all, ones = gather_init_sample(X, torch.ones(X.shape[0], dtype=dt, device=X.device), comm, random_state)
         if self.init_params == "random_from_data":
             indices = random_state.choice(X_all.shape[0], size=K, replace=False)
         else:
-            ones = torch.ones(X_all.shape[0], dtype=dt, device=X.device)
             _, indices = kmeans_plusplus(X_all, K, ones, squared_norms(X_all), random_state)
         idx = comm.broadcast_(torch.as_tensor(indices, device=X.device), 0, "initial samples")
         # Only K samples carry responsibility: each component starts at one sample. Rank 0
@@ -311,7 +310,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             for n_iter in range(1, self.max_iter + 1):
                 previous = lower_bound
                 stats = self._e_step_stats(X_t)
-                self._m_step(stats, n)
+                self._m_step(stats)
                 lower_bound = stats.log_likelihood / n
                 bounds.append(lower_bound)
                 if self.verbose and n_iter % self.verbose_interval == 0:

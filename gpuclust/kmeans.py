@@ -209,12 +209,9 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq, comm) * self.tol
         chunk = self._chunk(n, d, k)
         prune = self.algorithm == "hamerly" or (self.algorithm == "auto" and X.device.type == "cpu")
-        if init_t is None and comm.world_size > 1:
-            # Seed from every rank's rows gathered in rank order: the same centres a single
-            # process would pick from the concatenated data, broadcast from rank 0.
-            X_all, w_all = comm.gather_rows(X, "init sample"), comm.gather_rows(w.unsqueeze(1), "init weights")[:, 0]
-        else:
-            X_all, w_all = X, w
+        # Under torch.distributed every rank seeds from the same gathered rows; rank 0's centres
+        # are broadcast so that all ranks start identically.
+        X_all, w_all = (X, w) if init_t is not None else core.gather_init_sample(X, w, comm, rs)
         best = None
         for run in range(n_init):
             if init_t is not None:

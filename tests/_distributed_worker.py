@@ -34,6 +34,15 @@ def shared_gmm_init(X, covariance_type, k=4):
 
 
 def fit_all(X, distributed):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed 60 EM iterations, converged or not
+        return _fit_all(X, distributed)
+
+
+def _fit_all(X, distributed):
     out = {}
     km = KMeans(4, init=X[:4] if not distributed else shared_data()[:4], device="cpu", distributed=distributed,
                 tol=1e-6).fit(X)

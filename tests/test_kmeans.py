@@ -223,3 +223,27 @@ def test_cupy_in_cupy_out_without_copy():
     X = cupy.asarray(overlapping_blobs(n=500, d=4, k=3)[0])
     km = KMeans(3, random_state=0, device="cuda").fit(X)
     assert isinstance(km.cluster_centers_, cupy.ndarray) and isinstance(km.labels_, cupy.ndarray)
+
+
+class _TwoIdenticalRanks:
+    """A stand-in for a 2-rank process group in which both ranks hold the same rows."""
+    rank, world_size = 0, 2
+
+    def sum_float(self, value, what=""):
+        return 2 * value
+
+    def gather_rows(self, tensor, what=""):
+        return torch.cat([tensor, tensor])
+
+
+def test_init_sample_gathers_all_rows_or_a_bounded_sample():
+    from gpuclust._kmeans_core import gather_init_sample
+    X = torch.arange(200.0).reshape(100, 2)
+    w = torch.linspace(0.5, 1.5, 100)
+    rs = np.random.RandomState(0)
+    X_all, w_all = gather_init_sample(X, w, _TwoIdenticalRanks(), rs)
+    assert torch.equal(X_all, torch.cat([X, X])) and torch.equal(w_all, torch.cat([w, w]))
+    X_s, w_s = gather_init_sample(X, w, _TwoIdenticalRanks(), rs, max_elements=60)  # 30 rows in all
+    assert X_s.shape == (30, 2) and w_s.shape == (30,)
+    rows = (X_s[:, 0] / 2).long()  # each sampled row is a real row with its own weight
+    assert torch.equal(X_s, X[rows]) and torch.allclose(w_s, w[rows])
