@@ -251,7 +251,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
             "scalable-k-means++" if self.init == "k-means++" else "random")
         seed = self.random_state if isinstance(self.random_state, numbers.Integral) else None
         est = cuml.cluster.KMeans(n_clusters=k, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
-                                  random_state=seed if seed is not None else 1, output_type="cupy")
+                                  random_state=seed, output_type="cupy")
         est.fit(X_cp, sample_weight=None if sample_weight is None else cupy.from_dlpack(w.contiguous()))
         centers = torch.from_dlpack(cupy.asarray(est.cluster_centers_)).to(X.dtype)
         labels = torch.from_dlpack(cupy.asarray(est.labels_)).to(torch.int64)

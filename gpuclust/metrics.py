@@ -113,6 +113,10 @@ def mutual_info_score(labels_true, labels_pred) -> float:
 def homogeneity_completeness_v_measure(labels_true, labels_pred, *, beta: float = 1.0):
     """Homogeneity, completeness and V-measure in one pass over the contingency matrix."""
     counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
+    return _hcv_from_counts(counts, beta)
+
+
+def _hcv_from_counts(counts, beta=1.0):
     h_true = _entropy_from_counts(counts.sum(1))
     h_pred = _entropy_from_counts(counts.sum(0))
     mi = _mutual_info_from_contingency(counts)
@@ -143,6 +147,10 @@ def v_measure_score(labels_true, labels_pred, *, beta: float = 1.0) -> float:
 def normalized_mutual_info_score(labels_true, labels_pred, *, average_method: str = "arithmetic") -> float:
     """Mutual information normalized by a mean of the two entropies (arithmetic by default)."""
     counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
+    return _nmi_from_counts(counts, average_method)
+
+
+def _nmi_from_counts(counts, average_method="arithmetic"):
     n_c, n_k = counts.shape
     if n_c == n_k == 1:
         return 1.0
@@ -166,6 +174,10 @@ def normalized_mutual_info_score(labels_true, labels_pred, *, average_method: st
 def adjusted_rand_score(labels_true, labels_pred) -> float:
     """Rand index adjusted for chance: 1.0 for identical partitions, about 0 for random ones."""
     counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
+    return _ari_from_counts(counts)
+
+
+def _ari_from_counts(counts):
     n = int(counts.sum())
     # Python ints: n**2 * n**2 overflows int64 beyond ~55k samples.
     sum_squares = int((counts * counts).sum())
@@ -202,9 +214,13 @@ def match_clusters(labels_true, labels_pred):
 
 def cluster_accuracy(labels_true, labels_pred) -> float:
     """Fraction of samples whose cluster, matched one-to-one to a class, is their class."""
+    counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
+    return _accuracy_from_counts(counts)
+
+
+def _accuracy_from_counts(counts):
     from scipy.optimize import linear_sum_assignment
 
-    counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
     host = counts.cpu().numpy()
     rows, cols = linear_sum_assignment(host, maximize=True)
     return float(host[rows, cols].sum() / host.sum())
@@ -212,10 +228,7 @@ def cluster_accuracy(labels_true, labels_pred) -> float:
 
 def all_scores(labels_true, labels_pred) -> dict:
     """Every score this module has, as a dict of floats (what reports and benchmarks record)."""
-    h, c, v = homogeneity_completeness_v_measure(labels_true, labels_pred)
-    return {
-        "completeness": c, "homogeneity": h, "v_measure": v,
-        "nmi": normalized_mutual_info_score(labels_true, labels_pred),
-        "ari": adjusted_rand_score(labels_true, labels_pred),
-        "cluster_accuracy": cluster_accuracy(labels_true, labels_pred),
-    }
+    counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
+    h, c, v = _hcv_from_counts(counts)
+    return {"completeness": c, "homogeneity": h, "v_measure": v, "nmi": _nmi_from_counts(counts),
+            "ari": _ari_from_counts(counts), "cluster_accuracy": _accuracy_from_counts(counts)}
