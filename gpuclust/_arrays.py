@@ -7,6 +7,7 @@ and dtype already fit, nothing is copied: numpy shares memory with torch via
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,21 +62,26 @@ def _kind_of(X) -> ArrayKind:
     return ArrayKind("numpy", torch.device("cpu"))
 
 
-def _to_tensor_nocopy(X, kind: ArrayKind) -> torch.Tensor:
+def _to_tensor_nocopy(X, kind: ArrayKind, name: str) -> torch.Tensor:
     if kind.namespace == "torch":
         return X
     if kind.namespace == "dlpack":
         return torch.from_dlpack(X)
     arr = X if isinstance(X, np.ndarray) else np.asarray(X)
     if arr.dtype == object or arr.dtype.kind in "USVMmO":
-        raise ValueError(f"X must be numeric; got an array of dtype {arr.dtype}.")
+        raise ValueError(f"{name} must be numeric; got an array of dtype {arr.dtype}.")
     if arr.dtype.kind == "c":
-        raise ValueError("X must be real; complex input is not supported.")
+        raise ValueError(f"{name} must be real; complex input is not supported.")
     if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
     if arr.dtype.byteorder not in ("=", "|"):
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return torch.from_numpy(arr)
+    if any(stride < 0 for stride in arr.strides):  # torch cannot view negative strides
+        arr = np.ascontiguousarray(arr)
+    with warnings.catch_warnings():
+        # Read-only arrays (memory maps, np.frombuffer) are fine: gpuclust never writes into its input.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 def as_tensor(X, *, device: torch.device, dtype: torch.dtype | None = None, name: str = "X",
@@ -110,7 +116,7 @@ def as_tensor(X, *, device: torch.device, dtype: torch.dtype | None = None, name
         raise ValueError(f"{name} must be a numeric array, got a string.")
     kind = _kind_of(X)
     try:
-        t = _to_tensor_nocopy(X, kind)
+        t = _to_tensor_nocopy(X, kind, name)
     except (TypeError, RuntimeError) as exc:
         raise ValueError(f"{name} could not be read as a numeric array: {exc}") from exc
     if t.is_complex():

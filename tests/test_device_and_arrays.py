@@ -81,3 +81,17 @@ def test_torch_to_cupy_is_zero_copy_on_gpu():
     assert t.data_ptr() == X.data.ptr
     back = to_output(t, kind)
     assert isinstance(back, cupy.ndarray) and back.data.ptr == X.data.ptr
+
+
+def test_reversed_and_read_only_arrays_are_accepted(recwarn):
+    X = np.arange(12, dtype=np.float64).reshape(6, 2)
+    t, _ = as_tensor(X[::-1], device=CPU)
+    assert torch.equal(t, torch.as_tensor(X[::-1].copy()))
+    ro = np.frombuffer(X.tobytes(), dtype=np.float64).reshape(6, 2)
+    t, _ = as_tensor(ro, device=CPU)
+    assert torch.equal(t, torch.as_tensor(X)) and not recwarn.list
+
+
+def test_error_names_the_argument():
+    with pytest.raises(ValueError, match="init must be real"):
+        as_tensor(np.array([[1j]]), device=CPU, name="init")
