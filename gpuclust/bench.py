@@ -344,7 +344,13 @@ def summarize(rows, markdown_path, plot_prefix):
         _plot(ok, plot_prefix)
 
 
+_COLORS = {"kmeans": "tab:gray", "full": "tab:red", "tied": "tab:purple", "diag": "tab:blue",
+           "spherical": "tab:green"}
+_MARKERS = {"torch": "o", "sklearn": "x", "cuml": "s"}
+
+
 def _plot(rows, prefix):
+    """Time per iteration by covariance type and D, and completeness against time (Pareto view)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -355,29 +361,39 @@ def _plot(rows, prefix):
         plt.close(fig)
         atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
+    def kind(r):
+        return "kmeans" if r["algorithm"] == "kmeans" else r["covariance_type"]
+
     per_iter = [r for r in rows if r["mode"] == "per_iter" and r["algorithm"] == "gmm"]
     if per_iter:
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for (cov, backend, device) in sorted({(r["covariance_type"], r["backend"], r["device"]) for r in per_iter}):
+        for cov, backend, device in sorted({(r["covariance_type"], r["backend"], r["device"]) for r in per_iter}):
             pts = sorted((r["d"], 1e3 * r["seconds_median"]) for r in per_iter
                          if (r["covariance_type"], r["backend"], r["device"]) == (cov, backend, device))
-            ax.plot(*zip(*pts), marker="o", ls="-" if backend == "torch" else "--", label=f"{cov} ({backend}/{device})")
+            ax.plot(*zip(*pts), marker=_MARKERS.get(backend, "o"), color=_COLORS[cov],
+                    ls="-" if backend == "torch" else "--", label=f"{cov}, {backend}/{device}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("D (features)")
+        ax.set_xlabel("D (features, log)")
         ax.set_ylabel("ms per EM iteration (log)")
-        ax.set_title("GaussianMixture time per iteration by covariance type and D")
-        ax.legend(fontsize=7)
+        ax.set_title("GaussianMixture time per iteration (solid: gpuclust, dashed: scikit-learn)")
+        ax.legend(fontsize=7, ncol=2)
         save(fig, f"{prefix}_time_per_iter.png")
+    # End-to-end fits where the grid has them (time to a converged model), else per-iteration times.
+    mode = "converged" if any(r["mode"] == "converged" for r in rows) else "per_iter"
+    chosen = [r for r in rows if r["mode"] == mode]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in rows:
-        name = r["algorithm"] if r["algorithm"] == "kmeans" else r["covariance_type"]
-        ax.scatter(r["seconds_median"], r["completeness"], marker="o" if r["backend"] == "torch" else "x")
-        ax.annotate(f"{name} {r['backend']} {r['data']}", (r["seconds_median"], r["completeness"]), fontsize=6)
+    seen = set()
+    for r in chosen:
+        key = (kind(r), r["backend"])
+        ax.scatter(r["seconds_median"], r["completeness"], color=_COLORS[kind(r)], marker=_MARKERS.get(r["backend"], "o"),
+                   s=50, label=None if key in seen else f"{kind(r)}, {r['backend']}")
+        seen.add(key)
     ax.set_xscale("log")
-    ax.set_xlabel("time (s, per iteration or per fit, log)")
+    ax.set_xlabel("seconds per fit (log)" if mode == "converged" else "seconds per iteration (log)")
     ax.set_ylabel("completeness")
-    ax.set_title("Quality against time (up and left is better)")
+    ax.set_title("Quality against time: up and to the left is better")
+    ax.legend(fontsize=7, ncol=2)
     save(fig, f"{prefix}_pareto.png")
 
 
