@@ -398,6 +398,7 @@ def _plot(rows, prefix):
 
 
 def run_grid_cli(args, say):
+    """``gpuclust bench``: validate the arguments, run the grid, return its rows."""
     if args.grid not in GRIDS:
         raise ValueError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
     if args.repeats < 1:
@@ -405,7 +406,4 @@ def run_grid_cli(args, say):
     cases = GRIDS[args.grid]
     if args.device != "auto":
         cases = [replace(c, device=args.device) if c.backend != "sklearn" else c for c in cases]
-    rows = run_grid(cases, args.out, args.tag or args.grid, repeats=args.repeats, seed=args.seed, say=say)
-    ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok}/{len(rows)} cases measured; results in {Path(args.out) / ((args.tag or args.grid) + '.jsonl')}")
-    return 0
+    return run_grid(cases, args.out, args.tag or args.grid, repeats=args.repeats, seed=args.seed, say=say)

@@ -204,11 +204,32 @@ def cmd_cluster(args, say):
         images, y = load_fashion_mnist("train", args.data_dir, args.download)
         X = flatten_pixels(images)
     if args.distributed:
-        from .distributed import fit_distributed_cli
-        return fit_distributed_cli(args, X, y, say)
+        return _cluster_distributed(args, X, y)
     est = make_cluster_estimator(args, args.device)
     labels = est.fit_predict(X)
     report_clustering(args, labels, y, est.n_iter_)
+    return 0
+
+
+def _cluster_distributed(args, X, y):
+    """Under torchrun: every rank loads X, fits on its block of rows; rank 0 reports."""
+    import os
+
+    import torch.distributed as dist
+
+    from .distributed import DistributedFitError, fit_on_shards, init_from_env
+
+    device = init_from_env()
+    est = make_cluster_estimator(args, device, distributed=True)
+    try:
+        labels = fit_on_shards(est, X)
+    except DistributedFitError as exc:
+        print(f"gpuclust: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_USAGE)  # the process group is broken; tearing it down can abort the interpreter
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.destroy_process_group()
+    if rank == 0:
+        report_clustering(args, labels, y, est.n_iter_, where=f" (distributed over {world} ranks)")
     return 0
 
 
@@ -240,12 +261,19 @@ def report_clustering(args, labels, y, n_iter, where=""):
 
 def cmd_select(args, say):
     from .selection import run_selection
-    return run_selection(args, say, _load_array)
+    best, out = run_selection(args, say, _load_array)
+    print(f"chosen by {args.criterion.upper()}: covariance_type={best['covariance_type']}, "
+          f"n_components={best['n_components']} ({args.criterion}={best[args.criterion]:.1f})")
+    print(f"sweep: {out / 'select.json'}, plot: {out / 'select.png'}")
+    return 0
 
 
 def cmd_bench(args, say):
     from .bench import run_grid_cli
-    return run_grid_cli(args, say)
+    rows = run_grid_cli(args, say)
+    ok = sum(r["status"] == "ok" for r in rows)
+    print(f"{ok}/{len(rows)} cases measured; results in {Path(args.out) / ((args.tag or args.grid) + '.jsonl')}")
+    return 0
 
 
 COMMANDS = {"run": cmd_run, "train-ae": cmd_train_ae, "cluster": cmd_cluster, "select": cmd_select,

@@ -17,6 +17,7 @@ or from your own script::
     init_from_env()                      # reads torchrun's RANK, WORLD_SIZE, MASTER_ADDR, ...
     X_local = shard_rows(X)              # this rank's block of rows
     gmm = GaussianMixture(10, distributed=True).fit(X_local)
+    # or: labels = fit_on_shards(GaussianMixture(10, distributed=True), X)  # all labels, every rank
 
 A rank that fails or disappears makes every other rank raise
 :class:`DistributedFitError` within the process group's timeout instead of hanging.
@@ -163,23 +164,13 @@ def shard_rows(X, rank=None, world_size=None):
     return X[start:stop]
 
 
-def fit_distributed_cli(args, X, y, say):
-    """``gpuclust cluster --distributed``: every rank loads X, fits on its block, rank 0 reports."""
-    from .cli import make_cluster_estimator, report_clustering
+def fit_on_shards(estimator, X):
+    """Fit ``estimator`` (built with ``distributed=True``) on this rank's block of X.
 
-    device = init_from_env()
+    Returns every sample's label, gathered in row order, on every rank.
+    """
     start, stop = shard_bounds(len(X))
-    est = make_cluster_estimator(args, device, distributed=True)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    try:
-        local = torch.as_tensor(np.asarray(est.fit_predict(X[start:stop]))).to(device)
-        labels = TorchDistComm().gather_rows(local.unsqueeze(1).to(torch.float64), "labels")[:, 0].long()
-    except DistributedFitError as exc:
-        import sys
-        print(f"gpuclust: error: {exc}", file=sys.stderr, flush=True)
-        # The process group is broken; tearing it down can abort the interpreter.
-        os._exit(2)
-    dist.destroy_process_group()
-    if rank == 0:
-        report_clustering(args, labels, y, est.n_iter_, where=f" (distributed over {world} ranks)")
-    return 0
+    local = estimator.fit_predict(X[start:stop])
+    local = torch.as_tensor(np.asarray(local) if not isinstance(local, torch.Tensor) else local)
+    local = local.to(estimator._device)
+    return TorchDistComm().gather_rows(local.unsqueeze(1).to(torch.float64), "labels")[:, 0].long()

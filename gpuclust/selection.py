@@ -59,7 +59,10 @@ def plot_sweep(rows, criterion, best, path):
 
 
 def run_selection(args, say, load_array):
-    """The CLI command: load features (or PCA of pixels), sweep, write select.json and select.png."""
+    """``gpuclust select``: load features (or PCA of pixels), sweep, write select.json and select.png.
+
+    Returns the chosen row and the output folder.
+    """
     from pathlib import Path
 
     if args.features:
@@ -84,7 +87,4 @@ def run_selection(args, say, load_array):
     atomic_write_json(out / "select.json", {"criterion": args.criterion, "best": best, "rows": rows,
                                             "n_samples": int(X.shape[0]), "n_features": int(X.shape[1])})
     plot_sweep(rows, args.criterion, best, out / "select.png")
-    print(f"chosen by {args.criterion.upper()}: covariance_type={best['covariance_type']}, "
-          f"n_components={best['n_components']} ({args.criterion}={best[args.criterion]:.1f})")
-    print(f"sweep: {out / 'select.json'}, plot: {out / 'select.png'}")
-    return 0
+    return best, out

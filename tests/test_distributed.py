@@ -94,3 +94,16 @@ def test_distributed_without_process_group_is_clear_error():
     from gpuclust import KMeans
     with pytest.raises(ValueError, match="initialized torch.distributed process group"):
         KMeans(2, distributed=True, device="cpu").fit(np.random.rand(10, 2))
+
+
+def test_cli_cluster_distributed_under_torchrun(tmp_path):
+    from _distributed_worker import shared_data
+    X = shared_data()
+    np.save(tmp_path / "x.npy", X)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "gpuclust.cli", "cluster", "--distributed", "--algorithm", "kmeans", "--n-clusters", "4",
+           "--features", str(tmp_path / "x.npy"), "--save-labels", str(tmp_path / "labels.npy"), "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "distributed over 2 ranks" in out.stdout and f"{len(X)} samples" in out.stdout
+    assert np.load(tmp_path / "labels.npy").shape == (len(X),)
