@@ -5,7 +5,7 @@ import datetime
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class RunConfig:
     max_train_seconds: float | None = None
     limit: int | None = None  # use only the first N training and N test images (smoke runs, tests)
     progress: bool = True
-    extras: dict = field(default_factory=dict)
 
     def resolved(self, device: torch.device) -> "RunConfig":
         profile = self.profile or ("full" if device.type == "cuda" else "quick")
