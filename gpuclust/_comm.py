@@ -36,3 +36,11 @@ class LocalComm:
 
 
 LOCAL = LocalComm()
+
+
+def make_comm(distributed: bool):
+    """The collectives for an estimator's ``distributed`` setting."""
+    if not distributed:
+        return LOCAL
+    from .distributed import TorchDistComm
+    return TorchDistComm()

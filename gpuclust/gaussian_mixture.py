@@ -14,8 +14,8 @@ from . import _gmm_numerics as gm
 from ._arrays import as_tensor
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
+from ._comm import make_comm
 from ._kmeans_core import gather_init_sample, kmeans_plusplus, squared_norms
-from .kmeans import _make_comm
 
 logger = logging.getLogger("gpuclust")
 
@@ -280,7 +280,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     def fit_predict(self, X, y=None):
         """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``)."""
         X_t, kind = self._fit(X)
-        return self._output(self._log_resp(X_t).argmax(1), kind)
+        return self._output(self._labels(X_t), kind)
 
     def _fit(self, X):
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -289,7 +289,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         else:
             X_t, kind = self._prepare_input(X, "_p")
             self._input_kind = kind
-        self._comm = _make_comm(self.distributed)
+        self._comm = make_comm(self.distributed)
         n_local, d = X_t.shape
         col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
         totals = self._comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
@@ -377,13 +377,17 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._p["means"].shape[0])
         return X_t, kind
 
+    def _labels(self, X):
+        """Most probable component per sample, tile by tile (never an (n, K) array)."""
+        labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
+        for rows, wlp in self._weighted_log_prob_tiles(X):
+            labels[rows] = wlp.argmax(1)
+        return labels
+
     def predict(self, X):
         """Most probable component of each sample."""
         X_t, kind = self._prepare(X)
-        labels = torch.empty(X_t.shape[0], dtype=torch.int64, device=X_t.device)
-        for rows, wlp in self._weighted_log_prob_tiles(X_t):
-            labels[rows] = wlp.argmax(1)
-        return self._output(labels, kind)
+        return self._output(self._labels(X_t), kind)
 
     def predict_proba(self, X):
         """Posterior probability of each component, shape (n_samples, n_components); rows sum to one."""

@@ -16,7 +16,7 @@ from ._arrays import as_sample_weight, as_tensor
 from ._backends import cuml_available, require
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import rows_per_chunk
-from ._comm import LOCAL
+from ._comm import make_comm
 
 logger = logging.getLogger("gpuclust")
 
@@ -25,13 +25,6 @@ ALGORITHMS = ("auto", "lloyd", "hamerly")
 # What backend="auto" picks on a CPU: the faster one in benchmarks/results/cpu.md
 # (ours ran 60000x784, k=10 at a lower time per iteration than scikit-learn's lloyd).
 CPU_AUTO_BACKEND = "torch"
-
-
-def _make_comm(distributed):
-    if not distributed:
-        return LOCAL
-    from .distributed import TorchDistComm
-    return TorchDistComm()
 
 
 class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -167,7 +160,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         """
         X_t, kind = self._prepare_fit_input(X)
         n, d = X_t.shape
-        self._comm = _make_comm(self.distributed)
+        self._comm = make_comm(self.distributed)
         k, n_init = self._check_params(n)
         w = as_sample_weight(sample_weight, n, device=self._device, dtype=self._dtype)
         init_t = None
