@@ -1,8 +1,9 @@
 """Rebuild the README's results section from the committed results (never typed by hand).
 
-    python benchmarks/update_readme.py              # rewrite README.md between the markers
-    python benchmarks/update_readme.py --check-only # exit 1 if README.md is stale
+python benchmarks/update_readme.py              # rewrite README.md between the markers
+python benchmarks/update_readme.py --check-only # exit 1 if README.md is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ def _env_line(rows):
     env = next((r["environment"] for r in rows if r.get("environment")), None)
     if not env:
         return ""
-    return (f"Measured on {env['device_name']} ({env['device']}, {env['cpu_count']} CPU threads), torch "
-            f"{env['torch']}, scikit-learn {env['sklearn']}, commit {env.get('git_commit') or '?'}.")
+    return (
+        f"Measured on {env['device_name']} ({env['device']}, {env['cpu_count']} CPU threads), torch "
+        f"{env['torch']}, scikit-learn {env['sklearn']}, commit {env.get('git_commit') or '?'}."
+    )
 
 
 def _ok(rows, **match):
@@ -40,20 +43,27 @@ def main_job_section():
             continue
         run = json.loads(path.read_text())
         env, tr, cfg = run["environment"], run["training"], run["config"]
-        lines += [f"### `gpuclust run`, {title}", "",
-                  f"{env['device_name']} ({env['device']}); preset `{cfg['preset']}` trained on "
-                  f"{tr['n_train_images']} images for {len(tr['train_loss'])} epochs in {tr['seconds']:.0f} s "
-                  f"(median {sorted(tr['images_per_second'])[len(tr['images_per_second']) // 2]:.0f} images/s). "
-                  f"Test-set scores; from `benchmarks/results/{folder}/results.json`.", "",
-                  "| task | completeness | seed report | NMI | ARI | cluster acc. | fit s |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### `gpuclust run`, {title}",
+            "",
+            f"{env['device_name']} ({env['device']}); preset `{cfg['preset']}` trained on "
+            f"{tr['n_train_images']} images for {len(tr['train_loss'])} epochs in {tr['seconds']:.0f} s "
+            f"(median {sorted(tr['images_per_second'])[len(tr['images_per_second']) // 2]:.0f} images/s). "
+            f"Test-set scores; from `benchmarks/results/{folder}/results.json`.",
+            "",
+            "| task | completeness | seed report | NMI | ARI | cluster acc. | fit s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in run["results"]:
             if "skipped" in r:
                 lines.append(f"| {r['task']} | {r['skipped']} | | | | | |")
                 continue
             ref = run["seed_report"].get(r["task"])
-            lines.append(f"| {r['task']} | {100 * r['completeness']:.2f}% | "
-                         f"{'' if ref is None else f'{100 * ref:.2f}%'} | {r['nmi']:.3f} | {r['ari']:.3f} | "
-                         f"{r['cluster_accuracy']:.3f} | {r['fit_seconds']:.2f} |")
+            lines.append(
+                f"| {r['task']} | {100 * r['completeness']:.2f}% | "
+                f"{'' if ref is None else f'{100 * ref:.2f}%'} | {r['nmi']:.3f} | {r['ari']:.3f} | "
+                f"{r['cluster_accuracy']:.3f} | {r['fit_seconds']:.2f} |"
+            )
         lines.append("")
     return lines
 
@@ -62,20 +72,38 @@ def kmeans_section(rows, title):
     km = _ok(rows, algorithm="kmeans", mode="per_iter")
     if not km:
         return []
-    lines = [f"### KMeans per iteration, {title}", "", _env_line(rows), "",
-             "| data | backend | algorithm | ms / iteration | vs scikit-learn | GB/s of X | completeness |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### KMeans per iteration, {title}",
+        "",
+        _env_line(rows),
+        "",
+        "| data | backend | algorithm | ms / iteration | vs scikit-learn | GB/s of X | completeness |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in km:
-        peer = next((p for p in km if p["backend"] == "sklearn" and p["data"] == r["data"]
-                     and p["kmeans_algorithm"] in ("lloyd", "auto")), None)
-        ratio = "" if peer is None or r["backend"] == "sklearn" else f"{peer['seconds_median'] / r['seconds_median']:.2f}x"
+        peer = next(
+            (
+                p
+                for p in km
+                if p["backend"] == "sklearn" and p["data"] == r["data"] and p["kmeans_algorithm"] in ("lloyd", "auto")
+            ),
+            None,
+        )
+        ratio = (
+            "" if peer is None or r["backend"] == "sklearn" else f"{peer['seconds_median'] / r['seconds_median']:.2f}x"
+        )
         where = f"{r['backend']}/{r['device']}"
-        lines.append(f"| {r['data']} {r['n']}x{r['d']}, k={r['k']} | {where} | "
-                     f"{r['kmeans_algorithm'] if r['kmeans_algorithm'] != 'auto' else 'lloyd'} | "
-                     f"{1e3 * r['seconds_median']:.2f} | {ratio} | {r['bytes_per_iter'] / r['seconds_median'] / 1e9:.1f} | "
-                     f"{r['completeness']:.3f} |")
-    return lines + ["", "Ratios are against scikit-learn's lloyd in the same run; above 1 means gpuclust is faster.",
-                    ""]
+        lines.append(
+            f"| {r['data']} {r['n']}x{r['d']}, k={r['k']} | {where} | "
+            f"{r['kmeans_algorithm'] if r['kmeans_algorithm'] != 'auto' else 'lloyd'} | "
+            f"{1e3 * r['seconds_median']:.2f} | {ratio} | {r['bytes_per_iter'] / r['seconds_median'] / 1e9:.1f} | "
+            f"{r['completeness']:.3f} |"
+        )
+    return lines + [
+        "",
+        "Ratios are against scikit-learn's lloyd in the same run; above 1 means gpuclust is faster.",
+        "",
+    ]
 
 
 def gmm_section(rows, title, mode):
@@ -86,20 +114,40 @@ def gmm_section(rows, title, mode):
     per = mode == "per_iter"
     unit = "ms / iteration" if per else "s / fit"
     scale = 1e3 if per else 1.0
-    lines = [f"### GaussianMixture {'per iteration' if per else 'converged fits'}, {title}", "", _env_line(rows), "",
-             f"| data | covariance | ours ({unit}) | scikit-learn ({unit}) | speed-up | peak memory ours / sklearn | "
-             f"completeness ours / sklearn | log-likelihood |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### GaussianMixture {'per iteration' if per else 'converged fits'}, {title}",
+        "",
+        _env_line(rows),
+        "",
+        f"| data | covariance | ours ({unit}) | scikit-learn ({unit}) | speed-up | peak memory ours / sklearn | "
+        f"completeness ours / sklearn | log-likelihood |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in ours:
-        peer = next((p for p in gmm if p["backend"] == "sklearn" and p["data"] == r["data"] and p["n"] == r["n"]
-                     and p["covariance_type"] == r["covariance_type"]), None)
+        peer = next(
+            (
+                p
+                for p in gmm
+                if p["backend"] == "sklearn"
+                and p["data"] == r["data"]
+                and p["n"] == r["n"]
+                and p["covariance_type"] == r["covariance_type"]
+            ),
+            None,
+        )
         sk_t = f"{scale * peer['seconds_median']:.2f}" if peer else "n/a"
         speed = f"{peer['seconds_median'] / r['seconds_median']:.2f}x" if peer else ""
-        mem = (f"{r['peak_memory_bytes'] / 2**20:.0f} / {peer['peak_memory_bytes'] / 2**20:.0f} MiB" if peer
-               else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB")
+        mem = (
+            f"{r['peak_memory_bytes'] / 2**20:.0f} / {peer['peak_memory_bytes'] / 2**20:.0f} MiB"
+            if peer
+            else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
+        )
         comp = f"{r['completeness']:.3f} / {peer['completeness']:.3f}" if peer else f"{r['completeness']:.3f}"
-        lines.append(f"| {r['data']} {r['n']}x{r['d']}, K={r['k']} | {r['covariance_type']} | "
-                     f"{scale * r['seconds_median']:.2f} | {sk_t} | {speed} | {mem} | {comp} | "
-                     f"{r['log_likelihood']:.3f} |")
+        lines.append(
+            f"| {r['data']} {r['n']}x{r['d']}, K={r['k']} | {r['covariance_type']} | "
+            f"{scale * r['seconds_median']:.2f} | {sk_t} | {speed} | {mem} | {comp} | "
+            f"{r['log_likelihood']:.3f} |"
+        )
     return lines + [""]
 
 
@@ -110,24 +158,36 @@ def tradeoff_section(cpu):
     for data in dict.fromkeys(r["data"] for r in ours):
         t = {r["covariance_type"]: r for r in ours if r["data"] == data}
         if "full" in t and "diag" in t:
-            lines.append(f"- {data} ({t['full']['n']}x{t['full']['d']}, K={t['full']['k']}): a full-covariance EM "
-                         f"iteration costs {t['full']['seconds_median'] / t['diag']['seconds_median']:.1f}x a diag one.")
+            lines.append(
+                f"- {data} ({t['full']['n']}x{t['full']['d']}, K={t['full']['k']}): a full-covariance EM "
+                f"iteration costs {t['full']['seconds_median'] / t['diag']['seconds_median']:.1f}x a diag one."
+            )
     path = RESULTS / "run_quick_cpu" / "results.json"
     if path.exists():
-        rows = {r.get("covariance_type"): r for r in json.loads(path.read_text())["results"]
-                if r["task"].startswith("task3") and "skipped" not in r}
+        rows = {
+            r.get("covariance_type"): r
+            for r in json.loads(path.read_text())["results"]
+            if r["task"].startswith("task3") and "skipped" not in r
+        }
         if "full" in rows and "diag" in rows:
             f, d = rows["full"], rows["diag"]
-            lines.append(f"- On the autoencoder's features (quick run), full buys "
-                         f"{100 * (f['completeness'] - d['completeness']):+.2f} points of completeness over diag, "
-                         f"for {f['fit_seconds'] / d['fit_seconds']:.1f}x the fit time.")
+            lines.append(
+                f"- On the autoencoder's features (quick run), full buys "
+                f"{100 * (f['completeness'] - d['completeness']):+.2f} points of completeness over diag, "
+                f"for {f['fit_seconds'] / d['fit_seconds']:.1f}x the fit time."
+            )
     return ["### Full against diag covariance", ""] + lines + [""] if lines else []
 
 
 def render():
     cpu, mem, gpu = _jsonl("cpu.jsonl"), _jsonl("cpu-memory.jsonl"), _jsonl("gpu_h100.jsonl")
-    lines = [START, "## Results", "",
-             "Generated by `python benchmarks/update_readme.py` from the files in `benchmarks/results/`.", ""]
+    lines = [
+        START,
+        "## Results",
+        "",
+        "Generated by `python benchmarks/update_readme.py` from the files in `benchmarks/results/`.",
+        "",
+    ]
     lines += main_job_section()
     lines += kmeans_section(cpu, "this 2-core CPU")
     lines += gmm_section(cpu, "this 2-core CPU", "per_iter")
@@ -138,8 +198,10 @@ def render():
         lines += kmeans_section(gpu, "GPU")
         lines += gmm_section(gpu, "GPU", "per_iter")
     else:
-        lines += ["No GPU results are committed yet: `benchmarks/gpu_check.sh` is ready for the first session "
-                  "with a GPU.", ""]
+        lines += [
+            "No GPU results are committed yet: `benchmarks/gpu_check.sh` is ready for the first session with a GPU.",
+            "",
+        ]
     lines.append(END)
     return "\n".join(lines)
 

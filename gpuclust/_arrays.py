@@ -5,6 +5,7 @@ estimator's device; results go back in the caller's array type. Where device
 and dtype already fit, nothing is copied: numpy shares memory with torch via
 ``torch.from_numpy`` and CuPy (or anything with ``__dlpack__``) via DLPack.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -84,8 +85,16 @@ def _to_tensor_nocopy(X, kind: ArrayKind, name: str) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def as_tensor(X, *, device: torch.device, dtype: torch.dtype | None = None, name: str = "X",
-              ndim: int | None = 2, allow_empty: bool = False, check_finite: bool = True):
+def as_tensor(
+    X,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    name: str = "X",
+    ndim: int | None = 2,
+    allow_empty: bool = False,
+    check_finite: bool = True,
+):
     """Validate and convert array-like ``X`` to a tensor on ``device``.
 
     Parameters

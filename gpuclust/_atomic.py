@@ -1,4 +1,5 @@
 """Write files atomically: a temporary file in the same folder, then a rename."""
+
 from __future__ import annotations
 
 import json

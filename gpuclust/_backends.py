@@ -1,4 +1,5 @@
 """Optional libraries behind one availability check each, with the install hint in the error."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,7 +11,7 @@ logger = logging.getLogger("gpuclust")
 
 INSTALL_HINTS = {
     "cuml": "cuML is not installed: pip install 'gpuclust[cuml]' (or cuml-cu12 from pypi.nvidia.com; "
-            "see https://docs.rapids.ai/install), on a machine with an NVIDIA GPU.",
+    "see https://docs.rapids.ai/install), on a machine with an NVIDIA GPU.",
     "cupy": "CuPy is not installed: pip install 'gpuclust[gpu]' (cupy-cuda12x).",
 }
 

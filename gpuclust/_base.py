@@ -1,4 +1,5 @@
 """What every gpuclust estimator shares: device/dtype resolution, input conversion, fitted checks."""
+
 from __future__ import annotations
 
 import numbers

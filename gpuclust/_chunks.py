@@ -1,4 +1,5 @@
 """Row tiling: how many samples to process at once under a memory budget."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,13 @@ import torch
 DEFAULT_BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 
 
-def rows_per_chunk(n_samples: int, bytes_per_row: int, device: torch.device,
-                   chunk_size: int | None = None, memory_budget: int | None = None) -> int:
+def rows_per_chunk(
+    n_samples: int,
+    bytes_per_row: int,
+    device: torch.device,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+) -> int:
     """Rows per tile: ``chunk_size`` if given, else ``memory_budget // bytes_per_row``.
 
     ``bytes_per_row`` is the temporary memory one sample needs in the tiled

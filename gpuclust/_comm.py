@@ -5,6 +5,7 @@ In one process every call returns its input. Under torch.distributed
 (:class:`gpuclust.distributed.TorchDistComm`) the same calls all-reduce the
 sufficient statistics across ranks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,4 +44,5 @@ def make_comm(distributed: bool):
     if not distributed:
         return LOCAL
     from .distributed import TorchDistComm
+
     return TorchDistComm()

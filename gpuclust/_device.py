@@ -1,4 +1,5 @@
 """Resolve the ``device=`` argument every public entry point takes."""
+
 from __future__ import annotations
 
 import logging
@@ -31,9 +32,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(
-            f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from exc
+        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -42,8 +41,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(
-                f"device={str(device)!r} does not exist: "
-                f"{torch.cuda.device_count()} CUDA device(s) are visible."
+                f"device={str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible."
             )
     elif resolved.type != "cpu":
         raise ValueError(f"device={str(device)!r} is not supported; use 'auto', 'cpu' or 'cuda'.")

@@ -11,6 +11,7 @@ The M-step works from sufficient statistics accumulated tile by tile:
 ``nk`` (K,), ``sx`` = sum r x (K, D) and the second moments per type:
 full (K, D, D), tied: the data's X^T X (D, D), diag and spherical (K, D).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,12 @@ class SufficientStats:
 def new_stats(n_components, n_features, covariance_type, device) -> SufficientStats:
     f64 = dict(dtype=torch.float64, device=device)
     K, D = n_components, n_features
-    sxx = {"full": lambda: torch.zeros(K, D, D, **f64), "tied": lambda: None,
-           "diag": lambda: torch.zeros(K, D, **f64), "spherical": lambda: torch.zeros(K, D, **f64)}[covariance_type]()
+    sxx = {
+        "full": lambda: torch.zeros(K, D, D, **f64),
+        "tied": lambda: None,
+        "diag": lambda: torch.zeros(K, D, **f64),
+        "spherical": lambda: torch.zeros(K, D, **f64),
+    }[covariance_type]()
     return SufficientStats(torch.zeros(K, **f64), torch.zeros(K, D, **f64), sxx)
 
 
@@ -52,6 +57,7 @@ def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tenso
 
 
 # --- M-step: covariances from sufficient statistics (float64) -------------------------------------
+
 
 def _covariances_full(stats, means, reg_covar, xtx):
     nk = stats.nk
@@ -74,8 +80,12 @@ def _covariances_spherical(stats, means, reg_covar, xtx):
     return _covariances_diag(stats, means, reg_covar, xtx).mean(1)
 
 
-_COVARIANCE_ESTIMATORS = {"full": _covariances_full, "tied": _covariances_tied,
-                          "diag": _covariances_diag, "spherical": _covariances_spherical}
+_COVARIANCE_ESTIMATORS = {
+    "full": _covariances_full,
+    "tied": _covariances_tied,
+    "diag": _covariances_diag,
+    "spherical": _covariances_spherical,
+}
 
 
 def estimate_parameters(stats: SufficientStats, reg_covar: float, covariance_type: str, xtx=None):
@@ -91,6 +101,7 @@ def estimate_parameters(stats: SufficientStats, reg_covar: float, covariance_typ
 
 
 # --- Cholesky factors ---------------------------------------------------------------------------
+
 
 def _ill_defined(component, dtype_hint):
     where = f" (component {component})" if component is not None else ""
@@ -118,8 +129,9 @@ def precision_cholesky(covariances: torch.Tensor, covariance_type: str, float32_
         return prec if covariance_type == "full" else prec[0]
     bad = torch.nonzero(covariances <= 0).flatten()
     if bad.numel():
-        raise _ill_defined(int(bad[0]) if covariance_type == "spherical" else int(bad[0]) // covariances.shape[-1],
-                           float32_hint)
+        raise _ill_defined(
+            int(bad[0]) if covariance_type == "spherical" else int(bad[0]) // covariances.shape[-1], float32_hint
+        )
     return covariances.rsqrt()
 
 
@@ -152,6 +164,7 @@ def covariances_from_precision_cholesky(prec_chol: torch.Tensor, covariance_type
 
 # --- E-step ------------------------------------------------------------------------------------
 
+
 def log_det_cholesky(prec_chol, covariance_type, n_features):
     if covariance_type == "full":
         return torch.log(prec_chol.diagonal(dim1=1, dim2=2)).sum(1)
@@ -180,8 +193,9 @@ def log_gaussian_prob(Xs, means, prec_chol, covariance_type):
         log_prob += (y * y).sum(1, keepdim=True)
     elif covariance_type == "diag":
         precisions = prec_chol * prec_chol
-        log_prob = torch.addmm(((means * means) * precisions).sum(1).unsqueeze(0), Xs, (means * precisions).T,
-                               alpha=-2.0)
+        log_prob = torch.addmm(
+            ((means * means) * precisions).sum(1).unsqueeze(0), Xs, (means * precisions).T, alpha=-2.0
+        )
         log_prob += (Xs * Xs) @ precisions.T
     else:
         precisions = prec_chol * prec_chol

@@ -3,6 +3,7 @@
 Every function takes tensors already on the compute device; nothing here
 converts or validates user input (that is :mod:`gpuclust.kmeans`'s job).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,13 @@ def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> fl
     """
     n_local, d = X.shape
     col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
-    totals = torch.cat([col_sums, x_sq.sum(dtype=torch.float64).reshape(1),
-                        torch.tensor([float(n_local)], dtype=torch.float64, device=X.device)])
+    totals = torch.cat(
+        [
+            col_sums,
+            x_sq.sum(dtype=torch.float64).reshape(1),
+            torch.tensor([float(n_local)], dtype=torch.float64, device=X.device),
+        ]
+    )
     comm.sum_(totals, "data variance")
     n = float(totals[-1])
     mean = totals[:d] / n
@@ -119,8 +125,15 @@ def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, 
         return
     top = torch.topk(distances, min(n_empty, distances.numel()))
     # Each rank offers its farthest samples: (distance, weight, old label, row).
-    offers = torch.cat([top.values.to(torch.float64).unsqueeze(1), sample_weight[top.indices].to(torch.float64).unsqueeze(1),
-                        labels[top.indices].to(torch.float64).unsqueeze(1), X[top.indices].to(torch.float64)], dim=1)
+    offers = torch.cat(
+        [
+            top.values.to(torch.float64).unsqueeze(1),
+            sample_weight[top.indices].to(torch.float64).unsqueeze(1),
+            labels[top.indices].to(torch.float64).unsqueeze(1),
+            X[top.indices].to(torch.float64),
+        ],
+        dim=1,
+    )
     offers = comm.gather_rows(offers, "empty-cluster relocation")
     chosen = offers[torch.topk(offers[:, 0], n_empty).indices]
     for new_id, offer in zip(empty.tolist(), chosen):
@@ -256,8 +269,9 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
                 labels, _ = assign(X, x_sq, centers, chunk)
             changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
         # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
-        packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1),
-                           "centre sums")
+        packed = comm.sum_(
+            torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
+        )
         step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
         if bool((step_weights == 0).any()):
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
@@ -307,8 +321,9 @@ def _sq_dist_to_rows(X, x_sq, rows_X, rows_sq):
     return d.clamp_min_(0)
 
 
-def kmeans_plusplus(X, n_clusters, sample_weight, x_sq, random_state: np.random.RandomState,
-                    n_local_trials: int | None = None):
+def kmeans_plusplus(
+    X, n_clusters, sample_weight, x_sq, random_state: np.random.RandomState, n_local_trials: int | None = None
+):
     """Greedy k-means++ seeding: ``2 + log(k)`` candidates per step, keep the one lowering the potential most.
 
     The random draws come from ``random_state`` (numpy, on the host), so the same
@@ -327,7 +342,7 @@ def kmeans_plusplus(X, n_clusters, sample_weight, x_sq, random_state: np.random.
     first = int(random_state.choice(n, p=p))
     indices = np.full(n_clusters, -1, dtype=np.int64)
     indices[0] = first
-    closest = _sq_dist_to_rows(X, x_sq, X[first:first + 1], x_sq[first:first + 1])[0].to(torch.float64)
+    closest = _sq_dist_to_rows(X, x_sq, X[first : first + 1], x_sq[first : first + 1])[0].to(torch.float64)
     potential = float(closest @ w64)
     for c in range(1, n_clusters):
         rand_vals = random_state.uniform(size=n_local_trials) * potential

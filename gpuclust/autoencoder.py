@@ -1,4 +1,5 @@
 """Convolutional autoencoders for Fashion-MNIST features: the seed report's, and one built for clustering."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,11 +81,12 @@ class ConvAutoencoder(nn.Module):
         self._conv_shape = (c[-1], side, side)
         conv_dim = c[-1] * side * side
         self.to_code = nn.Linear(conv_dim, config.bottleneck) if config.bottleneck else None
-        self.from_code = (nn.Sequential(nn.Linear(config.bottleneck, conv_dim), nn.ReLU(inplace=True))
-                          if config.bottleneck else None)
+        self.from_code = (
+            nn.Sequential(nn.Linear(config.bottleneck, conv_dim), nn.ReLU(inplace=True)) if config.bottleneck else None
+        )
         dec = []
         rev = tuple(reversed(c))
-        for i, (c_in, c_out) in enumerate(zip(rev[:-1], rev[1:])):
+        for c_in, c_out in zip(rev[:-1], rev[1:]):
             dec += _conv_bn_relu(c_in, c_out)
             dec.append(nn.Upsample(scale_factor=2, mode="nearest"))
         dec += [nn.Conv2d(c[0], 1, 3, padding=1), nn.Sigmoid()]
@@ -134,8 +136,10 @@ def images_to_tensor(images, device=None) -> torch.Tensor:
         t = t.to(device=device, dtype=torch.float32)
         lo, hi = torch.aminmax(t)
         if not (float(lo) >= 0.0 and float(hi) <= 1.0):
-            raise ValueError(f"float images must lie in [0, 1]; got values in [{float(lo):.3g}, {float(hi):.3g}] "
-                             "(pass uint8 0-255 images, or divide by 255).")
+            raise ValueError(
+                f"float images must lie in [0, 1]; got values in [{float(lo):.3g}, {float(hi):.3g}] "
+                "(pass uint8 0-255 images, or divide by 255)."
+            )
     else:
         raise ValueError(f"images must be uint8 (0-255) or float in [0, 1]; got dtype {t.dtype}.")
     return t

@@ -10,6 +10,7 @@ the CPU. Every row records quality (completeness, NMI, ARI; log-likelihood for
 GMM) and the environment. Results are JSON lines; tables and plots are made from
 them by :func:`summarize`.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,39 +55,69 @@ class Case:
         return f"{alg} {self.backend}/{self.device} {self.data} n={self.n} d={self.d} k={self.k} {self.dtype}"
 
 
-def _kmeans_cases(backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",),
-                  sklearn_algorithms=("lloyd",)):
-    return [Case("kmeans", b, device, data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
-            for b in backends for a in (sklearn_algorithms if b == "sklearn" else algorithms)]
+def _kmeans_cases(
+    backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",), sklearn_algorithms=("lloyd",)
+):
+    return [
+        Case("kmeans", b, device, data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
+        for b in backends
+        for a in (sklearn_algorithms if b == "sklearn" else algorithms)
+    ]
 
 
-def _gmm_cases(backends, device, data, n, d, k, covs=("full", "tied", "diag", "spherical"), dtype="float32",
-               iters=5, mode="per_iter"):
-    return [Case("gmm", b, device, data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
-            for c in covs for b in backends]
+def _gmm_cases(
+    backends,
+    device,
+    data,
+    n,
+    d,
+    k,
+    covs=("full", "tied", "diag", "spherical"),
+    dtype="float32",
+    iters=5,
+    mode="per_iter",
+):
+    return [
+        Case("gmm", b, device, data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
+        for c in covs
+        for b in backends
+    ]
 
 
 GRIDS = {
     # Seconds: what the tests run.
-    "cpu-small": (_kmeans_cases(("torch", "sklearn"), "cpu", "synthetic", 2000, 8, 5, iters=5)
-                  + _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 2000, 8, 5, iters=3)),
+    "cpu-small": (
+        _kmeans_cases(("torch", "sklearn"), "cpu", "synthetic", 2000, 8, 5, iters=5)
+        + _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 2000, 8, 5, iters=3)
+    ),
     # The committed CPU results (tens of minutes on 2 cores).
-    "cpu": (_kmeans_cases(("torch", "sklearn"), "cpu", "pixels", 60000, 784, 10, iters=20,
-                          algorithms=("lloyd", "hamerly"), sklearn_algorithms=("lloyd", "elkan"))
-            + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64")
-            + _gmm_cases(("torch", "sklearn"), "cpu", "pca-98", 60000, 98, 10, dtype="float64")
-            + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64", mode="converged",
-                         iters=100)),
+    "cpu": (
+        _kmeans_cases(
+            ("torch", "sklearn"),
+            "cpu",
+            "pixels",
+            60000,
+            784,
+            10,
+            iters=20,
+            algorithms=("lloyd", "hamerly"),
+            sklearn_algorithms=("lloyd", "elkan"),
+        )
+        + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64")
+        + _gmm_cases(("torch", "sklearn"), "cpu", "pca-98", 60000, 98, 10, dtype="float64")
+        + _gmm_cases(("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, dtype="float64", mode="converged", iters=100)
+    ),
     # Issue 4's memory case: diag, N=1e6, D=32, K=256, float32.
     "cpu-memory": _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2),
     # The GPU headline cases (benchmarks/gpu_check.sh), with scikit-learn on the host's cores as the peer.
-    "gpu": (_kmeans_cases(("torch", "cuml"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
-            + _kmeans_cases(("sklearn",), "cpu", "pixels", 60000, 784, 10, iters=20)
-            + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, iters=3)
-            + _gmm_cases(("sklearn",), "cpu", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
-            + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical", "full"),
-                         iters=3)
-            + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")),
+    "gpu": (
+        _kmeans_cases(("torch", "cuml"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
+        + _kmeans_cases(("sklearn",), "cpu", "pixels", 60000, 784, 10, iters=20)
+        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, iters=3)
+        + _gmm_cases(("sklearn",), "cpu", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
+        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical", "full"), iters=3)
+        + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")
+    ),
 }
 
 
@@ -107,20 +138,30 @@ def make_data(case: Case, seed: int = 0):
         X = centers[labels] + rng.normal(size=(case.n, case.d)).astype(np.float32)
     else:
         from .datasets import flatten_pixels, load_fashion_mnist
+
         images, labels = load_fashion_mnist("train", os.environ.get("GPUCLUST_DATA"))
-        images, labels = images[:case.n], labels[:case.n]
+        images, labels = images[: case.n], labels[: case.n]
         if case.data == "pixels":
             X = flatten_pixels(images)
         elif case.data.startswith("pca-"):
             from sklearn.decomposition import PCA
+
             X = PCA(int(case.data[4:]), random_state=seed).fit_transform(flatten_pixels(images)).astype(np.float32)
         elif case.data.startswith("ae-"):
             _, preset, epochs = case.data.split("-")
             from .training import encode, train_autoencoder
+
             device = resolve_device("auto")
             split = int(0.8 * len(images))
-            model, _ = train_autoencoder(images[:split], images[split:], preset=preset, epochs=int(epochs),
-                                         seed=seed, device=device, progress=False)
+            model, _ = train_autoencoder(
+                images[:split],
+                images[split:],
+                preset=preset,
+                epochs=int(epochs),
+                seed=seed,
+                device=device,
+                progress=False,
+            )
             X = encode(model, images).cpu().numpy()
         else:
             raise ValueError(f"unknown data {case.data!r}")
@@ -131,6 +172,7 @@ def make_data(case: Case, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------------ measuring
+
 
 class _RssSampler:
     """Peak resident set size of this process while active (sampled every 2 ms from /proc)."""
@@ -170,9 +212,12 @@ def _initial_params(case, X, seed):
     if case.algorithm == "kmeans":
         return {"init": means}
     var = X.var(0).astype(np.float64) + 1e-3
-    prec = {"full": lambda: np.repeat(np.diag(1 / var)[None], case.k, 0), "tied": lambda: np.diag(1 / var),
-            "diag": lambda: np.repeat((1 / var)[None], case.k, 0),
-            "spherical": lambda: np.full(case.k, 1 / var.mean())}[case.covariance_type]()
+    prec = {
+        "full": lambda: np.repeat(np.diag(1 / var)[None], case.k, 0),
+        "tied": lambda: np.diag(1 / var),
+        "diag": lambda: np.repeat((1 / var)[None], case.k, 0),
+        "spherical": lambda: np.full(case.k, 1 / var.mean()),
+    }[case.covariance_type]()
     return {"weights_init": np.full(case.k, 1.0 / case.k), "means_init": means, "precisions_init": prec}
 
 
@@ -180,16 +225,33 @@ def _make_estimator(case, max_iter, init, tol):
     if case.algorithm == "kmeans":
         if case.backend == "sklearn":
             from sklearn.cluster import KMeans as SkKMeans
-            return SkKMeans(case.k, init=init["init"], n_init=1, max_iter=max_iter, tol=tol,
-                            algorithm="elkan" if case.kmeans_algorithm == "elkan" else "lloyd")
+
+            return SkKMeans(
+                case.k,
+                init=init["init"],
+                n_init=1,
+                max_iter=max_iter,
+                tol=tol,
+                algorithm="elkan" if case.kmeans_algorithm == "elkan" else "lloyd",
+            )
         from .kmeans import KMeans
-        return KMeans(case.k, init=init["init"], max_iter=max_iter, tol=tol, device=case.device, backend=case.backend,
-                      algorithm=case.kmeans_algorithm)
+
+        return KMeans(
+            case.k,
+            init=init["init"],
+            max_iter=max_iter,
+            tol=tol,
+            device=case.device,
+            backend=case.backend,
+            algorithm=case.kmeans_algorithm,
+        )
     kw = dict(covariance_type=case.covariance_type, max_iter=max_iter, tol=tol, reg_covar=1e-4, **init)
     if case.backend == "sklearn":
         from sklearn.mixture import GaussianMixture as SkGMM
+
         return SkGMM(case.k, **kw)
     from .gaussian_mixture import GaussianMixture
+
     return GaussianMixture(case.k, device=case.device, **kw)
 
 
@@ -217,10 +279,14 @@ def _timed_fit(case, X, init, max_iter, tol):
 
 def _quality(case, est, X, labels):
     from .metrics import adjusted_rand_score, completeness_score, normalized_mutual_info_score
+
     pred = est.predict(X)
     pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    q = {"completeness": completeness_score(labels, pred), "nmi": normalized_mutual_info_score(labels, pred),
-         "ari": adjusted_rand_score(labels, pred)}
+    q = {
+        "completeness": completeness_score(labels, pred),
+        "nmi": normalized_mutual_info_score(labels, pred),
+        "ari": adjusted_rand_score(labels, pred),
+    }
     if case.algorithm == "gmm":
         q["log_likelihood"] = float(est.score(X))
     else:
@@ -236,6 +302,7 @@ def work_per_iteration(case) -> dict:
         flops = 2 * n * d * k
     else:
         from .pipeline import gmm_flops_per_iteration
+
         flops = gmm_flops_per_iteration(case.covariance_type, n, d, k)
     return {"bytes_per_iter": n * d * item, "flops_per_iter": flops}
 
@@ -248,6 +315,7 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
             raise RuntimeError("no CUDA GPU")
         if case.backend == "cuml":
             from ._backends import require
+
             require("cuml")
         X_np, labels = make_data(case, seed)
         X = _to_backend(case, X_np)
@@ -268,16 +336,26 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
                 est, t, peak = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
                 times.append(t)
                 peaks.append(peak)
-        row.update(status="ok", seconds_median=statistics.median(times), seconds_min=min(times),
-                   seconds_max=max(times), repeats=repeats, n_iter=int(est.n_iter_), peak_memory_bytes=max(peaks),
-                   **_quality(case, est, X, labels))
-    except Exception as exc:  # noqa: BLE001 - a failed case is a result, not a crash
-        row.update(status="skipped" if isinstance(exc, (ImportError, RuntimeError)) else "error",
-                   reason=f"{type(exc).__name__}: {exc}")
+        row.update(
+            status="ok",
+            seconds_median=statistics.median(times),
+            seconds_min=min(times),
+            seconds_max=max(times),
+            repeats=repeats,
+            n_iter=int(est.n_iter_),
+            peak_memory_bytes=max(peaks),
+            **_quality(case, est, X, labels),
+        )
+    except Exception as exc:
+        row.update(
+            status="skipped" if isinstance(exc, (ImportError, RuntimeError)) else "error",
+            reason=f"{type(exc).__name__}: {exc}",
+        )
     return row
 
 
 # --------------------------------------------------------------------------------- the grid, I/O
+
 
 def read_jsonl(path) -> list:
     p = Path(path)
@@ -291,6 +369,7 @@ def write_jsonl(path, rows):
 def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
     """Run every case, rewriting ``<out>/<tag>.jsonl`` atomically after each; then summarize."""
     from .pipeline import environment
+
     env = environment(resolve_device("auto"))
     path = Path(out_dir) / f"{tag}.jsonl"
     rows = []
@@ -300,8 +379,10 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
         rows.append(row)
         write_jsonl(path, rows)
         if row["status"] == "ok":
-            say(f"    {1e3 * row['seconds_median']:.2f} ms{'/iter' if case.mode == 'per_iter' else ''}, "
-                f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB, completeness {row['completeness']:.3f}")
+            say(
+                f"    {1e3 * row['seconds_median']:.2f} ms{'/iter' if case.mode == 'per_iter' else ''}, "
+                f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB, completeness {row['completeness']:.3f}"
+            )
         else:
             say(f"    {row['status']}: {row['reason']}")
     summarize(rows, Path(out_dir) / f"{tag}.md", Path(out_dir) / tag)
@@ -309,8 +390,16 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
 
 
 def _peer_key(row):
-    return (row["algorithm"], row.get("covariance_type"), row["data"], row["n"], row["d"], row["k"], row["dtype"],
-            row["mode"])
+    return (
+        row["algorithm"],
+        row.get("covariance_type"),
+        row["data"],
+        row["n"],
+        row["d"],
+        row["k"],
+        row["dtype"],
+        row["mode"],
+    )
 
 
 def summarize(rows, markdown_path, plot_prefix):
@@ -319,11 +408,15 @@ def summarize(rows, markdown_path, plot_prefix):
     # The peer is scikit-learn's default algorithm (lloyd for KMeans), measured in the same run.
     sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn" and r["kmeans_algorithm"] in ("auto", "lloyd")}
     env = next((r["environment"] for r in rows if r.get("environment")), {}) or {}
-    lines = [f"Device: {env.get('device_name', '?')} ({env.get('device', '?')}), {env.get('cpu_count', '?')} CPU "
-             f"threads; torch {env.get('torch', '?')}, scikit-learn {env.get('sklearn', '?')}; commit "
-             f"{env.get('git_commit', '?')}.", "",
-             "| case | mode | time (median) | spread | vs scikit-learn | peak memory | GB/s of X | GFLOP/s | "
-             "completeness | NMI | ARI |", "|" + "---|" * 11]
+    lines = [
+        f"Device: {env.get('device_name', '?')} ({env.get('device', '?')}), {env.get('cpu_count', '?')} CPU "
+        f"threads; torch {env.get('torch', '?')}, scikit-learn {env.get('sklearn', '?')}; commit "
+        f"{env.get('git_commit', '?')}.",
+        "",
+        "| case | mode | time (median) | spread | vs scikit-learn | peak memory | GB/s of X | GFLOP/s | "
+        "completeness | NMI | ARI |",
+        "|" + "---|" * 11,
+    ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['label']} | {r['mode']} | {r['status']}: {r['reason'][:80]} |" + " |" * 8)
@@ -331,27 +424,34 @@ def summarize(rows, markdown_path, plot_prefix):
         per = r["mode"] == "per_iter"
         t = r["seconds_median"]
         peer = sk.get(_peer_key(r))
-        ratio = "" if peer is None or r["backend"] == "sklearn" else f"{peer['seconds_median'] / t:.2f}x faster" \
-            if peer["seconds_median"] >= t else f"{t / peer['seconds_median']:.2f}x slower"
+        ratio = (
+            ""
+            if peer is None or r["backend"] == "sklearn"
+            else f"{peer['seconds_median'] / t:.2f}x faster"
+            if peer["seconds_median"] >= t
+            else f"{t / peer['seconds_median']:.2f}x slower"
+        )
         bw = f"{r['bytes_per_iter'] / t / 1e9:.1f}" if per else ""
         gf = f"{r['flops_per_iter'] / t / 1e9:.1f}" if per else ""
-        lines.append(f"| {r['label']} | {'per iteration' if per else 'converged fit'} | "
-                     f"{1e3 * t:.2f} ms | {1e3 * r['seconds_min']:.2f}-{1e3 * r['seconds_max']:.2f} | {ratio} | "
-                     f"{r['peak_memory_bytes'] / 2**20:.0f} MiB | {bw} | {gf} | {r['completeness']:.3f} | "
-                     f"{r['nmi']:.3f} | {r['ari']:.3f} |")
+        lines.append(
+            f"| {r['label']} | {'per iteration' if per else 'converged fit'} | "
+            f"{1e3 * t:.2f} ms | {1e3 * r['seconds_min']:.2f}-{1e3 * r['seconds_max']:.2f} | {ratio} | "
+            f"{r['peak_memory_bytes'] / 2**20:.0f} MiB | {bw} | {gf} | {r['completeness']:.3f} | "
+            f"{r['nmi']:.3f} | {r['ari']:.3f} |"
+        )
     atomic_write_text(markdown_path, "\n".join(lines) + "\n")
     if ok:
         _plot(ok, plot_prefix)
 
 
-_COLORS = {"kmeans": "tab:gray", "full": "tab:red", "tied": "tab:purple", "diag": "tab:blue",
-           "spherical": "tab:green"}
+_COLORS = {"kmeans": "tab:gray", "full": "tab:red", "tied": "tab:purple", "diag": "tab:blue", "spherical": "tab:green"}
 _MARKERS = {"torch": "o", "sklearn": "x", "cuml": "s"}
 
 
 def _plot(rows, prefix):
     """Time per iteration by covariance type and D, and completeness against time (Pareto view)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -368,10 +468,18 @@ def _plot(rows, prefix):
     if per_iter:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for cov, backend, device in sorted({(r["covariance_type"], r["backend"], r["device"]) for r in per_iter}):
-            pts = sorted((r["d"], 1e3 * r["seconds_median"]) for r in per_iter
-                         if (r["covariance_type"], r["backend"], r["device"]) == (cov, backend, device))
-            ax.plot(*zip(*pts), marker=_MARKERS.get(backend, "o"), color=_COLORS[cov],
-                    ls="-" if backend == "torch" else "--", label=f"{cov}, {backend}/{device}")
+            pts = sorted(
+                (r["d"], 1e3 * r["seconds_median"])
+                for r in per_iter
+                if (r["covariance_type"], r["backend"], r["device"]) == (cov, backend, device)
+            )
+            ax.plot(
+                *zip(*pts),
+                marker=_MARKERS.get(backend, "o"),
+                color=_COLORS[cov],
+                ls="-" if backend == "torch" else "--",
+                label=f"{cov}, {backend}/{device}",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("D (features, log)")
@@ -386,8 +494,14 @@ def _plot(rows, prefix):
     seen = set()
     for r in chosen:
         key = (kind(r), r["backend"])
-        ax.scatter(r["seconds_median"], r["completeness"], color=_COLORS[kind(r)], marker=_MARKERS.get(r["backend"], "o"),
-                   s=50, label=None if key in seen else f"{kind(r)}, {r['backend']}")
+        ax.scatter(
+            r["seconds_median"],
+            r["completeness"],
+            color=_COLORS[kind(r)],
+            marker=_MARKERS.get(r["backend"], "o"),
+            s=50,
+            label=None if key in seen else f"{kind(r)}, {r['backend']}",
+        )
         seen.add(key)
     ax.set_xscale("log")
     ax.set_xlabel("seconds per fit (log)" if mode == "converged" else "seconds per iteration (log)")

@@ -3,6 +3,7 @@
 Errors a user can fix (a wrong flag, missing data, a bad file) print one line
 and exit with status 2; no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def _add_common(p, data=True):
 
 def _covariance_list(text):
     from .pipeline import COVARIANCE_TYPES
+
     types = tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [t for t in types if t not in COVARIANCE_TYPES]
     if bad or not types:
@@ -49,29 +51,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpuclust {__import__('gpuclust').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="the seed's three experiments on Fashion-MNIST, with a report and plots",
-                         description="Task 1: KMeans on pixels. Task 2: autoencoder features + KMeans. Task 3: "
-                                     "autoencoder features + GaussianMixture per covariance type. Scored on the "
-                                     "10k test set; writes report.md, results.json and PNG plots to the run folder.")
-    run.add_argument("--profile", choices=("quick", "full"),
-                     help="full: the seed's protocol (default on a GPU); quick: fits in ~10 minutes on a 2-core CPU "
-                          "(default on a CPU)")
+    run = sub.add_parser(
+        "run",
+        help="the seed's three experiments on Fashion-MNIST, with a report and plots",
+        description="Task 1: KMeans on pixels. Task 2: autoencoder features + KMeans. Task 3: "
+        "autoencoder features + GaussianMixture per covariance type. Scored on the "
+        "10k test set; writes report.md, results.json and PNG plots to the run folder.",
+    )
+    run.add_argument(
+        "--profile",
+        choices=("quick", "full"),
+        help="full: the seed's protocol (default on a GPU); quick: fits in ~10 minutes on a 2-core CPU "
+        "(default on a CPU)",
+    )
     run.add_argument("--epochs", type=int, help="maximum autoencoder epochs (profile default: full 200, quick 10)")
-    run.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                     help=f"autoencoder architecture (default {DEFAULT_PRESET}; 'seed' is the report's)")
-    run.add_argument("--covariance-types", type=_covariance_list, default=None, metavar="LIST",
-                     help="comma-separated GMM covariance types (default: all four, except on a CPU those that "
-                          "would take hours on the seed preset's 6272-d latent)")
-    run.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto",
-                     help="KMeans backend (default auto)")
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help=f"autoencoder architecture (default {DEFAULT_PRESET}; 'seed' is the report's)",
+    )
+    run.add_argument(
+        "--covariance-types",
+        type=_covariance_list,
+        default=None,
+        metavar="LIST",
+        help="comma-separated GMM covariance types (default: all four, except on a CPU those that "
+        "would take hours on the seed preset's 6272-d latent)",
+    )
+    run.add_argument(
+        "--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto", help="KMeans backend (default auto)"
+    )
     run.add_argument("--train-subset", type=int, metavar="N", help="train the autoencoder on N training images")
-    run.add_argument("--limit", type=int, metavar="N",
-                     help="use only the first N training and N test images (a smoke run)")
+    run.add_argument(
+        "--limit", type=int, metavar="N", help="use only the first N training and N test images (a smoke run)"
+    )
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/run-DATE-TIME)")
     _add_common(run)
 
-    tr = sub.add_parser("train-ae", help="train the autoencoder and checkpoint it every epoch",
-                        description="Train a ConvAutoencoder on the 80:20 split of the training set.")
+    tr = sub.add_parser(
+        "train-ae",
+        help="train the autoencoder and checkpoint it every epoch",
+        description="Train a ConvAutoencoder on the 80:20 split of the training set.",
+    )
     tr.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     tr.add_argument("--epochs", type=int, default=200)
     tr.add_argument("--batch-size", type=int, default=480)
@@ -82,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--features", metavar="FILE", help="also save test-set features (.npy or .pt)")
     _add_common(tr)
 
-    cl = sub.add_parser("cluster", help="fit KMeans or GaussianMixture on pixels or saved features",
-                        description="Fit on the training pixels or on a features file (.npy or .pt); with labels "
-                                    "(pixels, or --labels FILE) print the scores.")
+    cl = sub.add_parser(
+        "cluster",
+        help="fit KMeans or GaussianMixture on pixels or saved features",
+        description="Fit on the training pixels or on a features file (.npy or .pt); with labels "
+        "(pixels, or --labels FILE) print the scores.",
+    )
     cl.add_argument("--algorithm", choices=("kmeans", "gmm"), default="kmeans")
     cl.add_argument("--n-clusters", type=int, default=10)
     cl.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="diag")
@@ -93,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto")
     cl.add_argument("--max-iter", type=int)
     cl.add_argument("--save-labels", metavar="FILE", help="write the cluster labels (.npy)")
-    cl.add_argument("--distributed", action="store_true",
-                    help="fit data-parallel across torchrun processes (see README)")
+    cl.add_argument(
+        "--distributed", action="store_true", help="fit data-parallel across torchrun processes (see README)"
+    )
     _add_common(cl)
 
-    se = sub.add_parser("select", help="BIC/AIC sweep over K and covariance types, with a plot",
-                        description="Fit GaussianMixture for every K and covariance type; pick the lowest BIC.")
+    se = sub.add_parser(
+        "select",
+        help="BIC/AIC sweep over K and covariance types, with a plot",
+        description="Fit GaussianMixture for every K and covariance type; pick the lowest BIC.",
+    )
     se.add_argument("--features", metavar="FILE", help=".npy or .pt features; default: PCA of the training pixels")
     se.add_argument("--pca", type=int, default=30, help="PCA dimensions when using pixels (default 30)")
     se.add_argument("--n-samples", type=int, default=10000, help="rows used for the sweep (default 10000)")
@@ -108,9 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", metavar="DIR", default="runs/select")
     _add_common(se)
 
-    be = sub.add_parser("bench", help="benchmark grid: speed, memory and quality against scikit-learn",
-                        description="Run a benchmark grid (see benchmarks/README.md) and write JSON lines, a "
-                                    "markdown summary and plots.")
+    be = sub.add_parser(
+        "bench",
+        help="benchmark grid: speed, memory and quality against scikit-learn",
+        description="Run a benchmark grid (see benchmarks/README.md) and write JSON lines, a "
+        "markdown summary and plots.",
+    )
     be.add_argument("--grid", default="cpu-small", help="grid name from gpuclust.bench.GRIDS (default cpu-small)")
     be.add_argument("--out", metavar="DIR", default="benchmarks/results")
     be.add_argument("--repeats", type=int, default=3)
@@ -136,7 +168,7 @@ def _load_array(path):
             return obj
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
+    except Exception as exc:
         raise UsageError(f"{p}: cannot be read ({exc.__class__.__name__}: {exc})") from exc
     raise UsageError(f"{p}: unsupported file type {p.suffix!r} (use .npy or .pt)")
 
@@ -149,6 +181,7 @@ def _save_array(path, array):
     p = Path(path)
     if p.suffix == ".pt":
         import torch
+
         atomic_write(p, lambda fh: torch.save(torch.as_tensor(array).cpu(), fh))
     else:
         atomic_write(p.with_suffix(".npy") if p.suffix != ".npy" else p, lambda fh: np.save(fh, np.asarray(array)))
@@ -158,10 +191,20 @@ def cmd_run(args, say):
     from .pipeline import RunConfig, default_run_dir, run_experiments
     from .report import results_table, write_run_folder
 
-    config = RunConfig(profile=args.profile, epochs=args.epochs, preset=args.preset,
-                       covariance_types=args.covariance_types, backend=args.backend, device=args.device,
-                       data_dir=args.data_dir, download=args.download, seed=args.seed,
-                       train_subset=args.train_subset, limit=args.limit, progress=not args.quiet)
+    config = RunConfig(
+        profile=args.profile,
+        epochs=args.epochs,
+        preset=args.preset,
+        covariance_types=args.covariance_types,
+        backend=args.backend,
+        device=args.device,
+        data_dir=args.data_dir,
+        download=args.download,
+        seed=args.seed,
+        train_subset=args.train_subset,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
     out = Path(args.out) if args.out else default_run_dir()
     run = run_experiments(config, on_progress=say)
     paths = write_run_folder(run, out)
@@ -179,14 +222,25 @@ def cmd_train_ae(args, say):
     images, _ = load_fashion_mnist("train", args.data_dir, args.download)
     train_idx, val_idx = train_validation_split(len(images), 0.2, seed=args.seed)
     if args.train_subset:
-        train_idx = train_idx[:args.train_subset]
+        train_idx = train_idx[: args.train_subset]
     say(f"training '{args.preset}' on {len(train_idx)} images, validating on {len(val_idx)}")
-    model, history = train_autoencoder(images[train_idx], images[val_idx], preset=args.preset, epochs=args.epochs,
-                                       batch_size=args.batch_size, patience=args.patience, seed=args.seed,
-                                       device=args.device, checkpoint=args.checkpoint, resume=args.resume,
-                                       progress=not args.quiet)
-    print(f"best epoch {history.best_epoch}: validation loss {min(history.val_loss):.5f}; "
-          f"{np.median(history.images_per_second):.0f} images/s; checkpoint {args.checkpoint}")
+    model, history = train_autoencoder(
+        images[train_idx],
+        images[val_idx],
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(
+        f"best epoch {history.best_epoch}: validation loss {min(history.val_loss):.5f}; "
+        f"{np.median(history.images_per_second):.0f} images/s; checkpoint {args.checkpoint}"
+    )
     if args.features:
         test_images, _ = load_fashion_mnist("test", args.data_dir, args.download)
         _save_array(args.features, encode(model, test_images).cpu())
@@ -235,12 +289,18 @@ def _cluster_distributed(args, X, y):
 
 def make_cluster_estimator(args, device, distributed=False):
     """The estimator ``gpuclust cluster`` asked for."""
-    common = dict(random_state=args.seed, device=device, distributed=distributed,
-                  **({"max_iter": args.max_iter} if args.max_iter else {}))
+    common = dict(
+        random_state=args.seed,
+        device=device,
+        distributed=distributed,
+        **({"max_iter": args.max_iter} if args.max_iter else {}),
+    )
     if args.algorithm == "kmeans":
         from .kmeans import KMeans
+
         return KMeans(args.n_clusters, backend="torch" if distributed else args.backend, **common)
     from .gaussian_mixture import GaussianMixture
+
     return GaussianMixture(args.n_clusters, covariance_type=args.covariance_type, **common)
 
 
@@ -261,23 +321,26 @@ def report_clustering(args, labels, y, n_iter, where=""):
 
 def cmd_select(args, say):
     from .selection import run_selection
+
     best, out = run_selection(args, say, _load_array)
-    print(f"chosen by {args.criterion.upper()}: covariance_type={best['covariance_type']}, "
-          f"n_components={best['n_components']} ({args.criterion}={best[args.criterion]:.1f})")
+    print(
+        f"chosen by {args.criterion.upper()}: covariance_type={best['covariance_type']}, "
+        f"n_components={best['n_components']} ({args.criterion}={best[args.criterion]:.1f})"
+    )
     print(f"sweep: {out / 'select.json'}, plot: {out / 'select.png'}")
     return 0
 
 
 def cmd_bench(args, say):
     from .bench import run_grid_cli
+
     rows = run_grid_cli(args, say)
     ok = sum(r["status"] == "ok" for r in rows)
     print(f"{ok}/{len(rows)} cases measured; results in {Path(args.out) / ((args.tag or args.grid) + '.jsonl')}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train-ae": cmd_train_ae, "cluster": cmd_cluster, "select": cmd_select,
-            "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "train-ae": cmd_train_ae, "cluster": cmd_cluster, "select": cmd_select, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:
@@ -287,8 +350,9 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[gpuclust] {msg}", file=sys.stderr))
         return COMMANDS[args.command](args, say)
     except UsageError as exc:

@@ -1,4 +1,5 @@
 """Fashion-MNIST: find it, or download it, then read and validate the IDX files."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,16 @@ import numpy as np
 logger = logging.getLogger("gpuclust")
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 # The dataset's canonical location; GPUCLUST_FASHION_MNIST_URL overrides it (a mirror).
@@ -88,13 +97,11 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>", ndim: int | None = None) -
     header = 4 + 4 * dims_n
     if len(raw) < header:
         raise ValueError(f"{source}: truncated inside the header ({len(raw)} of {header} bytes).")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims_n))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "too long"
-        raise ValueError(
-            f"{source}: {what}: {len(raw)} bytes, but the header's dimensions {dims} need {expected}."
-        )
+        raise ValueError(f"{source}: {what}: {len(raw)} bytes, but the header's dimensions {dims} need {expected}.")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -102,7 +109,9 @@ def _check_sha256(raw: bytes, stem: str, source) -> None:
     want = FILES[stem][0]
     got = hashlib.sha256(raw).hexdigest()
     if got != want:
-        raise ValueError(f"{source}: checksum mismatch (sha256 {got}, expected {want}); the file is corrupt or not Fashion-MNIST.")
+        raise ValueError(
+            f"{source}: checksum mismatch (sha256 {got}, expected {want}); the file is corrupt or not Fashion-MNIST."
+        )
 
 
 def _load_pair(images_path: Path, labels_path: Path, stems, verify: bool):
@@ -162,8 +171,7 @@ def _not_found_message(split, dirs):
     )
 
 
-def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = False, *,
-                       verify: bool = True):
+def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = False, *, verify: bool = True):
     """Load a Fashion-MNIST split as uint8 arrays.
 
     Parameters

@@ -30,6 +30,7 @@ that, seeding uses a uniform sample drawn from every rank. The GMM's ``init_para
 draws each rank's responsibilities from its own copy of the random state, so it
 is consistent across ranks but not equal to a single-process fit.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -56,9 +57,11 @@ class TorchDistComm(LocalComm):
 
     def __init__(self, group=None):
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True needs an initialized torch.distributed process group: launch with "
-                             "torchrun and call gpuclust.distributed.init_from_env() (or "
-                             "torch.distributed.init_process_group) before fit.")
+            raise ValueError(
+                "distributed=True needs an initialized torch.distributed process group: launch with "
+                "torchrun and call gpuclust.distributed.init_from_env() (or "
+                "torch.distributed.init_process_group) before fit."
+            )
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -68,11 +71,12 @@ class TorchDistComm(LocalComm):
         try:
             work = fn(*args, group=self.group, **kwargs)
             return work
-        except Exception as exc:  # noqa: BLE001 - every backend raises its own type
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DistributedFitError(
                 f"rank {self.rank} of {self.world_size}: the collective '{what}' failed, so a peer rank has "
-                f"failed, exited or timed out; the fit is abandoned ({type(exc).__name__}: {first})") from exc
+                f"failed, exited or timed out; the fit is abandoned ({type(exc).__name__}: {first})"
+            ) from exc
 
     def _on_backend_device(self, tensor):
         # NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and CUDA ones via a copy).
@@ -104,19 +108,19 @@ class TorchDistComm(LocalComm):
         self.sum_(counts, what)
         largest = int(counts.max())
         padded = torch.zeros((largest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[:tensor.shape[0]] = tensor
+        padded[: tensor.shape[0]] = tensor
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         p, moved = self._on_backend_device(padded)
         if moved:
             parts = [q.cuda() for q in parts]
         self._run(what or "all_gather", dist.all_gather, parts, p)
-        return torch.cat([q[:int(c)].to(tensor.device) for q, c in zip(parts, counts.tolist())])
+        return torch.cat([q[: int(c)].to(tensor.device) for q, c in zip(parts, counts.tolist())])
 
     def row_offset(self, n_local):
         counts = torch.zeros(self.world_size, dtype=torch.float64)
         counts[self.rank] = n_local
         self.sum_(counts, "row offsets")
-        return int(counts[:self.rank].sum())
+        return int(counts[: self.rank].sum())
 
 
 def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
@@ -136,8 +140,10 @@ def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
     """
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise ValueError(f"--distributed needs torchrun's environment ({', '.join(missing)} not set); launch with "
-                         "`torchrun --nproc-per-node=N -m gpuclust.cli cluster --distributed ...`.")
+        raise ValueError(
+            f"--distributed needs torchrun's environment ({', '.join(missing)} not set); launch with "
+            "`torchrun --nproc-per-node=N -m gpuclust.cli cluster --distributed ...`."
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cpu")
     if backend == "nccl":

@@ -1,4 +1,5 @@
 """GaussianMixture: a scikit-learn-compatible EM estimator with a PyTorch core, on CUDA or CPU."""
+
 from __future__ import annotations
 
 import logging
@@ -79,10 +80,29 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6, max_iter=100,
-                 n_init=1, init_params="kmeans", weights_init=None, means_init=None, precisions_init=None,
-                 random_state=None, warm_start=False, verbose=0, verbose_interval=10, device="auto",
-                 dtype=None, chunk_size=None, memory_budget=None, distributed=False):
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+        device="auto",
+        dtype=None,
+        chunk_size=None,
+        memory_budget=None,
+        distributed=False,
+    ):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -177,22 +197,29 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """Sum the statistics over ranks in one all-reduce (a no-op in one process)."""
         if self._comm.world_size == 1:
             return stats
-        parts = [stats.nk, stats.sx.flatten(), torch.tensor([stats.log_likelihood], dtype=torch.float64,
-                                                              device=stats.nk.device)]
+        parts = [
+            stats.nk,
+            stats.sx.flatten(),
+            torch.tensor([stats.log_likelihood], dtype=torch.float64, device=stats.nk.device),
+        ]
         if stats.sxx is not None:
             parts.append(stats.sxx.flatten())
         packed = self._comm.sum_(torch.cat(parts), "EM statistics")
         K, D = stats.sx.shape
-        stats.nk, stats.sx = packed[:K], packed[K:K + K * D].view(K, D)
+        stats.nk, stats.sx = packed[:K], packed[K : K + K * D].view(K, D)
         stats.log_likelihood = float(packed[K + K * D])
         if stats.sxx is not None:
-            stats.sxx = packed[K + K * D + 1:].view_as(stats.sxx)
+            stats.sxx = packed[K + K * D + 1 :].view_as(stats.sxx)
         return stats
 
     def _m_step(self, stats):
         nk, means, cov = gm.estimate_parameters(stats, self.reg_covar, self.covariance_type, self._xtx)
-        self._p = {"weights": nk / nk.sum(), "means": means, "covariances": cov,
-                   "prec_chol": gm.precision_cholesky(cov, self.covariance_type, self._dtype == torch.float32)}
+        self._p = {
+            "weights": nk / nk.sum(),
+            "means": means,
+            "covariances": cov,
+            "prec_chol": gm.precision_cholesky(cov, self.covariance_type, self._dtype == torch.float32),
+        }
 
     # ------------------------------------------------------------------ init
     def _init_resp_tiles(self, X, random_state):
@@ -208,8 +235,15 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         if self.init_params == "kmeans":
             from .kmeans import KMeans
 
-            km = KMeans(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=dt,
-                        backend="torch", distributed=self.distributed).fit(X)
+            km = KMeans(
+                n_clusters=K,
+                n_init=1,
+                random_state=random_state,
+                device=X.device,
+                dtype=dt,
+                backend="torch",
+                distributed=self.distributed,
+            ).fit(X)
             labels = km.labels_  # a tensor on X's device, since X is one
             for rows, Xs in self._tiles(X):
                 resp = torch.zeros(rows.stop - rows.start, K, dtype=dt, device=X.device)
@@ -254,8 +288,9 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         if self.precisions_init is None:
             p["prec_chol"] = gm.precision_cholesky(p["covariances"], self.covariance_type, self._dtype == torch.float32)
         else:
-            prec, _ = as_tensor(self.precisions_init, device=self._device, dtype=torch.float64,
-                                name="precisions_init", ndim=None)
+            prec, _ = as_tensor(
+                self.precisions_init, device=self._device, dtype=torch.float64, name="precisions_init", ndim=None
+            )
             p["prec_chol"] = gm.precision_cholesky_from_precisions(prec, self.covariance_type)
             p["covariances"] = gm.covariances_from_precision_cholesky(p["prec_chol"], self.covariance_type)
         self._p = p
@@ -314,17 +349,31 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 lower_bound = stats.log_likelihood / n
                 bounds.append(lower_bound)
                 if self.verbose and n_iter % self.verbose_interval == 0:
-                    logger.info("GMM init %d iteration %d: lower bound %.6f (change %.3g)", init, n_iter,
-                                lower_bound, lower_bound - previous)
+                    logger.info(
+                        "GMM init %d iteration %d: lower bound %.6f (change %.3g)",
+                        init,
+                        n_iter,
+                        lower_bound,
+                        lower_bound - previous,
+                    )
                 if abs(lower_bound - previous) < self.tol:
                     converged = True
                     break
             if best is None or lower_bound > best["lower_bound"]:
-                best = {"lower_bound": lower_bound, "params": self._p, "n_iter": n_iter if self.max_iter else 0,
-                        "bounds": bounds, "converged": converged}
+                best = {
+                    "lower_bound": lower_bound,
+                    "params": self._p,
+                    "n_iter": n_iter if self.max_iter else 0,
+                    "bounds": bounds,
+                    "converged": converged,
+                }
         if not best["converged"] and self.max_iter > 0:
-            warnings.warn("Best performing initialization did not converge. Try different init parameters, "
-                          "or increase max_iter, tol, or check for degenerate data.", ConvergenceWarning, stacklevel=3)
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init parameters, "
+                "or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         self._p = best["params"]
         self.converged_ = best["converged"]
         self.n_iter_ = best["n_iter"]
@@ -346,7 +395,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         cov = p.get("covariances")
         if cov is None:
             cov = gm.covariances_from_precision_cholesky(p["prec_chol"], ct)
-        out = lambda t: self._output(t.to(self._dtype), kind)  # noqa: E731
+        out = lambda t: self._output(t.to(self._dtype), kind)
         self.weights_ = out(p["weights"])
         self.means_ = out(p["means"] + self._shift)
         self.covariances_ = out(cov)

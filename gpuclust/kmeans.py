@@ -1,4 +1,5 @@
 """KMeans: a scikit-learn-compatible estimator with a PyTorch core, on CUDA or CPU."""
+
 from __future__ import annotations
 
 import logging
@@ -81,9 +82,24 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         The backend that ran.
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
-                 verbose=0, random_state=None, algorithm="auto", device="auto", dtype=None,
-                 backend="auto", chunk_size=None, memory_budget=None, distributed=False):
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        verbose=0,
+        random_state=None,
+        algorithm="auto",
+        device="auto",
+        dtype=None,
+        backend="auto",
+        chunk_size=None,
+        memory_budget=None,
+        distributed=False,
+    ):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -113,14 +129,19 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
             raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}.")
         is_array_init = not isinstance(self.init, str)
         if isinstance(self.init, str) and self.init not in ("k-means++", "random"):
-            raise ValueError(f"init={self.init!r} must be 'k-means++', 'random' or an array of shape (n_clusters, n_features).")
+            raise ValueError(
+                f"init={self.init!r} must be 'k-means++', 'random' or an array of shape (n_clusters, n_features)."
+            )
         if self.n_init == "auto":
             n_init = 1 if (is_array_init or self.init == "k-means++") else 10
         else:
             n_init = check_positive_int(self.n_init, "n_init")
         if is_array_init and n_init != 1:
-            warnings.warn(f"Explicit initial center position passed: performing only one init instead of n_init={n_init}.",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Explicit initial center position passed: performing only one init instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             n_init = 1
         return k, n_init
 
@@ -137,8 +158,11 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
             if cuml_available() and self.chunk_size is None and self.memory_budget is None:
                 logger.info("backend='auto': cuML is installed, using it on %s", self._device)
                 return "cuml"
-            logger.info("backend='auto': using torch on %s (cuML %s)", self._device,
-                        "not installed" if not cuml_available() else "skipped: chunking options given")
+            logger.info(
+                "backend='auto': using torch on %s (cuML %s)",
+                self._device,
+                "not installed" if not cuml_available() else "skipped: chunking options given",
+            )
             return "torch"
         logger.info("backend='auto': using %s on the CPU (faster in our benchmark)", CPU_AUTO_BACKEND)
         return CPU_AUTO_BACKEND
@@ -167,7 +191,9 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         if not isinstance(self.init, str):
             init_t, _ = as_tensor(self.init, device=self._device, dtype=self._dtype, name="init")
             if tuple(init_t.shape) != (k, d):
-                raise ValueError(f"init has shape {tuple(init_t.shape)}, expected (n_clusters, n_features) = ({k}, {d}).")
+                raise ValueError(
+                    f"init has shape {tuple(init_t.shape)}, expected (n_clusters, n_features) = ({k}, {d})."
+                )
         self.backend_ = self._resolve_backend()
         if self.distributed and self.backend_ != "torch":
             raise ValueError(f"distributed=True needs backend='torch' (got {self.backend_!r}).")
@@ -181,8 +207,12 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
         n_distinct = int((sizes > 0).sum())
         if n_distinct < k:
-            warnings.warn(f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
-                          "Possibly due to duplicate points in X.", ConvergenceWarning, stacklevel=2)
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
+                "Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         self.cluster_centers_ = self._output(centers, kind)
         self.labels_ = self._output(labels, kind)
         self.inertia_ = float(inertia)
@@ -210,15 +240,25 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
             if init_t is not None:
                 centers = init_t.clone()
             elif self.init == "k-means++":
-                centers, _ = core.kmeans_plusplus(X_all, k, w_all, core.squared_norms(X_all) if X_all is not X
-                                                  else x_sq, rs)
+                centers, _ = core.kmeans_plusplus(
+                    X_all, k, w_all, core.squared_norms(X_all) if X_all is not X else x_sq, rs
+                )
             else:
                 seeds = torch.as_tensor(rs.permutation(X_all.shape[0])[:k], device=X.device)
                 centers = X_all[seeds].clone()
             comm.broadcast_(centers, 0, "initial centres")
-            labels, inertia, centers, n_iter = core.lloyd(X, w, x_sq, centers, max_iter=self.max_iter, tol=tol,
-                                                          chunk=chunk, unit_weight=unit_weight, prune=prune,
-                                                          comm=comm)
+            labels, inertia, centers, n_iter = core.lloyd(
+                X,
+                w,
+                x_sq,
+                centers,
+                max_iter=self.max_iter,
+                tol=tol,
+                chunk=chunk,
+                unit_weight=unit_weight,
+                prune=prune,
+                comm=comm,
+            )
             if self.verbose:
                 logger.info("KMeans init %d: inertia %.6g after %d iterations", run, inertia, n_iter)
             if best is None or inertia < best[2]:
@@ -229,10 +269,17 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         from sklearn.cluster import KMeans as SkKMeans
 
         init = init_t.cpu().numpy() if init_t is not None else self.init
-        est = SkKMeans(n_clusters=k, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
-                       random_state=self.random_state, algorithm="lloyd")
+        est = SkKMeans(
+            n_clusters=k,
+            init=init,
+            n_init=n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+            algorithm="lloyd",
+        )
         est.fit(X.cpu().numpy(), sample_weight=None if sample_weight is None else w.cpu().numpy())
-        as_t = lambda a: torch.as_tensor(np.asarray(a), device=X.device)  # noqa: E731
+        as_t = lambda a: torch.as_tensor(np.asarray(a), device=X.device)
         return as_t(est.cluster_centers_).to(X.dtype), as_t(est.labels_).to(torch.int64), est.inertia_, est.n_iter_
 
     def _fit_cuml(self, X, w, k, n_init, init_t, sample_weight):
@@ -240,11 +287,21 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         cupy = require("cupy")
         # DLPack hands the device buffer to CuPy/cuML without a host round trip.
         X_cp = cupy.from_dlpack(X.contiguous())
-        init = cupy.from_dlpack(init_t.contiguous()) if init_t is not None else (
-            "scalable-k-means++" if self.init == "k-means++" else "random")
+        init = (
+            cupy.from_dlpack(init_t.contiguous())
+            if init_t is not None
+            else ("scalable-k-means++" if self.init == "k-means++" else "random")
+        )
         seed = self.random_state if isinstance(self.random_state, numbers.Integral) else None
-        est = cuml.cluster.KMeans(n_clusters=k, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
-                                  random_state=seed, output_type="cupy")
+        est = cuml.cluster.KMeans(
+            n_clusters=k,
+            init=init,
+            n_init=n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=seed,
+            output_type="cupy",
+        )
         est.fit(X_cp, sample_weight=None if sample_weight is None else cupy.from_dlpack(w.contiguous()))
         centers = torch.from_dlpack(cupy.asarray(est.cluster_centers_)).to(X.dtype)
         labels = torch.from_dlpack(cupy.asarray(est.labels_)).to(torch.int64)

@@ -3,6 +3,7 @@
 Names and argument order follow :mod:`sklearn.metrics` (``labels_true`` first).
 Every score matches scikit-learn to 1e-9 in float64 (see tests/test_metrics.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,16 @@ import numpy as np
 import torch
 
 __all__ = [
-    "adjusted_rand_score", "cluster_accuracy", "completeness_score", "contingency_matrix",
-    "homogeneity_completeness_v_measure", "homogeneity_score", "match_clusters",
-    "mutual_info_score", "normalized_mutual_info_score", "v_measure_score",
+    "adjusted_rand_score",
+    "cluster_accuracy",
+    "completeness_score",
+    "contingency_matrix",
+    "homogeneity_completeness_v_measure",
+    "homogeneity_score",
+    "match_clusters",
+    "mutual_info_score",
+    "normalized_mutual_info_score",
+    "v_measure_score",
 ]
 
 
@@ -230,5 +238,11 @@ def all_scores(labels_true, labels_pred) -> dict:
     """Every score this module has, as a dict of floats (what reports and benchmarks record)."""
     counts, _, _ = _contingency(*_check_labels(labels_true, labels_pred))
     h, c, v = _hcv_from_counts(counts)
-    return {"completeness": c, "homogeneity": h, "v_measure": v, "nmi": _nmi_from_counts(counts),
-            "ari": _ari_from_counts(counts), "cluster_accuracy": _accuracy_from_counts(counts)}
+    return {
+        "completeness": c,
+        "homogeneity": h,
+        "v_measure": v,
+        "nmi": _nmi_from_counts(counts),
+        "ari": _ari_from_counts(counts),
+        "cluster_accuracy": _accuracy_from_counts(counts),
+    }

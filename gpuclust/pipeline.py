@@ -1,4 +1,5 @@
 """The main job: the seed report's three experiments, end to end, scored on the held-out test set."""
+
 from __future__ import annotations
 
 import datetime
@@ -55,7 +56,7 @@ class RunConfig:
     limit: int | None = None  # use only the first N training and N test images (smoke runs, tests)
     progress: bool = True
 
-    def resolved(self, device: torch.device) -> "RunConfig":
+    def resolved(self, device: torch.device) -> RunConfig:
         profile = self.profile or ("full" if device.type == "cuda" else "quick")
         if profile not in PROFILES:
             raise ValueError(f"profile={profile!r} is not one of {sorted(PROFILES)}.")
@@ -63,12 +64,18 @@ class RunConfig:
         bad = [c for c in (self.covariance_types or ()) if c not in COVARIANCE_TYPES]
         if bad:
             raise ValueError(f"unknown covariance type(s) {bad}; choose from {COVARIANCE_TYPES}.")
-        return RunConfig(**{**asdict(self), "profile": profile,
-                            "epochs": self.epochs or defaults["epochs"],
-                            "train_subset": self.train_subset if self.train_subset is not None else defaults["train_subset"],
-                            "max_train_seconds": self.max_train_seconds if self.max_train_seconds is not None
-                            else defaults["max_train_seconds"],
-                            "device": str(device)})
+        return RunConfig(
+            **{
+                **asdict(self),
+                "profile": profile,
+                "epochs": self.epochs or defaults["epochs"],
+                "train_subset": self.train_subset if self.train_subset is not None else defaults["train_subset"],
+                "max_train_seconds": self.max_train_seconds
+                if self.max_train_seconds is not None
+                else defaults["max_train_seconds"],
+                "device": str(device),
+            }
+        )
 
 
 # Beyond this, a GMM iteration takes minutes on a laptop CPU (the seed preset's 6272-d latent with
@@ -78,8 +85,12 @@ CPU_FLOPS_PER_ITERATION_LIMIT = 2e11
 
 def gmm_flops_per_iteration(covariance_type, n, d, k):
     """Rough multiply-adds x2 of one E+M step, the numerator of its compute floor."""
-    return {"full": 4 * n * k * d * d, "tied": 2 * n * d * d + 4 * n * d * k,
-            "diag": 6 * n * d * k, "spherical": 4 * n * d * k}[covariance_type]
+    return {
+        "full": 4 * n * k * d * d,
+        "tied": 2 * n * d * d + 4 * n * d * k,
+        "diag": 6 * n * d * k,
+        "spherical": 4 * n * d * k,
+    }[covariance_type]
 
 
 def cpu_skip_reason(covariance_type, n, d, k, device) -> str | None:
@@ -87,8 +98,10 @@ def cpu_skip_reason(covariance_type, n, d, k, device) -> str | None:
     flops = gmm_flops_per_iteration(covariance_type, n, d, k)
     if device.type != "cpu" or flops <= CPU_FLOPS_PER_ITERATION_LIMIT:
         return None
-    return (f"skipped on the CPU: {flops / 1e12:.1f} TFLOP per EM iteration on {d}-d features; run on a GPU, "
-            "or name it in --covariance-types to run it anyway")
+    return (
+        f"skipped on the CPU: {flops / 1e12:.1f} TFLOP per EM iteration on {d}-d features; run on a GPU, "
+        "or name it in --covariance-types to run it anyway"
+    )
 
 
 def default_run_dir() -> Path:
@@ -110,16 +123,32 @@ def environment(device: torch.device) -> dict:
     """Versions and hardware, recorded with every result."""
     import sklearn
 
-    env = {"gpuclust": __version__, "torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
-           "python": platform.python_version(), "cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-           "device": str(device), "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                                  else cpu_name()),
-           "tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+    env = {
+        "gpuclust": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "python": platform.python_version(),
+        "cpu_count": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()),
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
     try:
         import subprocess
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:  # noqa: BLE001 - no git is fine
+
+        env["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
+    except Exception:
         env["git_commit"] = None
     return env
 
@@ -134,8 +163,9 @@ def _timed_fit_predict(estimator, X_fit, X_score, device):
 
 
 def _record(task, y_true, y_pred, seconds, device, backend, **extra):
-    scores = all_scores(torch.as_tensor(y_true, device=y_pred.device if isinstance(y_pred, torch.Tensor) else "cpu"),
-                        y_pred)
+    scores = all_scores(
+        torch.as_tensor(y_true, device=y_pred.device if isinstance(y_pred, torch.Tensor) else "cpu"), y_pred
+    )
     row = {"task": task, **extra, **scores, "fit_seconds": seconds, "device": str(device), "backend": backend}
     logger.info("%s: completeness %.4f in %.2f s", task, scores["completeness"], seconds)
     return row
@@ -166,8 +196,8 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     if cfg.limit is not None:
         if cfg.limit < 50:
             raise ValueError(f"limit={cfg.limit} is too small; use at least 50 images.")
-        train_images, train_labels = train_images[:cfg.limit], train_labels[:cfg.limit]
-        test_images, test_labels = test_images[:cfg.limit], test_labels[:cfg.limit]
+        train_images, train_labels = train_images[: cfg.limit], train_labels[: cfg.limit]
+        test_images, test_labels = test_images[: cfg.limit], test_labels[: cfg.limit]
     results, predictions = [], {}
 
     say("task 1: KMeans (k=10) on normalized pixels")
@@ -175,20 +205,34 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     X_test = torch.as_tensor(flatten_pixels(test_images), device=device)
     km = KMeans(10, random_state=cfg.seed, device=device, backend=cfg.backend)
     pred, secs = _timed_fit_predict(km, X_train, X_test, device)
-    results.append(_record("task1_kmeans_pixels", test_labels, pred, secs, device, km.backend_, features="pixels",
-                           n_iter=km.n_iter_))
+    results.append(
+        _record(
+            "task1_kmeans_pixels", test_labels, pred, secs, device, km.backend_, features="pixels", n_iter=km.n_iter_
+        )
+    )
     predictions["task1_kmeans_pixels"] = pred
     del X_train, X_test
 
     train_idx, val_idx = train_validation_split(len(train_images), 0.2, seed=cfg.seed)
-    fit_idx = train_idx if cfg.train_subset is None else train_idx[np.random.default_rng(cfg.seed).permutation(
-        len(train_idx))[:cfg.train_subset]]
+    fit_idx = (
+        train_idx
+        if cfg.train_subset is None
+        else train_idx[np.random.default_rng(cfg.seed).permutation(len(train_idx))[: cfg.train_subset]]
+    )
     say(f"training the '{cfg.preset}' autoencoder on {len(fit_idx)} images (up to {cfg.epochs} epochs)")
     t0 = time.perf_counter()
-    model, history = train_autoencoder(train_images[fit_idx], train_images[val_idx], preset=cfg.preset,
-                                       epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
-                                       seed=cfg.seed, device=device, progress=cfg.progress,
-                                       max_seconds=cfg.max_train_seconds)
+    model, history = train_autoencoder(
+        train_images[fit_idx],
+        train_images[val_idx],
+        preset=cfg.preset,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=device,
+        progress=cfg.progress,
+        max_seconds=cfg.max_train_seconds,
+    )
     train_seconds = time.perf_counter() - t0
     Z_train = encode(model, train_images[train_idx])
     Z_test = encode(model, test_images)
@@ -196,8 +240,9 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     say(f"task 2: KMeans on {Z_train.shape[1]}-d autoencoder features")
     km = KMeans(10, random_state=cfg.seed, device=device, backend=cfg.backend)
     pred, secs = _timed_fit_predict(km, Z_train, Z_test, device)
-    results.append(_record("task2_ae_kmeans", test_labels, pred, secs, device, km.backend_, features=cfg.preset,
-                           n_iter=km.n_iter_))
+    results.append(
+        _record("task2_ae_kmeans", test_labels, pred, secs, device, km.backend_, features=cfg.preset, n_iter=km.n_iter_)
+    )
     predictions["task2_ae_kmeans"] = pred
 
     for cov in cfg.covariance_types or COVARIANCE_TYPES:
@@ -207,20 +252,47 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
             results.append({"task": f"task3_ae_gmm_{cov}", "covariance_type": cov, "skipped": reason})
             continue
         say(f"task 3: GaussianMixture ({cov}) on autoencoder features")
-        gmm = GaussianMixture(10, covariance_type=cov, random_state=cfg.seed, device=device,
-                              reg_covar=1e-4 if Z_train.shape[1] > 1000 else 1e-6)
+        gmm = GaussianMixture(
+            10,
+            covariance_type=cov,
+            random_state=cfg.seed,
+            device=device,
+            reg_covar=1e-4 if Z_train.shape[1] > 1000 else 1e-6,
+        )
         pred, secs = _timed_fit_predict(gmm, Z_train, Z_test, device)
-        results.append(_record(f"task3_ae_gmm_{cov}", test_labels, pred, secs, device, "torch", features=cfg.preset,
-                               covariance_type=cov, n_iter=gmm.n_iter_, converged=bool(gmm.converged_),
-                               test_log_likelihood=gmm.score(Z_test)))
+        results.append(
+            _record(
+                f"task3_ae_gmm_{cov}",
+                test_labels,
+                pred,
+                secs,
+                device,
+                "torch",
+                features=cfg.preset,
+                covariance_type=cov,
+                n_iter=gmm.n_iter_,
+                converged=bool(gmm.converged_),
+                test_log_likelihood=gmm.score(Z_test),
+            )
+        )
         predictions[f"task3_ae_gmm_{cov}"] = pred
 
     return {
-        "config": asdict(cfg), "environment": environment(device), "results": results,
-        "training": {**history.to_dict(), "seconds": train_seconds, "n_train_images": int(len(fit_idx)),
-                     "n_val_images": int(len(val_idx)), "latent_dim": int(Z_train.shape[1])},
-        "predictions": {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).tolist()
-                        for k, v in predictions.items()},
+        "config": asdict(cfg),
+        "environment": environment(device),
+        "results": results,
+        "training": {
+            **history.to_dict(),
+            "seconds": train_seconds,
+            "n_train_images": int(len(fit_idx)),
+            "n_val_images": int(len(val_idx)),
+            "latent_dim": int(Z_train.shape[1]),
+        },
+        "predictions": {
+            k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).tolist()
+            for k, v in predictions.items()
+        },
         "test_labels": np.asarray(test_labels).tolist(),
-        "seed_report": SEED_REPORT, "class_names": list(FASHION_MNIST_CLASSES),
+        "seed_report": SEED_REPORT,
+        "class_names": list(FASHION_MNIST_CLASSES),
     }

@@ -1,4 +1,5 @@
 """Turn the main job's results into results.json, report.md and PNG plots in a run folder."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,10 @@ SCORE_COLUMNS = ("completeness", "homogeneity", "v_measure", "nmi", "ari", "clus
 
 def _matplotlib():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -62,8 +65,15 @@ def plot_confusion(y_true, y_pred, class_names, title, path):
     ax.set_yticks(range(len(classes)), [class_names[c] for c in classes])
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     ax.set_xlabel("cluster (matched to the class on its row by the Hungarian method)")
     ax.set_ylabel("true class")
     ax.set_title(title)
@@ -95,8 +105,10 @@ def _fmt(x, digits=4):
 
 
 def results_table(rows, seed_report) -> str:
-    head = ("| task | features | completeness | seed report | homogeneity | V-measure | NMI | ARI | "
-            "cluster acc. | fit s | device | backend |")
+    head = (
+        "| task | features | completeness | seed report | homogeneity | V-measure | NMI | ARI | "
+        "cluster acc. | fit s | device | backend |"
+    )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         if "skipped" in r:
@@ -107,7 +119,8 @@ def results_table(rows, seed_report) -> str:
             f"| {r['task']} | {r.get('features', '')} | {100 * r['completeness']:.2f}% | "
             f"{'' if ref is None else f'{100 * ref:.2f}%'} | {_fmt(r['homogeneity'])} | {_fmt(r['v_measure'])} | "
             f"{_fmt(r['nmi'])} | {_fmt(r['ari'])} | {_fmt(r['cluster_accuracy'])} | {r['fit_seconds']:.2f} | "
-            f"{r['device']} | {r['backend']} |")
+            f"{r['device']} | {r['backend']} |"
+        )
     return "\n".join(lines)
 
 
@@ -117,20 +130,31 @@ def write_run_folder(run: dict, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     predictions = run["predictions"]
     summary = {k: v for k, v in run.items() if k not in ("predictions", "test_labels")}
-    paths = {"results": out / "results.json", "report": out / "report.md", "loss_curve": out / "loss_curve.png",
-             "covariance_types": out / "covariance_types.png", "predictions": out / "predictions.npz"}
+    paths = {
+        "results": out / "results.json",
+        "report": out / "report.md",
+        "loss_curve": out / "loss_curve.png",
+        "covariance_types": out / "covariance_types.png",
+        "predictions": out / "predictions.npz",
+    }
     atomic_write_json(paths["results"], summary)
     buf = io.BytesIO()
-    np.savez_compressed(buf, test_labels=np.asarray(run["test_labels"]),
-                        **{k: np.asarray(v) for k, v in predictions.items()})
+    np.savez_compressed(
+        buf, test_labels=np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}
+    )
     atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
     plot_loss_curve(run["training"], paths["loss_curve"])
     plot_covariance_tradeoff(run["results"], paths["covariance_types"])
     for task, pred in predictions.items():
         paths[f"confusion_{task}"] = out / f"confusion_{task}.png"
         score = next(r["completeness"] for r in run["results"] if r["task"] == task)
-        plot_confusion(run["test_labels"], pred, run["class_names"], f"{task} (completeness {100 * score:.2f}%)",
-                       paths[f"confusion_{task}"])
+        plot_confusion(
+            run["test_labels"],
+            pred,
+            run["class_names"],
+            f"{task} (completeness {100 * score:.2f}%)",
+            paths[f"confusion_{task}"],
+        )
     atomic_write_text(paths["report"], render_report(run, paths))
     return paths
 
@@ -138,31 +162,45 @@ def write_run_folder(run: dict, out_dir) -> dict:
 def render_report(run: dict, paths: dict) -> str:
     cfg, env, tr = run["config"], run["environment"], run["training"]
     profile_note = {
-        "quick": (f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
-                  f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']}). "
-                  "`--profile full` (the default on a GPU) follows the seed's protocol."),
-        "full": (f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
-                 f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."),
+        "quick": (
+            f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
+            f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']}). "
+            "`--profile full` (the default on a GPU) follows the seed's protocol."
+        ),
+        "full": (
+            f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
+            f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."
+        ),
     }[cfg["profile"]]
     if cfg.get("limit"):
         profile_note += f" **Smoke run**: only the first {cfg['limit']} training and test images."
-    best = max((r for r in run["results"] if r["task"].startswith("task3") and "skipped" not in r),
-               key=lambda r: r["completeness"],
-               default=None)
+    best = max(
+        (r for r in run["results"] if r["task"].startswith("task3") and "skipped" not in r),
+        key=lambda r: r["completeness"],
+        default=None,
+    )
     lines = [
-        "# gpuclust run report", "",
-        profile_note, "",
+        "# gpuclust run report",
+        "",
+        profile_note,
+        "",
         f"Device: {env['device']} ({env['device_name']}); torch {env['torch']}, gpuclust {env['gpuclust']}, "
         f"commit {env.get('git_commit') or 'unknown'}. Autoencoder preset `{cfg['preset']}` "
-        f"(latent {tr['latent_dim']}-d), trained in {tr['seconds']:.1f} s, best epoch {tr['best_epoch']}.", "",
+        f"(latent {tr['latent_dim']}-d), trained in {tr['seconds']:.1f} s, best epoch {tr['best_epoch']}.",
+        "",
         "All scores on the held-out 10,000-image test set. *Seed report* is the seed's completeness "
-        "(called accuracy there).", "",
-        results_table(run["results"], run["seed_report"]), "",
+        "(called accuracy there).",
+        "",
+        results_table(run["results"], run["seed_report"]),
+        "",
     ]
     if best is not None:
         beat = best["completeness"] > run["seed_report"]["task3_ae_gmm_diag"]
-        lines += [f"Best Gaussian mixture: **{best['covariance_type']}**, completeness "
-                  f"{100 * best['completeness']:.2f}% ({'above' if beat else 'below'} the seed report's best, 56.26%).", ""]
+        lines += [
+            f"Best Gaussian mixture: **{best['covariance_type']}**, completeness "
+            f"{100 * best['completeness']:.2f}% ({'above' if beat else 'below'} the seed report's best, 56.26%).",
+            "",
+        ]
     lines += ["## Plots", ""]
     for key, path in paths.items():
         if path.suffix == ".png":

@@ -1,4 +1,5 @@
 """``gpuclust select``: a BIC/AIC sweep over the number of components and covariance types."""
+
 from __future__ import annotations
 
 import io
@@ -39,6 +40,7 @@ def sweep(X, ks, covariance_types, *, criterion="bic", seed=0, device="auto", on
 
 def plot_sweep(rows, criterion, best, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -46,8 +48,14 @@ def plot_sweep(rows, criterion, best, path):
     for cov in dict.fromkeys(r["covariance_type"] for r in rows):
         pts = [(r["n_components"], r[criterion]) for r in rows if r["covariance_type"] == cov]
         ax.plot(*zip(*pts), marker="o", label=cov)
-    ax.scatter([best["n_components"]], [best[criterion]], s=200, facecolors="none", edgecolors="black",
-               label=f"chosen: {best['covariance_type']}, K={best['n_components']}")
+    ax.scatter(
+        [best["n_components"]],
+        [best[criterion]],
+        s=200,
+        facecolors="none",
+        edgecolors="black",
+        label=f"chosen: {best['covariance_type']}, K={best['n_components']}",
+    )
     ax.set_xlabel("number of components K")
     ax.set_ylabel(criterion.upper() + " (lower is better)")
     ax.set_title(f"Gaussian mixture model selection by {criterion.upper()}")
@@ -71,20 +79,37 @@ def run_selection(args, say, load_array):
         from sklearn.decomposition import PCA
 
         from .datasets import flatten_pixels, load_fashion_mnist
+
         images, _ = load_fashion_mnist("train", args.data_dir, args.download)
-        X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[:args.n_samples]))
-    X = X[:args.n_samples]
+        X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))
+    X = X[: args.n_samples]
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
     except ValueError:
         raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if not ks or min(ks) < 1:
         raise ValueError(f"--k must list positive integers, got {args.k!r}")
-    rows, best = sweep(X, ks, args.covariance_types, criterion=args.criterion, seed=args.seed, device=args.device,
-                       on_fit=lambda r: say(f"{r['covariance_type']:>9} K={r['n_components']:<3} "
-                                            f"{args.criterion}={r[args.criterion]:.1f}"))
+    rows, best = sweep(
+        X,
+        ks,
+        args.covariance_types,
+        criterion=args.criterion,
+        seed=args.seed,
+        device=args.device,
+        on_fit=lambda r: say(
+            f"{r['covariance_type']:>9} K={r['n_components']:<3} {args.criterion}={r[args.criterion]:.1f}"
+        ),
+    )
     out = Path(args.out)
-    atomic_write_json(out / "select.json", {"criterion": args.criterion, "best": best, "rows": rows,
-                                            "n_samples": int(X.shape[0]), "n_features": int(X.shape[1])})
+    atomic_write_json(
+        out / "select.json",
+        {
+            "criterion": args.criterion,
+            "best": best,
+            "rows": rows,
+            "n_samples": int(X.shape[0]),
+            "n_features": int(X.shape[1]),
+        },
+    )
     plot_sweep(rows, args.criterion, best, out / "select.png")
     return best, out

@@ -1,4 +1,5 @@
 """Train a :class:`~gpuclust.autoencoder.ConvAutoencoder`, checkpoint it, and encode images with it."""
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,7 @@ def _evaluate(model, data, batch_size, device, loss_fn):
     total = 0.0
     with torch.inference_mode(), _autocast(device):
         for start in range(0, data.shape[0], batch_size):
-            batch = data[start:start + batch_size]
+            batch = data[start : start + batch_size]
             total += float(loss_fn(model(batch).float(), batch)) * batch.shape[0]
     return total / data.shape[0]
 
@@ -55,8 +56,12 @@ def _evaluate(model, data, batch_size, device, loss_fn):
 def _save_checkpoint(path, model, optimizer, epoch, history, config, best_state, patience_left):
     payload = {
         "format": "gpuclust-autoencoder-1",
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-        "history": history.to_dict(), "config": config, "best_state": best_state,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "history": history.to_dict(),
+        "config": config,
+        "best_state": best_state,
         "patience_left": patience_left,
     }
     atomic_write(path, lambda fh: torch.save(payload, fh))
@@ -75,7 +80,7 @@ def load_checkpoint(path, device="cpu"):
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
     try:
         ckpt = torch.load(path, map_location=resolve_device(device), weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as exc:
         raise ValueError(f"{path} is not a readable gpuclust checkpoint: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != "gpuclust-autoencoder-1":
         raise ValueError(f"{path} is not a gpuclust autoencoder checkpoint.")
@@ -85,9 +90,22 @@ def load_checkpoint(path, device="cpu"):
     return model.to(resolve_device(device)).eval(), ckpt
 
 
-def train_autoencoder(train_images, val_images, *, preset="seed", epochs=200, batch_size=480, lr=1e-3,
-                      patience=10, seed=0, device="auto", checkpoint=None, resume=False, progress=True,
-                      max_seconds=None):
+def train_autoencoder(
+    train_images,
+    val_images,
+    *,
+    preset="seed",
+    epochs=200,
+    batch_size=480,
+    lr=1e-3,
+    patience=10,
+    seed=0,
+    device="auto",
+    checkpoint=None,
+    resume=False,
+    progress=True,
+    max_seconds=None,
+):
     """Train with Adam on mean squared reconstruction error, with early stopping on validation loss.
 
     Parameters
@@ -129,27 +147,46 @@ def train_autoencoder(train_images, val_images, *, preset="seed", epochs=200, ba
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        train, val = train.contiguous(memory_format=torch.channels_last), val.contiguous(memory_format=torch.channels_last)
+        train, val = (
+            train.contiguous(memory_format=torch.channels_last),
+            val.contiguous(memory_format=torch.channels_last),
+        )
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.MSELoss()
-    config = {"preset": preset, "architecture": model.config.to_dict(), "batch_size": batch_size, "lr": lr,
-              "patience": patience, "seed": seed, "epochs": epochs, "loss": "mse"}
+    config = {
+        "preset": preset,
+        "architecture": model.config.to_dict(),
+        "batch_size": batch_size,
+        "lr": lr,
+        "patience": patience,
+        "seed": seed,
+        "epochs": epochs,
+        "loss": "mse",
+    }
     history, start_epoch, best_state, patience_left = TrainingHistory(), 0, None, patience
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         _, ckpt = load_checkpoint(checkpoint, device)
         if ckpt["config"]["architecture"] != config["architecture"]:
-            raise ValueError(f"checkpoint {checkpoint} is for architecture {ckpt['config']['architecture']} "
-                             f"(preset {ckpt['config']['preset']!r}), not {config['architecture']} ({preset!r}).")
+            raise ValueError(
+                f"checkpoint {checkpoint} is for architecture {ckpt['config']['architecture']} "
+                f"(preset {ckpt['config']['preset']!r}), not {config['architecture']} ({preset!r})."
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history = TrainingHistory(**ckpt["history"])
         start_epoch, best_state, patience_left = ckpt["epoch"], ckpt["best_state"], ckpt["patience_left"]
         logger.info("resumed from %s at epoch %d", checkpoint, start_epoch)
     n = train.shape[0]
-    bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, unit="epoch", disable=not progress,
-               desc=f"autoencoder[{preset}] on {device.type}")
+    bar = tqdm(
+        range(start_epoch, epochs),
+        initial=start_epoch,
+        total=epochs,
+        unit="epoch",
+        disable=not progress,
+        desc=f"autoencoder[{preset}] on {device.type}",
+    )
     began = time.perf_counter()
     for epoch in bar:
         if patience_left <= 0:
@@ -160,7 +197,7 @@ def train_autoencoder(train_images, val_images, *, preset="seed", epochs=200, ba
         t0 = time.perf_counter()
         running = torch.zeros((), device=device)
         for start in range(0, n, batch_size):
-            batch = train[order[start:start + batch_size]]
+            batch = train[order[start : start + batch_size]]
             with _autocast(device):
                 loss = loss_fn(model(batch).float(), batch)
             optimizer.zero_grad(set_to_none=True)
@@ -178,8 +215,11 @@ def train_autoencoder(train_images, val_images, *, preset="seed", epochs=200, ba
             patience_left = patience
         else:
             patience_left -= 1
-        bar.set_postfix(train=f"{history.train_loss[-1]:.5f}", val=f"{history.val_loss[-1]:.5f}",
-                        img_s=f"{history.images_per_second[-1]:.0f}")
+        bar.set_postfix(
+            train=f"{history.train_loss[-1]:.5f}",
+            val=f"{history.val_loss[-1]:.5f}",
+            img_s=f"{history.images_per_second[-1]:.0f}",
+        )
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, epoch + 1, history, config, best_state, patience_left)
         if patience_left <= 0:
@@ -207,5 +247,5 @@ def encode(model: ConvAutoencoder, images, *, batch_size=2048, device=None) -> t
     out = torch.empty(data.shape[0], model.latent_dim, device=device)
     with torch.inference_mode(), _autocast(device):
         for start in range(0, data.shape[0], batch_size):
-            out[start:start + batch_size] = model.encode(data[start:start + batch_size]).float()
+            out[start : start + batch_size] = model.encode(data[start : start + batch_size]).float()
     return out

@@ -38,8 +38,9 @@ def test_unknown_preset():
 
 def test_loss_falls_over_a_few_steps():
     images = tiny_images()
-    _, history = train_autoencoder(images[:64], images[64:], preset="dense10", epochs=6, batch_size=16,
-                                   progress=False, device="cpu")
+    _, history = train_autoencoder(
+        images[:64], images[64:], preset="dense10", epochs=6, batch_size=16, progress=False, device="cpu"
+    )
     assert history.train_loss[-1] < 0.7 * history.train_loss[0]
     assert len(history.val_loss) == 6 and all(v > 0 for v in history.images_per_second)
 
@@ -64,11 +65,20 @@ def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
 def test_resume_with_another_architecture_is_clear_error(tmp_path):
     images = tiny_images(40)
     ckpt = tmp_path / "ae.pt"
-    train_autoencoder(images[:32], images[32:], preset="dense10", epochs=1, checkpoint=ckpt, progress=False,
-                      device="cpu")
+    train_autoencoder(
+        images[:32], images[32:], preset="dense10", epochs=1, checkpoint=ckpt, progress=False, device="cpu"
+    )
     with pytest.raises(ValueError, match="architecture"):
-        train_autoencoder(images[:32], images[32:], preset="dense32", epochs=2, checkpoint=ckpt, resume=True,
-                          progress=False, device="cpu")
+        train_autoencoder(
+            images[:32],
+            images[32:],
+            preset="dense32",
+            epochs=2,
+            checkpoint=ckpt,
+            resume=True,
+            progress=False,
+            device="cpu",
+        )
 
 
 def test_bad_checkpoint_file(tmp_path):
@@ -82,8 +92,17 @@ def test_bad_checkpoint_file(tmp_path):
 
 def test_early_stopping_restores_best_epoch():
     images = tiny_images(64)
-    _, history = train_autoencoder(images[:48], images[48:], preset="dense10", epochs=30, batch_size=48, lr=5e-2,
-                                   patience=2, progress=False, device="cpu")
+    _, history = train_autoencoder(
+        images[:48],
+        images[48:],
+        preset="dense10",
+        epochs=30,
+        batch_size=48,
+        lr=5e-2,
+        patience=2,
+        progress=False,
+        device="cpu",
+    )
     assert history.stopped_early  # lr=5e-2 makes the validation loss bounce within 30 epochs
     assert history.best_epoch == int(np.argmin(history.val_loss)) + 1
     assert len(history.val_loss) == history.best_epoch + 2
@@ -103,12 +122,15 @@ def test_encode_on_gpu_returns_gpu_tensor():
     assert z.is_cuda
 
 
-@pytest.mark.parametrize("images,match", [
-    (np.zeros((4, 32, 32), dtype=np.uint8), "shape"),
-    (np.zeros((4, 28, 28), dtype=np.int32), "dtype"),
-    (np.full((4, 28, 28), 3.0, dtype=np.float32), r"\[0, 1\]"),
-    (np.zeros((0, 28, 28), dtype=np.uint8), "empty"),
-])
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (np.zeros((4, 32, 32), dtype=np.uint8), "shape"),
+        (np.zeros((4, 28, 28), dtype=np.int32), "dtype"),
+        (np.full((4, 28, 28), 3.0, dtype=np.float32), r"\[0, 1\]"),
+        (np.zeros((0, 28, 28), dtype=np.uint8), "empty"),
+    ],
+)
 def test_bad_images(images, match):
     with pytest.raises(ValueError, match=match):
         images_to_tensor(images)

@@ -24,8 +24,12 @@ def test_tiny_grid_writes_well_formed_results(tmp_path):
 
 
 def test_same_start_gives_same_quality_as_sklearn():
-    rows = [run_case(Case("gmm", b, "cpu", "synthetic", 1500, 4, 3, covariance_type="full", dtype="float64",
-                          iters=5), repeats=1) for b in ("torch", "sklearn")]
+    rows = [
+        run_case(
+            Case("gmm", b, "cpu", "synthetic", 1500, 4, 3, covariance_type="full", dtype="float64", iters=5), repeats=1
+        )
+        for b in ("torch", "sklearn")
+    ]
     assert abs(rows[0]["log_likelihood"] - rows[1]["log_likelihood"]) < 1e-6 * abs(rows[1]["log_likelihood"])
 
 

@@ -24,8 +24,9 @@ def write_split(directory, split="train", n=20, images=None, labels=None, gz=Tru
     stems = ds._SPLIT_STEMS[split]
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for stem, raw in zip(stems, (overrides.get("image_bytes") or idx_bytes(images),
-                                 overrides.get("label_bytes") or idx_bytes(labels))):
+    for stem, raw in zip(
+        stems, (overrides.get("image_bytes") or idx_bytes(images), overrides.get("label_bytes") or idx_bytes(labels))
+    ):
         path = directory / (stem + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(raw) if gz else raw)
         paths.append(path)
@@ -79,17 +80,20 @@ good_labels = idx_bytes(np.zeros(3, dtype=np.uint8))
 good_images = idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("image_bytes,label_bytes,match", [
-    (good_images[:-5], good_labels, "truncated"),
-    (good_images + b"\x00", good_labels, "too long"),
-    (good_images[:10], good_labels, "truncated inside the header"),
-    (b"\x08\x03" + good_images[2:], good_labels, "magic number"),
-    (good_images[:2] + b"\x0d" + good_images[3:], good_labels, "type code"),
-    (good_images, idx_bytes(np.zeros((3, 1), dtype=np.uint8)), "dimensions"),
-    (idx_bytes(np.zeros((3, 27, 27), dtype=np.uint8)), good_labels, "28x28"),
-    (good_images, idx_bytes(np.zeros(4, dtype=np.uint8)), "3 images but .* 4 labels"),
-    (good_images, idx_bytes(np.array([0, 10, 1], dtype=np.uint8)), "label 10 is outside 0-9"),
-])
+@pytest.mark.parametrize(
+    "image_bytes,label_bytes,match",
+    [
+        (good_images[:-5], good_labels, "truncated"),
+        (good_images + b"\x00", good_labels, "too long"),
+        (good_images[:10], good_labels, "truncated inside the header"),
+        (b"\x08\x03" + good_images[2:], good_labels, "magic number"),
+        (good_images[:2] + b"\x0d" + good_images[3:], good_labels, "type code"),
+        (good_images, idx_bytes(np.zeros((3, 1), dtype=np.uint8)), "dimensions"),
+        (idx_bytes(np.zeros((3, 27, 27), dtype=np.uint8)), good_labels, "28x28"),
+        (good_images, idx_bytes(np.zeros(4, dtype=np.uint8)), "3 images but .* 4 labels"),
+        (good_images, idx_bytes(np.array([0, 10, 1], dtype=np.uint8)), "label 10 is outside 0-9"),
+    ],
+)
 def test_bad_files_raise_value_error_naming_the_file(tmp_path, image_bytes, label_bytes, match):
     write_split(tmp_path / "d", n=3, image_bytes=image_bytes, label_bytes=label_bytes)
     with pytest.raises(ValueError, match=match) as err:
@@ -126,6 +130,7 @@ def test_class_names():
 
 
 # --- download path, against a local HTTP server -----------------------------------------------
+
 
 @pytest.fixture
 def local_server(tmp_path):
@@ -182,6 +187,7 @@ def test_download_unreachable_is_clear_oserror(tmp_path, monkeypatch):
 
 
 # --- the real dataset -------------------------------------------------------------------------
+
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("split,n", [("train", 60000), ("test", 10000)])

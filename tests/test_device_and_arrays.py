@@ -57,17 +57,20 @@ def test_dtype_conversion_and_defaults():
         resolve_dtype("int8")
 
 
-@pytest.mark.parametrize("X,match", [
-    (np.array([[1.0, np.nan]]), "NaN or infinity"),
-    (np.array([[1.0, np.inf]]), "NaN or infinity"),
-    (np.zeros(5), "must be 2-d, got 1-d"),
-    (np.zeros((2, 2, 2)), "must be 2-d, got 3-d"),
-    (np.zeros((0, 3)), "empty"),
-    (np.array([["a", "b"]]), "numeric"),
-    (np.array([[1 + 2j]]), "complex"),
-    ("text", "string"),
-    (None, "None"),
-])
+@pytest.mark.parametrize(
+    "X,match",
+    [
+        (np.array([[1.0, np.nan]]), "NaN or infinity"),
+        (np.array([[1.0, np.inf]]), "NaN or infinity"),
+        (np.zeros(5), "must be 2-d, got 1-d"),
+        (np.zeros((2, 2, 2)), "must be 2-d, got 3-d"),
+        (np.zeros((0, 3)), "empty"),
+        (np.array([["a", "b"]]), "numeric"),
+        (np.array([[1 + 2j]]), "complex"),
+        ("text", "string"),
+        (None, "None"),
+    ],
+)
 def test_bad_input(X, match):
     with pytest.raises(ValueError, match=match):
         as_tensor(X, device=CPU)

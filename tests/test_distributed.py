@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import COVARIANCE_TYPES
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
@@ -23,10 +22,16 @@ def free_port():
 def launch(tmp_path, world=2, extra=()):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(port),
-                               str(tmp_path / f"rank{r}.npz"), *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(world), str(port), str(tmp_path / f"rank{r}.npz"), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for r in range(world)
+    ]
     return procs
 
 
@@ -42,6 +47,7 @@ def two_rank_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_results():
     from _distributed_worker import fit_all, shared_data
+
     return fit_all(shared_data(), False)
 
 
@@ -92,17 +98,36 @@ def test_a_rank_that_dies_mid_fit_ends_the_others_with_a_clear_error(tmp_path):
 
 def test_distributed_without_process_group_is_clear_error():
     from gpuclust import KMeans
+
     with pytest.raises(ValueError, match="initialized torch.distributed process group"):
         KMeans(2, distributed=True, device="cpu").fit(np.random.rand(10, 2))
 
 
 def test_cli_cluster_distributed_under_torchrun(tmp_path):
     from _distributed_worker import shared_data
+
     X = shared_data()
     np.save(tmp_path / "x.npy", X)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           "-m", "gpuclust.cli", "cluster", "--distributed", "--algorithm", "kmeans", "--n-clusters", "4",
-           "--features", str(tmp_path / "x.npy"), "--save-labels", str(tmp_path / "labels.npy"), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        "-m",
+        "gpuclust.cli",
+        "cluster",
+        "--distributed",
+        "--algorithm",
+        "kmeans",
+        "--n-clusters",
+        "4",
+        "--features",
+        str(tmp_path / "x.npy"),
+        "--save-labels",
+        str(tmp_path / "labels.npy"),
+        "-q",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "distributed over 2 ranks" in out.stdout and f"{len(X)} samples" in out.stdout

@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import COVARIANCE_TYPES, DEVICES, RTOL, overlapping_blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
@@ -10,7 +11,6 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from gpuclust import GaussianMixture
-from conftest import COVARIANCE_TYPES, DEVICES, RTOL, overlapping_blobs
 
 PARAM_SHAPES = {  # K=4, D=6
     "full": {"covariances_": (4, 6, 6), "precisions_": (4, 6, 6), "precisions_cholesky_": (4, 6, 6)},
@@ -30,9 +30,12 @@ def shared_init(X, covariance_type, k=4, seed=0):
     means = X[rng.choice(len(X), k, replace=False)]
     cov = np.cov(X.T, bias=True)
     precision = np.linalg.inv(cov)
-    precisions = {"full": np.repeat(precision[None], k, axis=0), "tied": precision,
-                  "diag": np.repeat(1.0 / np.diag(cov)[None], k, axis=0),
-                  "spherical": np.full(k, 1.0 / np.diag(cov).mean())}[covariance_type]
+    precisions = {
+        "full": np.repeat(precision[None], k, axis=0),
+        "tied": precision,
+        "diag": np.repeat(1.0 / np.diag(cov)[None], k, axis=0),
+        "spherical": np.full(k, 1.0 / np.diag(cov).mean()),
+    }[covariance_type]
     return {"weights_init": np.full(k, 1.0 / k), "means_init": means, "precisions_init": precisions}
 
 
@@ -66,6 +69,7 @@ def test_parity_with_sklearn_from_same_init(covariance_type, dtype, device):
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_parity_on_fashion_pca(fashion_pixels, covariance_type):
     from sklearn.decomposition import PCA
+
     X = PCA(12, random_state=0).fit_transform(fashion_pixels[0][:1500])
     init = shared_init(X, covariance_type, k=5)
     kw = dict(covariance_type=covariance_type, tol=1e-4, max_iter=200, **init)
@@ -170,9 +174,12 @@ def test_samples_recover_the_parameters(covariance_type):
     for k in range(2):
         np.testing.assert_allclose(S[y == k].mean(0), gmm.means_[k], atol=0.06)
         cov = np.cov(S[y == k].T, bias=True)
-        expected = {"full": lambda: gmm.covariances_[k], "tied": lambda: gmm.covariances_,
-                    "diag": lambda: np.diag(gmm.covariances_[k]),
-                    "spherical": lambda: np.eye(3) * gmm.covariances_[k]}[covariance_type]()
+        expected = {
+            "full": lambda: gmm.covariances_[k],
+            "tied": lambda: gmm.covariances_,
+            "diag": lambda: np.diag(gmm.covariances_[k]),
+            "spherical": lambda: np.eye(3) * gmm.covariances_[k],
+        }[covariance_type]()
         np.testing.assert_allclose(cov, expected, atol=0.08 * np.abs(expected).max())
 
 
@@ -214,8 +221,9 @@ def test_not_converged_warns():
 def test_failed_cholesky_names_component_and_remedies():
     X = np.vstack([np.random.RandomState(0).randn(50, 3), np.ones((50, 3))])
     with pytest.raises(ValueError, match=r"ill-defined empirical covariance.*reg_covar"):
-        GaussianMixture(2, covariance_type="full", reg_covar=0, init_params="kmeans", random_state=0,
-                        device="cpu").fit(X)
+        GaussianMixture(2, covariance_type="full", reg_covar=0, init_params="kmeans", random_state=0, device="cpu").fit(
+            X
+        )
 
 
 def test_float32_hint_in_failure_message():
@@ -232,18 +240,21 @@ def test_output_type_follows_input():
     assert isinstance(gmm.predict_proba(torch.as_tensor(X)), torch.Tensor)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"covariance_type": "banded"}, "covariance_type"),
-    ({"init_params": "magic"}, "init_params"),
-    ({"n_components": 0}, "n_components"),
-    ({"n_components": 500}, "n_samples=50 should be >= n_components=500"),
-    ({"reg_covar": -1.0}, "reg_covar"),
-    ({"weights_init": [0.5, 0.6]}, "sum to 1"),
-    ({"weights_init": [1.0]}, "weights_init has shape"),
-    ({"means_init": np.zeros((2, 5))}, "means_init has shape"),
-    ({"precisions_init": -np.ones((2, 3)), "covariance_type": "diag"}, "strictly positive"),
-    ({"precisions_init": np.array([[[1, 2, 0], [0, 1, 0], [0, 0, 1]]] * 2)}, "symmetric"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"covariance_type": "banded"}, "covariance_type"),
+        ({"init_params": "magic"}, "init_params"),
+        ({"n_components": 0}, "n_components"),
+        ({"n_components": 500}, "n_samples=50 should be >= n_components=500"),
+        ({"reg_covar": -1.0}, "reg_covar"),
+        ({"weights_init": [0.5, 0.6]}, "sum to 1"),
+        ({"weights_init": [1.0]}, "weights_init has shape"),
+        ({"means_init": np.zeros((2, 5))}, "means_init has shape"),
+        ({"precisions_init": -np.ones((2, 3)), "covariance_type": "diag"}, "strictly positive"),
+        ({"precisions_init": np.array([[[1, 2, 0], [0, 1, 0], [0, 0, 1]]] * 2)}, "symmetric"),
+    ],
+)
 def test_bad_parameters(kw, match):
     X = np.random.RandomState(0).rand(50, 3)
     params = {"n_components": 2, "device": "cpu"} | kw
@@ -251,11 +262,14 @@ def test_bad_parameters(kw, match):
         GaussianMixture(**params).fit(X)
 
 
-@pytest.mark.parametrize("X,match", [
-    (np.array([[0.0, np.inf], [1, 1], [2, 2]]), "NaN or infinity"),
-    (np.zeros(10), "2-d"),
-    (np.array([["x", "y"]] * 3), "numeric"),
-])
+@pytest.mark.parametrize(
+    "X,match",
+    [
+        (np.array([[0.0, np.inf], [1, 1], [2, 2]]), "NaN or infinity"),
+        (np.zeros(10), "2-d"),
+        (np.array([["x", "y"]] * 3), "numeric"),
+    ],
+)
 def test_bad_input(X, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixture(1, device="cpu").fit(X)

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES, RTOL, overlapping_blobs
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from gpuclust import KMeans
-from conftest import DEVICES, RTOL, overlapping_blobs
 
 
 def assert_same_as_sklearn(X, init, dtype, device, algorithm, **kw):
@@ -84,8 +84,10 @@ def test_determinism_and_n_init_keeps_best():
     a = KMeans(6, init="random", n_init=5, random_state=3, device="cpu").fit(X)
     b = KMeans(6, init="random", n_init=5, random_state=3, device="cpu").fit(X)
     np.testing.assert_array_equal(a.labels_, b.labels_)
-    singles = [KMeans(6, init="random", n_init=1, random_state=np.random.RandomState(s), device="cpu").fit(X).inertia_
-               for s in range(3)]
+    singles = [
+        KMeans(6, init="random", n_init=1, random_state=np.random.RandomState(s), device="cpu").fit(X).inertia_
+        for s in range(3)
+    ]
     assert a.inertia_ <= max(singles)
 
 
@@ -147,14 +149,17 @@ def test_sklearn_backend_matches():
 
 def test_auto_backend_on_cpu_is_logged(caplog):
     import logging
+
     X, _ = overlapping_blobs(n=100, d=2, k=2)
     with caplog.at_level(logging.INFO, logger="gpuclust"):
         km = KMeans(2, device="cpu", random_state=0).fit(X)
     assert km.backend_ == "torch" and "backend='auto'" in caplog.text
 
 
-@pytest.mark.skipif(__import__("gpuclust._backends", fromlist=["x"]).optional_import("cuml") is not None,
-                    reason="cuML is installed here")
+@pytest.mark.skipif(
+    __import__("gpuclust._backends", fromlist=["x"]).optional_import("cuml") is not None,
+    reason="cuML is installed here",
+)
 def test_cuml_backend_missing_gives_install_hint():
     with pytest.raises((ImportError, ValueError), match="cuML|cuml"):
         KMeans(2, backend="cuml", device="cpu").fit(np.random.rand(10, 2))
@@ -173,22 +178,25 @@ def test_cuml_backend_close_to_ours():
     assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-4)
 
 
-@pytest.mark.parametrize("X,kw,match", [
-    (np.array([[0.0, np.nan], [1, 1], [2, 2]]), {}, "NaN"),
-    (np.zeros(10), {}, "2-d"),
-    (np.zeros((4, 2, 2)), {}, "2-d"),
-    (np.random.rand(3, 2), {"n_clusters": 5}, r"n_samples=3 should be >= n_clusters=5"),
-    (np.array([["a", "b"], ["c", "d"]]), {}, "numeric"),
-    (np.random.rand(20, 2), {"n_clusters": 0}, "n_clusters"),
-    (np.random.rand(20, 2), {"init": "bogus"}, "init="),
-    (np.random.rand(20, 2), {"init": np.zeros((3, 5))}, "init has shape"),
-    (np.random.rand(20, 2), {"tol": -1}, "tol"),
-    (np.random.rand(20, 2), {"max_iter": 0}, "max_iter"),
-    (np.random.rand(20, 2), {"backend": "faiss"}, "backend"),
-    (np.random.rand(20, 2), {"algorithm": "elkan"}, "algorithm"),
-    (np.random.rand(20, 2), {"dtype": "int32"}, "dtype"),
-    (np.random.rand(20, 2), {"chunk_size": 0}, "chunk_size"),
-])
+@pytest.mark.parametrize(
+    "X,kw,match",
+    [
+        (np.array([[0.0, np.nan], [1, 1], [2, 2]]), {}, "NaN"),
+        (np.zeros(10), {}, "2-d"),
+        (np.zeros((4, 2, 2)), {}, "2-d"),
+        (np.random.rand(3, 2), {"n_clusters": 5}, r"n_samples=3 should be >= n_clusters=5"),
+        (np.array([["a", "b"], ["c", "d"]]), {}, "numeric"),
+        (np.random.rand(20, 2), {"n_clusters": 0}, "n_clusters"),
+        (np.random.rand(20, 2), {"init": "bogus"}, "init="),
+        (np.random.rand(20, 2), {"init": np.zeros((3, 5))}, "init has shape"),
+        (np.random.rand(20, 2), {"tol": -1}, "tol"),
+        (np.random.rand(20, 2), {"max_iter": 0}, "max_iter"),
+        (np.random.rand(20, 2), {"backend": "faiss"}, "backend"),
+        (np.random.rand(20, 2), {"algorithm": "elkan"}, "algorithm"),
+        (np.random.rand(20, 2), {"dtype": "int32"}, "dtype"),
+        (np.random.rand(20, 2), {"chunk_size": 0}, "chunk_size"),
+    ],
+)
 def test_bad_input_is_value_error(X, kw, match):
     params = {"n_clusters": 3, "device": "cpu"} | kw
     with pytest.raises(ValueError, match=match):
@@ -227,6 +235,7 @@ def test_cupy_in_cupy_out_without_copy():
 
 class _TwoIdenticalRanks:
     """A stand-in for a 2-rank process group in which both ranks hold the same rows."""
+
     rank, world_size = 0, 2
 
     def sum_float(self, value, what=""):
@@ -238,6 +247,7 @@ class _TwoIdenticalRanks:
 
 def test_init_sample_gathers_all_rows_or_a_bounded_sample():
     from gpuclust._kmeans_core import gather_init_sample
+
     X = torch.arange(200.0).reshape(100, 2)
     w = torch.linspace(0.5, 1.5, 100)
     rs = np.random.RandomState(0)

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import sklearn.metrics as skm
 import torch
+from conftest import DEVICES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuclust import metrics
-from conftest import DEVICES
 
 PAIRS = [
     ("completeness_score", skm.completeness_score),
@@ -68,6 +68,7 @@ def test_scores_invariant_to_renaming_clusters(labels, perm):
 
 def brute_force_accuracy(t, p):
     import itertools
+
     classes, clusters = np.unique(t), np.unique(p)
     best = 0
     if len(clusters) <= len(classes):
@@ -108,13 +109,16 @@ def test_adjusted_rand_does_not_overflow_on_large_inputs():
     assert metrics.adjusted_rand_score(t, p) == pytest.approx(skm.adjusted_rand_score(t, p), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("t,p,match", [
-    ([0, 1, 2], [0, 1], "3 entries but labels_pred has 2"),
-    ([], [], "empty"),
-    ([0.5, 1.0], [0, 1], "integer labels"),
-    (np.zeros((2, 2), dtype=int), np.zeros((2, 2), dtype=int), "1-d"),
-    (["a", "b"], [0, 1], "integer labels"),
-])
+@pytest.mark.parametrize(
+    "t,p,match",
+    [
+        ([0, 1, 2], [0, 1], "3 entries but labels_pred has 2"),
+        ([], [], "empty"),
+        ([0.5, 1.0], [0, 1], "integer labels"),
+        (np.zeros((2, 2), dtype=int), np.zeros((2, 2), dtype=int), "1-d"),
+        (["a", "b"], [0, 1], "integer labels"),
+    ],
+)
 def test_bad_input(t, p, match):
     with pytest.raises(ValueError, match=match):
         metrics.completeness_score(t, p)
