@@ -85,6 +85,11 @@ def _to_tensor_nocopy(X, kind: ArrayKind, name: str) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+def as_torch(X, name: str = "X") -> torch.Tensor:
+    """View numpy, torch or any ``__dlpack__`` array as a tensor where it lives, without copying."""
+    return _to_tensor_nocopy(X, _kind_of(X), name)
+
+
 def as_tensor(
     X,
     *,

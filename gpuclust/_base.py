@@ -8,7 +8,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from ._arrays import as_tensor, resolve_dtype, to_output
-from ._device import resolve_device
+from .device import resolve_device
 
 
 def check_positive_int(value, name, minimum=1):
@@ -31,13 +31,24 @@ class TorchEstimatorMixin:
     the feature count. Results go back through :meth:`_output`.
     """
 
-    def _prepare_fit_input(self, X):
-        self._device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
-        X_t, kind = as_tensor(X, device=self._device, dtype=dtype)
+    def _convert_fit_input(self, X):
+        """Convert ``fit``'s X on the asked device and dtype, without touching fitted state.
+
+        Returns ``(X_t, kind)``; :meth:`_set_fit_input` records them once every check has passed,
+        so a fit that fails validation leaves a fitted estimator as it was.
+        """
+        device = resolve_device(self.device)
+        return as_tensor(X, device=device, dtype=resolve_dtype(self.dtype))
+
+    def _set_fit_input(self, X_t, kind):
+        self._device = X_t.device
         self._dtype = X_t.dtype
         self._input_kind = kind
         self.n_features_in_ = int(X_t.shape[1])
+
+    def _prepare_fit_input(self, X):
+        X_t, kind = self._convert_fit_input(X)
+        self._set_fit_input(X_t, kind)
         return X_t, kind
 
     def _check_is_fitted(self, attribute):
@@ -47,14 +58,17 @@ class TorchEstimatorMixin:
                 "appropriate arguments before using this estimator."
             )
 
+    def _check_n_features(self, X_t):
+        if X_t.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X_t.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+
     def _prepare_input(self, X, attribute):
         self._check_is_fitted(attribute)
         X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
-        if X_t.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X_t.shape[1]} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_} features."
-            )
+        self._check_n_features(X_t)
         return X_t, kind
 
     @staticmethod

@@ -2,13 +2,16 @@
 
 The KMeans and GaussianMixture loops are written once against this interface.
 In one process every call returns its input. Under torch.distributed
-(:class:`gpuclust.distributed.TorchDistComm`) the same calls all-reduce the
+(:class:`TorchDistComm`) the same calls all-reduce the
 sufficient statistics across ranks.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 
 
 class LocalComm:
@@ -39,10 +42,108 @@ class LocalComm:
 LOCAL = LocalComm()
 
 
+DEFAULT_TIMEOUT_SECONDS = 120
+
+
+class DistributedFitError(RuntimeError):
+    """A collective operation failed: a peer rank crashed, was killed, or timed out."""
+
+
+class TorchDistComm(LocalComm):
+    """The estimators' collectives over the default torch.distributed process group."""
+
+    def __init__(self, group=None):
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "distributed=True needs an initialized torch.distributed process group: launch with "
+                "torchrun and call gpuclust.distributed.init_from_env() (or "
+                "torch.distributed.init_process_group) before fit."
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self._backend = dist.get_backend(group)
+
+    def _run(self, what, fn, *args, **kwargs):
+        try:
+            work = fn(*args, group=self.group, **kwargs)
+            return work
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DistributedFitError(
+                f"rank {self.rank} of {self.world_size}: the collective '{what}' failed, so a peer rank has "
+                f"failed, exited or timed out; the fit is abandoned ({type(exc).__name__}: {first})"
+            ) from exc
+
+    def _on_backend_device(self, tensor):
+        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and CUDA ones via a copy).
+        if self._backend == "nccl" and tensor.device.type != "cuda":
+            return tensor.cuda(), True
+        return tensor, False
+
+    def sum_(self, tensor, what=""):
+        t, moved = self._on_backend_device(tensor)
+        self._run(what or "all_reduce", dist.all_reduce, t, op=dist.ReduceOp.SUM)
+        if moved:
+            tensor.copy_(t)
+        return tensor
+
+    def sum_float(self, value, what=""):
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        return float(self.sum_(t, what)[0])
+
+    def broadcast_(self, tensor, src=0, what=""):
+        t, moved = self._on_backend_device(tensor)
+        self._run(what or "broadcast", dist.broadcast, t, src=src)
+        if moved:
+            tensor.copy_(t)
+        return tensor
+
+    def gather_rows(self, tensor, what=""):
+        counts = torch.zeros(self.world_size, dtype=torch.float64, device=tensor.device)
+        counts[self.rank] = tensor.shape[0]
+        self.sum_(counts, what)
+        largest = int(counts.max())
+        padded = torch.zeros((largest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        p, moved = self._on_backend_device(padded)
+        if moved:
+            parts = [q.cuda() for q in parts]
+        self._run(what or "all_gather", dist.all_gather, parts, p)
+        return torch.cat([q[: int(c)].to(tensor.device) for q, c in zip(parts, counts.tolist())])
+
+    def row_offset(self, n_local):
+        counts = torch.zeros(self.world_size, dtype=torch.float64)
+        counts[self.rank] = n_local
+        self.sum_(counts, "row offsets")
+        return int(counts[: self.rank].sum())
+
+
 def make_comm(distributed: bool):
     """The collectives for an estimator's ``distributed`` setting."""
-    if not distributed:
-        return LOCAL
-    from .distributed import TorchDistComm
+    return TorchDistComm() if distributed else LOCAL
 
-    return TorchDistComm()
+
+# Seeding across ranks gathers at most this many values (rows x features): 128 MiB in float32.
+INIT_SAMPLE_ELEMENTS = 1 << 25
+
+
+def gather_init_sample(X, sample_weight, comm, random_state, max_elements=INIT_SAMPLE_ELEMENTS):
+    """Rows to seed from, the same on every rank: all rows in rank order while they fit in
+    ``max_elements``, else a uniform sample from every rank in proportion to its rows.
+
+    With all rows, seeding equals a single process's on the concatenated data.
+    """
+    if comm.world_size == 1:
+        return X, sample_weight
+    n_global = int(comm.sum_float(X.shape[0], "sample count"))
+    limit = max(1, max_elements // X.shape[1])
+    if n_global > limit:
+        seed = int(random_state.randint(2**31 - 1))  # same draw on every rank ...
+        g = torch.Generator().manual_seed(seed + comm.rank)  # ... a different stream per rank
+        take = max(1, math.ceil(X.shape[0] * limit / n_global))
+        idx = torch.randperm(X.shape[0], generator=g)[:take].to(X.device)
+        X, sample_weight = X[idx], sample_weight[idx]
+    rows = comm.gather_rows(torch.cat([X, sample_weight.to(X.dtype).unsqueeze(1)], 1), "init sample")
+    return rows[:, :-1], rows[:, -1]

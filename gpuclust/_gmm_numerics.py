@@ -45,15 +45,23 @@ def new_stats(n_components, n_features, covariance_type, device) -> SufficientSt
 
 
 def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tensor, covariance_type: str) -> None:
-    """Add one tile's contribution (``Xs`` shifted samples, ``resp`` responsibilities) to ``stats``."""
+    """Add one tile's contribution (``Xs`` shifted samples, ``resp`` responsibilities) to ``stats``.
+
+    The second moments are multiplied in float64 whatever the working dtype: the M-step
+    subtracts ``mean**2`` from them, and float32 products carry rounding errors of the
+    order of ``reg_covar`` on data such as pixels (a negative variance follows).
+    """
     f64 = torch.float64
     stats.nk += resp.sum(0, dtype=f64)
     stats.sx += (resp.T @ Xs).to(f64)
+    if covariance_type == "tied":
+        return
+    resp64, Xs64 = resp.to(f64), Xs.to(f64)
     if covariance_type == "full":
-        weighted = resp.T.unsqueeze(2) * Xs.unsqueeze(0)  # (K, c, D)
-        stats.sxx += torch.matmul(weighted.transpose(1, 2), Xs).to(f64)
-    elif covariance_type in ("diag", "spherical"):
-        stats.sxx += (resp.T @ (Xs * Xs)).to(f64)
+        weighted = resp64.T.unsqueeze(2) * Xs64.unsqueeze(0)  # (K, c, D)
+        stats.sxx += torch.matmul(weighted.transpose(1, 2), Xs64)
+    else:
+        stats.sxx += resp64.T @ (Xs64 * Xs64)
 
 
 # --- M-step: covariances from sufficient statistics (float64) -------------------------------------
@@ -98,6 +106,46 @@ def estimate_parameters(stats: SufficientStats, reg_covar: float, covariance_typ
     means = stats.sx / nk[:, None]
     covariances = _COVARIANCE_ESTIMATORS[covariance_type](stats, means, reg_covar, xtx)
     return nk, means, covariances
+
+
+@dataclass
+class MixtureParameters:
+    """A mixture's parameters, float64, means in the shifted frame (the data mean subtracted).
+
+    ``covariances`` has shape (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical;
+    ``precisions_cholesky`` the same shape: upper-triangular P with P P^T = inverse(covariance)
+    (full, tied), or the inverse square roots of the variances (diag, spherical).
+    """
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    covariances: torch.Tensor
+    precisions_cholesky: torch.Tensor
+
+    @classmethod
+    def from_stats(cls, stats, reg_covar, covariance_type, xtx=None, float32_hint=False):
+        """The M-step: parameters from the sufficient statistics."""
+        nk, means, cov = estimate_parameters(stats, reg_covar, covariance_type, xtx)
+        return cls(nk / nk.sum(), means, cov, precision_cholesky(cov, covariance_type, float32_hint))
+
+    def working(self, dtype) -> WorkingParameters:
+        """What the E-step needs, cast once per pass to the working dtype."""
+        return WorkingParameters(
+            self.means.to(dtype), self.precisions_cholesky.to(dtype), torch.log(self.weights).to(dtype)
+        )
+
+
+@dataclass
+class WorkingParameters:
+    """Means, precision factors and log-weights in the dtype the E-step computes in."""
+
+    means: torch.Tensor
+    precisions_cholesky: torch.Tensor
+    log_weights: torch.Tensor
+
+    def weighted_log_prob(self, Xs, covariance_type):
+        """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K)."""
+        return log_gaussian_prob(Xs, self.means, self.precisions_cholesky, covariance_type) + self.log_weights
 
 
 # --- Cholesky factors ---------------------------------------------------------------------------

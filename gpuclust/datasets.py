@@ -132,10 +132,28 @@ def _load_pair(images_path: Path, labels_path: Path, stems, verify: bool):
     return images, labels
 
 
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _progress_bar(total, desc):
+    """A tqdm byte counter when tqdm is installed (the ``app`` extra), else nothing."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+
+
 def _download_file(stem: str, target_dir: Path, base_url: str) -> Path:
     """Fetch ``stem``.gz into ``target_dir``, atomically, only after its checksum passes."""
-    from tqdm.auto import tqdm
-
     target_dir.mkdir(parents=True, exist_ok=True)
     url = base_url.rstrip("/") + "/" + stem + ".gz"
     final = target_dir / (stem + ".gz")
@@ -145,7 +163,7 @@ def _download_file(stem: str, target_dir: Path, base_url: str) -> Path:
         logger.info("downloading %s", url)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=stem, leave=False) as bar:
+            with _progress_bar(total, stem) as bar:
                 for block in iter(lambda: resp.read(1 << 16), b""):
                     out.write(block)
                     bar.update(len(block))

@@ -8,7 +8,7 @@ and broadcast.
 
 Launch with torchrun, one process per GPU (or per CPU worker)::
 
-    torchrun --nproc-per-node=2 -m gpuclust.cli cluster --distributed --algorithm gmm \\
+    torchrun --nproc-per-node=2 -m gpuclust cluster --distributed --algorithm gmm \\
         --covariance-type full --features feats.npy
 
 or from your own script::
@@ -24,7 +24,7 @@ A rank that fails or disappears makes every other rank raise
 
 Equal to a single-process fit on the concatenated rows (to rounding): explicit
 initial parameters, and, while all rows fit in the seeding sample (2**25 values,
-``gpuclust._kmeans_core.INIT_SAMPLE_ELEMENTS``), k-means++, ``init="random"``
+``gpuclust._comm.INIT_SAMPLE_ELEMENTS``), k-means++, ``init="random"``
 (KMeans) and the GMM inits "kmeans", "k-means++" and "random_from_data". Beyond
 that, seeding uses a uniform sample drawn from every rank. The GMM's ``init_params="random"``
 draws each rank's responsibilities from its own copy of the random state, so it
@@ -37,90 +37,22 @@ import datetime
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._comm import LocalComm
+from ._arrays import as_torch
+from ._comm import DEFAULT_TIMEOUT_SECONDS, DistributedFitError, TorchDistComm
 
 logger = logging.getLogger("gpuclust")
 
-DEFAULT_TIMEOUT_SECONDS = 120
-
-
-class DistributedFitError(RuntimeError):
-    """A collective operation failed: a peer rank crashed, was killed, or timed out."""
-
-
-class TorchDistComm(LocalComm):
-    """The estimators' collectives over the default torch.distributed process group."""
-
-    def __init__(self, group=None):
-        if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError(
-                "distributed=True needs an initialized torch.distributed process group: launch with "
-                "torchrun and call gpuclust.distributed.init_from_env() (or "
-                "torch.distributed.init_process_group) before fit."
-            )
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world_size = dist.get_world_size(group)
-        self._backend = dist.get_backend(group)
-
-    def _run(self, what, fn, *args, **kwargs):
-        try:
-            work = fn(*args, group=self.group, **kwargs)
-            return work
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DistributedFitError(
-                f"rank {self.rank} of {self.world_size}: the collective '{what}' failed, so a peer rank has "
-                f"failed, exited or timed out; the fit is abandoned ({type(exc).__name__}: {first})"
-            ) from exc
-
-    def _on_backend_device(self, tensor):
-        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and CUDA ones via a copy).
-        if self._backend == "nccl" and tensor.device.type != "cuda":
-            return tensor.cuda(), True
-        return tensor, False
-
-    def sum_(self, tensor, what=""):
-        t, moved = self._on_backend_device(tensor)
-        self._run(what or "all_reduce", dist.all_reduce, t, op=dist.ReduceOp.SUM)
-        if moved:
-            tensor.copy_(t)
-        return tensor
-
-    def sum_float(self, value, what=""):
-        t = torch.tensor([float(value)], dtype=torch.float64)
-        return float(self.sum_(t, what)[0])
-
-    def broadcast_(self, tensor, src=0, what=""):
-        t, moved = self._on_backend_device(tensor)
-        self._run(what or "broadcast", dist.broadcast, t, src=src)
-        if moved:
-            tensor.copy_(t)
-        return tensor
-
-    def gather_rows(self, tensor, what=""):
-        counts = torch.zeros(self.world_size, dtype=torch.float64, device=tensor.device)
-        counts[self.rank] = tensor.shape[0]
-        self.sum_(counts, what)
-        largest = int(counts.max())
-        padded = torch.zeros((largest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[: tensor.shape[0]] = tensor
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        p, moved = self._on_backend_device(padded)
-        if moved:
-            parts = [q.cuda() for q in parts]
-        self._run(what or "all_gather", dist.all_gather, parts, p)
-        return torch.cat([q[: int(c)].to(tensor.device) for q, c in zip(parts, counts.tolist())])
-
-    def row_offset(self, n_local):
-        counts = torch.zeros(self.world_size, dtype=torch.float64)
-        counts[self.rank] = n_local
-        self.sum_(counts, "row offsets")
-        return int(counts[: self.rank].sum())
+__all__ = [
+    "DistributedFitError",
+    "TorchDistComm",
+    "fit_on_shards",
+    "init_from_env",
+    "shard_bounds",
+    "shard_rows",
+]
 
 
 def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
@@ -142,7 +74,7 @@ def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
     if missing:
         raise ValueError(
             f"--distributed needs torchrun's environment ({', '.join(missing)} not set); launch with "
-            "`torchrun --nproc-per-node=N -m gpuclust.cli cluster --distributed ...`."
+            "`torchrun --nproc-per-node=N -m gpuclust cluster --distributed ...`."
         )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cpu")
@@ -176,7 +108,7 @@ def fit_on_shards(estimator, X):
     Returns every sample's label, gathered in row order, on every rank.
     """
     start, stop = shard_bounds(len(X))
-    local = estimator.fit_predict(X[start:stop])
-    local = torch.as_tensor(np.asarray(local) if not isinstance(local, torch.Tensor) else local)
-    local = local.to(estimator._device)
+    # The labels come back in the input's array type (numpy, torch, CuPy): view them as a
+    # tensor without a host round trip; the collective moves them where its backend needs.
+    local = as_torch(estimator.fit_predict(X[start:stop]), name="labels")
     return TorchDistComm().gather_rows(local.unsqueeze(1).to(torch.float64), "labels")[:, 0].long()

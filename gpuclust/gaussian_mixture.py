@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import math
+import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
@@ -15,16 +16,28 @@ from . import _gmm_numerics as gm
 from ._arrays import as_tensor
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
-from ._comm import make_comm
-from ._kmeans_core import gather_init_sample, kmeans_plusplus, squared_norms
+from ._comm import gather_init_sample, make_comm
+from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
+from .kmeans import KMeans, kmeans_plusplus
 
-logger = logging.getLogger("gpuclust")
+__all__ = ["COVARIANCE_TYPES", "INIT_PARAMS", "GaussianMixture"]
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
+@dataclass
+class _Run:
+    """The outcome of one initialization's EM loop."""
+
+    params: MixtureParameters
+    lower_bound: float
+    n_iter: int
+    lower_bounds: list
+    converged: bool
+
+
 class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
-    """Gaussian mixture fitted by EM, with a PyTorch core.
+    """Gaussian mixture fitted by expectation-maximization, with a PyTorch core.
 
     Parameters, attributes and methods follow :class:`sklearn.mixture.GaussianMixture`.
     The E- and M-steps run in row tiles: the sufficient statistics (counts, sums
@@ -35,34 +48,53 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     Parameters
     ----------
     n_components : int, default=1
+        Number of mixture components.
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+        ``"full"``: each component has its own general covariance matrix;
+        ``"tied"``: all components share one; ``"diag"``: each has a diagonal one;
+        ``"spherical"``: each has a single variance.
     tol : float, default=1e-3
         Convergence threshold on the change of the per-sample average log-likelihood.
     reg_covar : float, default=1e-6
-        Added to the covariances' diagonal.
+        Non-negative regularization added to the covariances' diagonal, so that they
+        stay positive definite.
     max_iter : int, default=100
+        Number of EM iterations per initialization; 0 keeps the initial parameters.
     n_init : int, default=1
         Initializations to run; the best (highest lower bound) is kept.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
-        ``"kmeans"`` uses gpuclust's own :class:`~gpuclust.KMeans` on the same device.
-    weights_init : array-like of shape (n_components,), optional
-    means_init : array-like of shape (n_components, n_features), optional
-    precisions_init : array-like, optional
-        Shape (n_components,) spherical, (n_features, n_features) tied,
-        (n_components, n_features) diag, (n_components, n_features, n_features) full.
-    random_state : int, RandomState or None
+        How the responsibilities that start EM are chosen: ``"kmeans"`` from the labels
+        of gpuclust's own :class:`~gpuclust.KMeans` on the same device; ``"k-means++"``
+        and ``"random_from_data"``: each component starts at one sample (chosen by
+        k-means++ seeding, or uniformly); ``"random"``: uniform random responsibilities.
+    weights_init : array-like of shape (n_components,), default=None
+        Initial weights; None derives them from ``init_params``.
+    means_init : array-like of shape (n_components, n_features), default=None
+        Initial means; None derives them from ``init_params``.
+    precisions_init : array-like, default=None
+        Initial precisions (inverse covariances), of shape (n_components,) for
+        spherical, (n_features, n_features) for tied, (n_components, n_features) for
+        diag and (n_components, n_features, n_features) for full.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialization; the same seed gives the same initial parameters as
+        scikit-learn's.
     warm_start : bool, default=False
         Start ``fit`` from the previous solution (one initialization).
     verbose : int, default=0
-        Log each iteration's lower bound at INFO level.
+        1 prints each initialization and every ``verbose_interval``-th iteration;
+        2 adds times, the change of the lower bound and the final lower bound (as
+        scikit-learn prints them).
     verbose_interval : int, default=10
+        Iterations between two verbose lines.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
+        Where the computation runs; ``"auto"`` picks CUDA when a GPU is available.
     dtype : {None, "float32", "float64"}, default=None
-        Dtype of the E-step arithmetic. Statistics are always summed in float64.
-    chunk_size : int, optional
+        Dtype of the E-step arithmetic; None keeps float32/float64 input as it is.
+        Statistics are always summed in float64.
+    chunk_size : int, default=None
         Rows per tile; by default derived from ``memory_budget``.
-    memory_budget : int, optional
-        Bytes of temporary memory per tile (default 64 MiB on CPU, 512 MiB on CUDA).
+    memory_budget : int, default=None
+        Bytes of temporary memory per tile (default 64 MiB on the CPU, 512 MiB on CUDA).
     distributed : bool, default=False
         Fit data-parallel under an initialized torch.distributed process group: each
         rank passes its own block of rows; the sufficient statistics and the
@@ -71,13 +103,44 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
     Attributes
     ----------
-    weights_, means_, covariances_, precisions_, precisions_cholesky_ : arrays
-        In the array type of the ``fit`` input.
+    weights_ : array of shape (n_components,)
+        Mixing weights, in the array type of the ``fit`` input (numpy, torch or CuPy).
+    means_ : array of shape (n_components, n_features)
+        Component means.
+    covariances_ : array
+        Covariances; shape as ``precisions_init``'s for the covariance type.
+    precisions_ : array
+        Inverses of the covariances.
+    precisions_cholesky_ : array
+        Upper-triangular Cholesky factors of the precisions (full, tied), or their
+        square roots (diag, spherical).
     converged_ : bool
+        Whether the best initialization converged.
     n_iter_ : int
+        EM iterations of the best initialization.
     lower_bound_ : float
+        Average log-likelihood per sample of the best initialization.
     lower_bounds_ : list of float
+        The lower bound after each iteration of the best initialization.
     n_features_in_ : int
+        Number of features seen during ``fit``.
+
+    See Also
+    --------
+    KMeans : the hard-assignment special case, also used to initialize.
+    sklearn.mixture.GaussianMixture : the reference implementation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuclust import GaussianMixture
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> gm = GaussianMixture(n_components=2, random_state=0, device="cpu").fit(X)
+    >>> gm.means_[np.argsort(gm.means_[:, 0])]
+    array([[ 1.,  2.],
+           [10.,  2.]])
+    >>> gm.predict([[0.0, 0.0], [12.0, 3.0]]).tolist() == gm.predict(X[[0, 3]]).tolist()
+    True
     """
 
     def __init__(
@@ -124,30 +187,34 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self.distributed = distributed
 
     # ------------------------------------------------------------------ checks
-    def _check_params(self, X):
-        n, d = self._n_global, X.shape[1]
+    def _check_params(self, n_samples, n_features, device):
         K = check_positive_int(self.n_components, "n_components")
         check_positive_int(self.n_init, "n_init")
         check_positive_int(self.max_iter, "max_iter", minimum=0)
+        check_positive_int(self.verbose_interval, "verbose_interval")
         check_nonnegative_float(self.tol, "tol")
-        check_nonnegative_float(self.reg_covar, "reg_covar")
-        if self.covariance_type not in gm.COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type={self.covariance_type!r} is not one of {gm.COVARIANCE_TYPES}.")
+        if not math.isfinite(check_nonnegative_float(self.reg_covar, "reg_covar")):
+            raise ValueError(f"reg_covar={self.reg_covar!r} must be finite.")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type={self.covariance_type!r} is not one of {COVARIANCE_TYPES}.")
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_PARAMS}.")
-        if n < K:
-            raise ValueError(f"n_samples={n} should be >= n_components={K}.")
+        if n_samples < K:
+            raise ValueError(f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {n_samples}")
+        if n_samples < 2:
+            raise ValueError(f"n_samples={n_samples}: at least 2 samples are needed to fit a mixture.")
         if self.weights_init is not None:
-            w = self._as_param(self.weights_init, "weights_init", (K,))
+            w = self._as_param(self.weights_init, "weights_init", (K,), device)
             if bool((w < 0).any()) or bool((w > 1).any()):
                 raise ValueError("weights_init must be in [0, 1].")
             if abs(float(w.sum()) - 1.0) > 1e-6:
                 raise ValueError(f"weights_init must sum to 1, got sum {float(w.sum()):.5f}.")
         if self.means_init is not None:
-            self._as_param(self.means_init, "means_init", (K, d))
+            self._as_param(self.means_init, "means_init", (K, n_features), device)
         if self.precisions_init is not None:
-            shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[self.covariance_type]
-            p = self._as_param(self.precisions_init, "precisions_init", shape)
+            shape = {"full": (K, n_features, n_features), "tied": (n_features, n_features),
+                     "diag": (K, n_features), "spherical": (K,)}[self.covariance_type]  # fmt: skip
+            p = self._as_param(self.precisions_init, "precisions_init", shape, device)
             if self.covariance_type in ("full", "tied"):
                 if not torch.allclose(p, p.transpose(-1, -2), rtol=1e-8, atol=1e-10):
                     raise ValueError("precisions_init must be symmetric.")
@@ -155,8 +222,9 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 raise ValueError("precisions_init must be strictly positive.")
         return K
 
-    def _as_param(self, value, name, shape):
-        t, _ = as_tensor(value, device=self._device, dtype=torch.float64, name=name, ndim=len(shape))
+    @staticmethod
+    def _as_param(value, name, shape, device):
+        t, _ = as_tensor(value, device=device, dtype=torch.float64, name=name, ndim=len(shape))
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}.")
         return t
@@ -166,44 +234,45 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         per_row = (2 * K * d + 4 * K + 2 * d) if self.covariance_type == "full" else (4 * K + 3 * d)
         return rows_per_chunk(n, per_row * itemsize, self._device, self.chunk_size, self.memory_budget)
 
-    # ----------------------------------------------------------------- E and M
-    def _working(self, t):
-        return t.to(self._dtype)
-
-    def _estimate_weighted_log_prob(self, Xs, means_w, prec_w, log_weights_w):
-        return gm.log_gaussian_prob(Xs, means_w, prec_w, self.covariance_type) + log_weights_w
-
+    # ------------------------------------------------------------------ tiles
     def _tiles(self, X):
-        """Yield (rows, shifted tile) pairs; the shift is subtracted one tile at a time."""
+        """Yield ``(rows, shifted tile)``: the data mean is subtracted one tile at a time."""
         shift = self._shift.to(X.dtype)
         for rows in chunk_slices(X.shape[0], self._chunk_rows):
             yield rows, X[rows] - shift
 
-    def _e_step_stats(self, X):
-        """One pass over X: E-step per tile, accumulating the M-step's sufficient statistics."""
-        K, d = self._p["means"].shape
+    def _map_tiles(self, X, params, reduce, out):
+        """Fill ``out[rows] = reduce(weighted log-probabilities of the tile)`` tile by tile; return ``out``."""
+        working = params.working(self._dtype)
+        for rows, Xs in self._tiles(X):
+            out[rows] = reduce(working.weighted_log_prob(Xs, self.covariance_type))
+        return out
+
+    # ------------------------------------------------------------------- E and M
+    def _e_step(self, X, params):
+        """One pass over X: responsibilities per tile, summed into the M-step's statistics."""
+        K, d = params.means.shape
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
-        means_w, prec_w = self._working(self._p["means"]), self._working(self._p["prec_chol"])
-        log_w = self._working(torch.log(self._p["weights"]))
+        working = params.working(self._dtype)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         for _, Xs in self._tiles(X):
-            log_norm, resp = gm.normalize_log_prob(self._estimate_weighted_log_prob(Xs, means_w, prec_w, log_w))
+            log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob(Xs, self.covariance_type))
             total += log_norm.sum(dtype=torch.float64)
             gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
         stats.log_likelihood = float(total)
         return self._reduce_stats(stats)
 
+    def _m_step(self, stats):
+        return MixtureParameters.from_stats(
+            stats, self.reg_covar, self.covariance_type, self._xtx, self._dtype == torch.float32
+        )
+
     def _reduce_stats(self, stats):
         """Sum the statistics over ranks in one all-reduce (a no-op in one process)."""
         if self._comm.world_size == 1:
             return stats
-        parts = [
-            stats.nk,
-            stats.sx.flatten(),
-            torch.tensor([stats.log_likelihood], dtype=torch.float64, device=stats.nk.device),
-        ]
-        if stats.sxx is not None:
-            parts.append(stats.sxx.flatten())
+        ll = torch.tensor([stats.log_likelihood], dtype=torch.float64, device=stats.nk.device)
+        parts = [stats.nk, stats.sx.flatten(), ll] + ([] if stats.sxx is None else [stats.sxx.flatten()])
         packed = self._comm.sum_(torch.cat(parts), "EM statistics")
         K, D = stats.sx.shape
         stats.nk, stats.sx = packed[:K], packed[K : K + K * D].view(K, D)
@@ -212,88 +281,67 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             stats.sxx = packed[K + K * D + 1 :].view_as(stats.sxx)
         return stats
 
-    def _m_step(self, stats):
-        nk, means, cov = gm.estimate_parameters(stats, self.reg_covar, self.covariance_type, self._xtx)
-        self._p = {
-            "weights": nk / nk.sum(),
-            "means": means,
-            "covariances": cov,
-            "prec_chol": gm.precision_cholesky(cov, self.covariance_type, self._dtype == torch.float32),
-        }
-
     # ------------------------------------------------------------------ init
     def _init_resp_tiles(self, X, random_state):
-        """Yield (shifted tile, responsibilities) for the chosen init_params, one tile at a time."""
-        K = self.n_components
-        dt = X.dtype
+        """Yield (shifted tile, responsibilities), both float64, for the chosen ``init_params``."""
+        K, f64 = self.n_components, torch.float64
         if self.init_params == "random":
             for rows, Xs in self._tiles(X):
                 # Same draws as one (n, K) call: RandomState fills row by row.
                 r = torch.as_tensor(random_state.uniform(size=(rows.stop - rows.start, K)), device=X.device)
-                yield Xs, (r / r.sum(1, keepdim=True)).to(dt)
+                yield Xs.to(f64), r / r.sum(1, keepdim=True)
             return
         if self.init_params == "kmeans":
-            from .kmeans import KMeans
-
-            km = KMeans(
-                n_clusters=K,
-                n_init=1,
-                random_state=random_state,
-                device=X.device,
-                dtype=dt,
-                backend="torch",
-                distributed=self.distributed,
-            ).fit(X)
-            labels = km.labels_  # a tensor on X's device, since X is one
+            km = KMeans(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=X.dtype,
+                        backend="torch", distributed=self.distributed)  # fmt: skip
+            labels = km.fit(X).labels_  # a tensor on X's device, since X is one
             for rows, Xs in self._tiles(X):
-                resp = torch.zeros(rows.stop - rows.start, K, dtype=dt, device=X.device)
-                resp.scatter_(1, labels[rows].unsqueeze(1), 1.0)
-                yield Xs, resp
+                resp = torch.zeros(rows.stop - rows.start, K, dtype=f64, device=X.device)
+                yield Xs.to(f64), resp.scatter_(1, labels[rows].unsqueeze(1), 1.0)
             return
         comm = self._comm
-        X_all, ones = gather_init_sample(X, torch.ones(X.shape[0], dtype=dt, device=X.device), comm, random_state)
+        X_all, ones = gather_init_sample(X, torch.ones(X.shape[0], dtype=X.dtype, device=X.device), comm, random_state)
         if self.init_params == "random_from_data":
             indices = random_state.choice(X_all.shape[0], size=K, replace=False)
         else:
-            _, indices = kmeans_plusplus(X_all, K, ones, squared_norms(X_all), random_state)
+            _, indices = kmeans_plusplus(X_all, K, random_state=random_state)
         idx = comm.broadcast_(torch.as_tensor(indices, device=X.device), 0, "initial samples")
         # Only K samples carry responsibility: each component starts at one sample. Rank 0
         # alone contributes them, so the all-reduce of the statistics counts them once.
         if comm.rank == 0:
-            resp = torch.eye(K, dtype=dt, device=X.device)
-            yield X_all[idx] - self._shift.to(dt), resp
+            yield (X_all[idx] - self._shift.to(X.dtype)).to(f64), torch.eye(K, dtype=f64, device=X.device)
 
     def _initialize(self, X, random_state):
-        d = X.shape[1]
-        K = self.n_components
-        inits_all = all(v is not None for v in (self.weights_init, self.means_init, self.precisions_init))
-        p = {}
-        if not inits_all:
-            stats = gm.new_stats(K, d, self.covariance_type, X.device)
+        """Initial parameters from ``init_params``, overridden by the explicit ``*_init`` arrays.
+
+        The initial statistics are formed in float64 whatever the working dtype: a component
+        that starts at one sample has a covariance of ``reg_covar`` alone, which float32
+        rounding of E[xx] - mu mu^T would swamp.
+        """
+        d, K, ct = X.shape[1], self.n_components, self.covariance_type
+        device, f32 = self._device, self._dtype == torch.float32
+        weights = means = cov = None
+        if not all(v is not None for v in (self.weights_init, self.means_init, self.precisions_init)):
+            stats = gm.new_stats(K, d, ct, X.device)
             for Xs, resp in self._init_resp_tiles(X, random_state):
-                gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
-            stats = self._reduce_stats(stats)
-            nk, means, cov = gm.estimate_parameters(stats, self.reg_covar, self.covariance_type, self._xtx)
-            if self.covariance_type == "tied" and self.init_params in ("random_from_data", "k-means++"):
+                gm.accumulate_stats(stats, Xs, resp, ct)
+            nk, means, cov = gm.estimate_parameters(self._reduce_stats(stats), self.reg_covar, ct, self._xtx)
+            if ct == "tied" and self.init_params in ("random_from_data", "k-means++"):
                 # Components start at single samples, whose pooled scatter is zero; start the
                 # shared covariance at the data's instead. (scikit-learn's formula mixes X^T X
                 # over all samples with counts over K samples here.)
                 cov = self._xtx / self._n_global
                 cov.diagonal().add_(self.reg_covar)
-            p = {"weights": nk / self._n_global, "means": means, "covariances": cov}
+            weights = nk / self._n_global
         if self.weights_init is not None:
-            p["weights"] = self._as_param(self.weights_init, "weights_init", (K,))
+            weights = self._as_param(self.weights_init, "weights_init", (K,), device)
         if self.means_init is not None:
-            p["means"] = self._as_param(self.means_init, "means_init", (K, d)) - self._shift
+            means = self._as_param(self.means_init, "means_init", (K, d), device) - self._shift
         if self.precisions_init is None:
-            p["prec_chol"] = gm.precision_cholesky(p["covariances"], self.covariance_type, self._dtype == torch.float32)
-        else:
-            prec, _ = as_tensor(
-                self.precisions_init, device=self._device, dtype=torch.float64, name="precisions_init", ndim=None
-            )
-            p["prec_chol"] = gm.precision_cholesky_from_precisions(prec, self.covariance_type)
-            p["covariances"] = gm.covariances_from_precision_cholesky(p["prec_chol"], self.covariance_type)
-        self._p = p
+            return MixtureParameters(weights, means, cov, gm.precision_cholesky(cov, ct, f32))
+        prec, _ = as_tensor(self.precisions_init, device=device, dtype=torch.float64, name="precisions_init", ndim=None)
+        prec_chol = gm.precision_cholesky_from_precisions(prec, ct)
+        return MixtureParameters(weights, means, gm.covariances_from_precision_cholesky(prec_chol, ct), prec_chol)
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
@@ -303,158 +351,224 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             numpy array, torch tensor (CPU or CUDA) or DLPack-capable array (CuPy).
-        y : ignored
+        y : None
+            Ignored; present for API consistency.
 
         Returns
         -------
         self : GaussianMixture
+            The fitted estimator.
         """
         self._fit(X)
         return self
 
     def fit_predict(self, X, y=None):
-        """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``)."""
+        """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : array of shape (n_samples,)
+            Component of each sample, in the input's array type.
+        """
         X_t, kind = self._fit(X)
         return self._output(self._labels(X_t), kind)
 
     def _fit(self, X):
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        if do_init:
-            X_t, kind = self._prepare_fit_input(X)
-        else:
-            X_t, kind = self._prepare_input(X, "_p")
-            self._input_kind = kind
-        self._comm = make_comm(self.distributed)
-        n_local, d = X_t.shape
-        col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
-        totals = self._comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
-        n = self._n_global = int(totals[-1])
-        K = self._check_params(X_t)
-        self._chunk_rows = self._chunk(n_local, d, K)
-        if do_init:
-            self._shift = totals[:-1] / n
-        self._xtx = self._scatter(X_t) if self.covariance_type == "tied" else None
+        X_t, kind, warm = self._start_fit(X)
         random_state = check_random_state(self.random_state)
-        n_init = self.n_init if do_init else 1
         best = None
-        for init in range(n_init):
-            if do_init:
-                self._initialize(X_t, random_state)
-            lower_bound = -math.inf if do_init else self.lower_bound_
-            bounds, converged, n_iter = [], False, 0
-            for n_iter in range(1, self.max_iter + 1):
-                previous = lower_bound
-                stats = self._e_step_stats(X_t)
-                self._m_step(stats)
-                lower_bound = stats.log_likelihood / n
-                bounds.append(lower_bound)
-                if self.verbose and n_iter % self.verbose_interval == 0:
-                    logger.info(
-                        "GMM init %d iteration %d: lower bound %.6f (change %.3g)",
-                        init,
-                        n_iter,
-                        lower_bound,
-                        lower_bound - previous,
-                    )
-                if abs(lower_bound - previous) < self.tol:
-                    converged = True
-                    break
-            if best is None or lower_bound > best["lower_bound"]:
-                best = {
-                    "lower_bound": lower_bound,
-                    "params": self._p,
-                    "n_iter": n_iter if self.max_iter else 0,
-                    "bounds": bounds,
-                    "converged": converged,
-                }
-        if not best["converged"] and self.max_iter > 0:
+        for init in range(1 if warm else self.n_init):
+            self._verbose_init_begins(init)
+            params = self._params if warm else self._initialize(X_t, random_state)
+            run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf)
+            self._verbose_init_ends(run)
+            if best is None or run.lower_bound > best.lower_bound:
+                best = run
+        if not best.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init parameters, "
                 "or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        self._p = best["params"]
-        self.converged_ = best["converged"]
-        self.n_iter_ = best["n_iter"]
-        self.lower_bound_ = best["lower_bound"]
-        self.lower_bounds_ = best["bounds"]
+        self._params = best.params
+        self.converged_, self.n_iter_ = best.converged, best.n_iter
+        self.lower_bound_, self.lower_bounds_ = best.lower_bound, best.lower_bounds
         self._publish(kind)
         return X_t, kind
+
+    def _em(self, X, params, lower_bound):
+        """EM from ``params`` until the lower bound changes by less than ``tol``, or ``max_iter``."""
+        bounds, converged, n_iter = [], False, 0
+        for n_iter in range(1, self.max_iter + 1):
+            previous = lower_bound
+            stats = self._e_step(X, params)
+            params = self._m_step(stats)
+            lower_bound = stats.log_likelihood / self._n_global
+            bounds.append(lower_bound)
+            self._verbose_iteration(n_iter, lower_bound - previous)
+            if abs(lower_bound - previous) < self.tol:
+                converged = True
+                break
+        return _Run(params, lower_bound, n_iter, bounds, converged)
+
+    def _start_fit(self, X):
+        """Validate everything, then set the state a fit needs; a failure leaves the estimator as it was."""
+        warm = self.warm_start and hasattr(self, "converged_")
+        if warm:
+            self._check_is_fitted("_params")
+            X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
+            self._check_n_features(X_t)
+            if self.covariance_type != self._fitted_covariance_type:
+                raise ValueError(
+                    f"warm_start=True cannot continue a fit with covariance_type={self._fitted_covariance_type!r} "
+                    f"as covariance_type={self.covariance_type!r}; set warm_start=False to start afresh."
+                )
+        else:
+            X_t, kind = self._convert_fit_input(X)
+        comm = make_comm(self.distributed)
+        n_local, d = X_t.shape
+        col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
+        totals = comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
+        n_global = int(totals[-1])
+        K = self._check_params(n_global, d, X_t.device)
+        # Every check has passed: from here on the estimator's state changes.
+        if not warm:
+            self._set_fit_input(X_t, kind)
+            self._shift = totals[:-1] / n_global
+            self._fitted_covariance_type = self.covariance_type
+        self._input_kind = kind
+        self._comm, self._n_global = comm, n_global
+        self._chunk_rows = self._chunk(n_local, d, K)
+        self._xtx = self._scatter(X_t) if self.covariance_type == "tied" else None
+        return X_t, kind, warm
 
     def _scatter(self, X):
         """sum_i (x_i - shift)(x_i - shift)^T in float64, tile by tile (for tied covariance)."""
         xtx = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
         for _, Xs in self._tiles(X):
-            xtx += (Xs.T @ Xs).to(torch.float64)
+            xtx += Xs.T.to(torch.float64) @ Xs.to(torch.float64)
         return self._comm.sum_(xtx, "scatter matrix")
 
     def _publish(self, kind):
         """Fitted attributes in the caller's array type and the working dtype."""
-        p, ct = self._p, self.covariance_type
-        cov = p.get("covariances")
-        if cov is None:
-            cov = gm.covariances_from_precision_cholesky(p["prec_chol"], ct)
+        p, ct = self._params, self.covariance_type
         out = lambda t: self._output(t.to(self._dtype), kind)
-        self.weights_ = out(p["weights"])
-        self.means_ = out(p["means"] + self._shift)
-        self.covariances_ = out(cov)
-        self.precisions_cholesky_ = out(p["prec_chol"])
-        self.precisions_ = out(gm.precisions_from_cholesky(p["prec_chol"], ct))
+        self.weights_ = out(p.weights)
+        self.means_ = out(p.means + self._shift)
+        self.covariances_ = out(p.covariances)
+        self.precisions_cholesky_ = out(p.precisions_cholesky)
+        self.precisions_ = out(gm.precisions_from_cholesky(p.precisions_cholesky, ct))
+
+    # ----------------------------------------------------------- verbose (as scikit-learn prints it)
+    def _verbose_init_begins(self, init):
+        if self.verbose >= 1:
+            print(f"Initialization {init}")
+            self._init_prev_time = self._iter_prev_time = time.time()
+
+    def _verbose_iteration(self, n_iter, change):
+        if self.verbose < 1 or n_iter % self.verbose_interval:
+            return
+        if self.verbose == 1:
+            print(f"  Iteration {n_iter}")
+            return
+        now = time.time()
+        print(f"  Iteration {n_iter}\t time lapse {now - self._iter_prev_time:.5f}s\t ll change {change:.5f}")
+        self._iter_prev_time = now
+
+    def _verbose_init_ends(self, run):
+        message = "converged" if run.converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {message}.")
+        elif self.verbose >= 2:
+            lapse = time.time() - self._init_prev_time
+            print(f"Initialization {message}. time lapse {lapse:.5f}s\t lower bound {run.lower_bound:.5f}.")
 
     # ------------------------------------------------------------- inference
-    def _weighted_log_prob_tiles(self, X):
-        means_w, prec_w = self._working(self._p["means"]), self._working(self._p["prec_chol"])
-        log_w = self._working(torch.log(self._p["weights"]))
-        for rows, Xs in self._tiles(X):
-            yield rows, self._estimate_weighted_log_prob(Xs, means_w, prec_w, log_w)
-
-    def _log_resp(self, X):
-        out = torch.empty(X.shape[0], self._p["means"].shape[0], dtype=X.dtype, device=X.device)
-        for rows, wlp in self._weighted_log_prob_tiles(X):
-            out[rows] = wlp - torch.logsumexp(wlp, dim=1, keepdim=True)
-        return out
-
-    def _score_samples(self, X):
-        out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
-        for rows, wlp in self._weighted_log_prob_tiles(X):
-            out[rows] = torch.logsumexp(wlp, dim=1)
-        return out
-
     def _prepare(self, X):
-        X_t, kind = self._prepare_input(X, "_p")
-        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._p["means"].shape[0])
+        X_t, kind = self._prepare_input(X, "_params")
+        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._params.means.shape[0])
         return X_t, kind
 
     def _labels(self, X):
         """Most probable component per sample, tile by tile (never an (n, K) array)."""
-        labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
-        for rows, wlp in self._weighted_log_prob_tiles(X):
-            labels[rows] = wlp.argmax(1)
-        return labels
+        out = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
+        return self._map_tiles(X, self._params, lambda wlp: wlp.argmax(1), out)
+
+    def _score_samples(self, X):
+        out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+        return self._map_tiles(X, self._params, lambda wlp: torch.logsumexp(wlp, dim=1), out)
 
     def predict(self, X):
-        """Most probable component of each sample."""
+        """Most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : array of shape (n_samples,)
+            In the input's array type.
+        """
         X_t, kind = self._prepare(X)
         return self._output(self._labels(X_t), kind)
 
     def predict_proba(self, X):
-        """Posterior probability of each component, shape (n_samples, n_components); rows sum to one."""
+        """Posterior probability of each component; rows sum to one.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : array of shape (n_samples, n_components)
+        """
         X_t, kind = self._prepare(X)
-        return self._output(torch.exp(self._log_resp(X_t)), kind)
+        out = torch.empty(X_t.shape[0], self._params.means.shape[0], dtype=X_t.dtype, device=X_t.device)
+        self._map_tiles(X_t, self._params, lambda wlp: torch.softmax(wlp, dim=1), out)
+        return self._output(out, kind)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample under the model, shape (n_samples,)."""
+        """Log-likelihood of each sample under the model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_prob : array of shape (n_samples,)
+        """
         X_t, kind = self._prepare(X)
         return self._output(self._score_samples(X_t), kind)
 
     def score(self, X, y=None):
-        """Average log-likelihood per sample."""
+        """Average log-likelihood per sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        log_likelihood : float
+        """
         X_t, _ = self._prepare(X)
         return float(self._score_samples(X_t).to(torch.float64).mean())
 
     def _n_parameters(self):
-        K, d = self._p["means"].shape
+        K, d = self._params.means.shape
         return gm.n_parameters(K, d, self.covariance_type)
 
     def _total_log_likelihood(self, X):
@@ -462,17 +576,39 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return float(self._score_samples(X_t).to(torch.float64).sum()), X_t.shape[0]
 
     def bic(self, X):
-        """Bayesian information criterion on X (lower is better)."""
+        """Bayesian information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        bic : float
+        """
         total, n = self._total_log_likelihood(X)
         return -2 * total + self._n_parameters() * math.log(n)
 
     def aic(self, X):
-        """Akaike information criterion on X (lower is better)."""
+        """Akaike information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        aic : float
+        """
         total, _ = self._total_log_likelihood(X)
         return -2 * total + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
 
         Returns
         -------
@@ -480,14 +616,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         y : array of shape (n_samples,)
             Component of each sample.
         """
-        self._check_is_fitted("_p")
+        self._check_is_fitted("_params")
         n_samples = check_positive_int(n_samples, "n_samples")
         rs = check_random_state(self.random_state)
-        p = self._p
-        K, d = p["means"].shape
-        counts = rs.multinomial(n_samples, p["weights"].cpu().numpy() / float(p["weights"].sum()))
-        means = p["means"] + self._shift
-        cov = gm.covariances_from_precision_cholesky(p["prec_chol"], self.covariance_type)
+        p = self._params
+        d = p.means.shape[1]
+        counts = rs.multinomial(n_samples, p.weights.cpu().numpy() / float(p.weights.sum()))
+        means = p.means + self._shift
+        cov = gm.covariances_from_precision_cholesky(p.precisions_cholesky, self.covariance_type)
         device = means.device
         parts, labels = [], []
         for k, count in enumerate(counts):

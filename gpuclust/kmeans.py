@@ -13,13 +13,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
 from . import _kmeans_core as core
-from ._arrays import as_sample_weight, as_tensor
+from ._arrays import as_sample_weight, as_tensor, as_torch, to_output
 from ._backends import cuml_available, require
 from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
 from ._chunks import rows_per_chunk
-from ._comm import make_comm
+from ._comm import gather_init_sample, make_comm
+from .device import resolve_device
 
 logger = logging.getLogger("gpuclust")
+
+__all__ = ["KMeans", "kmeans_plusplus"]
 
 BACKENDS = ("auto", "torch", "sklearn", "cuml")
 ALGORITHMS = ("auto", "lloyd", "hamerly")
@@ -39,31 +42,40 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     Parameters
     ----------
     n_clusters : int, default=8
+        Number of clusters and of centres.
     init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means++"
+        ``"k-means++"``: greedy k-means++ seeding (:func:`kmeans_plusplus`);
+        ``"random"``: ``n_clusters`` distinct samples drawn at random; an array: the
+        initial centres themselves.
     n_init : "auto" or int, default="auto"
-        Runs with different seeds; ``"auto"`` is 1 for k-means++ and array init, 10 for random.
+        Runs with different seeds, keeping the lowest inertia; ``"auto"`` is 1 for
+        k-means++ and array init, 10 for random.
     max_iter : int, default=300
+        Maximum number of Lloyd iterations per run.
     tol : float, default=1e-4
         Relative to the mean per-feature variance of X, on the total squared centre shift.
     verbose : int, default=0
         Log the inertia of each restart at INFO level.
-    random_state : int, RandomState or None
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialization; the same seed chooses the same initial centres as
+        scikit-learn's.
     algorithm : {"auto", "lloyd", "hamerly"}, default="auto"
         ``"hamerly"`` keeps Hamerly's distance bounds and re-assigns only the samples
         that may change cluster; the labels and centres are the same as ``"lloyd"``'s.
         ``"auto"``: hamerly on the CPU (where the distance GEMM dominates), lloyd on a
         GPU (where the bookkeeping costs more than the GEMM it saves).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
+        Where the computation runs; ``"auto"`` picks CUDA when a GPU is available.
     dtype : {None, "float32", "float64"}, default=None
         None keeps float32/float64 input and computes other input in float32.
     backend : {"auto", "torch", "sklearn", "cuml"}, default="auto"
         ``"torch"`` is ours; ``"sklearn"`` wraps :class:`sklearn.cluster.KMeans` (CPU);
         ``"cuml"`` wraps :class:`cuml.cluster.KMeans` (GPU). ``"auto"``: cuML on a GPU
         when installed, else ours.
-    chunk_size : int, optional
+    chunk_size : int, default=None
         Rows per tile; by default derived from ``memory_budget``.
-    memory_budget : int, optional
-        Bytes of temporary memory per tile (default 64 MiB on CPU, 512 MiB on CUDA).
+    memory_budget : int, default=None
+        Bytes of temporary memory per tile (default 64 MiB on the CPU, 512 MiB on CUDA).
     distributed : bool, default=False
         Fit data-parallel under an initialized torch.distributed process group: each
         rank passes its own block of rows to ``fit``; counts, sums and inertia are
@@ -73,13 +85,37 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     Attributes
     ----------
     cluster_centers_ : array of shape (n_clusters, n_features)
-        In the array type of the ``fit`` input (numpy, torch or CuPy).
+        Centres, in the array type of the ``fit`` input (numpy, torch or CuPy).
     labels_ : array of shape (n_samples,)
+        Index of each training sample's centre.
     inertia_ : float
+        Sum of (weighted) squared distances of the samples to their centres.
     n_iter_ : int
+        Iterations of the best run.
     n_features_in_ : int
+        Number of features seen during ``fit``.
     backend_ : str
         The backend that ran.
+
+    See Also
+    --------
+    kmeans_plusplus : the seeding on its own.
+    GaussianMixture : soft assignments with a covariance per cluster.
+    sklearn.cluster.KMeans : the reference implementation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuclust import KMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> km = KMeans(n_clusters=2, random_state=0, device="cpu").fit(X)
+    >>> km.cluster_centers_[np.argsort(km.cluster_centers_[:, 0])]
+    array([[ 1.,  2.],
+           [10.,  2.]])
+    >>> bool(km.predict([[0.0, 0.0]])[0] == km.labels_[0])
+    True
+    >>> round(km.inertia_, 6)
+    16.0
     """
 
     def __init__(
@@ -234,7 +270,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         prune = self.algorithm == "hamerly" or (self.algorithm == "auto" and X.device.type == "cpu")
         # Under torch.distributed every rank seeds from the same gathered rows; rank 0's centres
         # are broadcast so that all ranks start identically.
-        X_all, w_all = (X, w) if init_t is not None else core.gather_init_sample(X, w, comm, rs)
+        X_all, w_all = (X, w) if init_t is not None else gather_init_sample(X, w, comm, rs)
         best = None
         for run in range(n_init):
             if init_t is not None:
@@ -341,3 +377,64 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
         _, distances = self._assign(X_t)
         return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
+
+
+def kmeans_plusplus(
+    X, n_clusters, *, sample_weight=None, x_squared_norms=None, random_state=None, n_local_trials=None, device=None
+):
+    """Initial centres chosen by greedy k-means++, as :func:`sklearn.cluster.kmeans_plusplus`.
+
+    Each step draws ``2 + log(n_clusters)`` candidates with probability proportional
+    to their weighted squared distance to the nearest chosen centre and keeps the one
+    that lowers the potential most. The draws come from ``random_state`` on the host,
+    so the same seed chooses the same samples as scikit-learn, on the CPU or a GPU.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        numpy array, torch tensor or DLPack-capable array.
+    n_clusters : int
+        Number of centres to choose.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Weights; None gives every sample weight one.
+    x_squared_norms : array-like of shape (n_samples,), default=None
+        Squared Euclidean norms of the rows of X, if already known.
+    random_state : int, RandomState instance or None, default=None
+    n_local_trials : int, default=None
+        Candidates per step; None means ``2 + int(log(n_clusters))``.
+    device : {"cpu", "cuda", "cuda:N"}, torch.device or None, default=None
+        Where to compute; None computes where X lives.
+
+    Returns
+    -------
+    centers : array of shape (n_clusters, n_features)
+        In X's array type.
+    indices : ndarray of shape (n_clusters,)
+        Row of X each centre was taken from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuclust import kmeans_plusplus
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> centers, indices = kmeans_plusplus(X, n_clusters=2, random_state=0)
+    >>> centers.shape, sorted(X[indices, 0].tolist())
+    ((2, 2), [1.0, 10.0])
+    """
+    target = as_torch(X).device if device is None else resolve_device(device)
+    X_t, kind = as_tensor(X, device=target)
+    n = X_t.shape[0]
+    k = check_positive_int(n_clusters, "n_clusters")
+    if n < k:
+        raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
+    if n_local_trials is not None:
+        n_local_trials = check_positive_int(n_local_trials, "n_local_trials")
+    w = as_sample_weight(sample_weight, n, device=target, dtype=X_t.dtype)
+    if x_squared_norms is None:
+        x_sq = core.squared_norms(X_t)
+    else:
+        x_sq, _ = as_tensor(x_squared_norms, device=target, dtype=X_t.dtype, name="x_squared_norms", ndim=1)
+        if x_sq.shape[0] != n:
+            raise ValueError(f"x_squared_norms has {x_sq.shape[0]} entries but X has {n} samples.")
+    centers, indices = core.kmeans_plusplus(X_t, k, w, x_sq, check_random_state(random_state), n_local_trials)
+    return to_output(centers, kind), indices

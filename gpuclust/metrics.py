@@ -143,7 +143,7 @@ def homogeneity_score(labels_true, labels_pred) -> float:
 
 
 def completeness_score(labels_true, labels_pred) -> float:
-    """1.0 when all members of a class fall in one cluster (the seed report's 'accuracy')."""
+    """1.0 when all members of a class fall in one cluster."""
     return homogeneity_completeness_v_measure(labels_true, labels_pred)[1]
 
 

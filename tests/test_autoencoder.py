@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpuclust.autoencoder import PRESETS, ConvAutoencoder, count_parameters, images_to_tensor
-from gpuclust.training import encode, load_checkpoint, train_autoencoder
+from gpuclust.app.autoencoder import PRESETS, ConvAutoencoder, count_parameters, images_to_tensor
+from gpuclust.app.training import encode, load_checkpoint, train_autoencoder
 
 
 def tiny_images(n=96, seed=0):

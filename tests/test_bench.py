@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpuclust.bench import GRIDS, Case, read_jsonl, run_case, run_grid, work_per_iteration
+from gpuclust.app.bench import GRIDS, Case, read_jsonl, run_case, run_grid, work_per_iteration
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpuclust.datasets as ds
-from gpuclust.cli import main
+from gpuclust.app.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -192,11 +192,11 @@ def test_missing_data_is_one_line_exit_2(no_data_anywhere, tmp_path, capsys):
 
 
 def test_console_script_exit_code_and_help():
-    out = subprocess.run([sys.executable, "-m", "gpuclust.cli", "run", "--bogus"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "gpuclust", "run", "--bogus"], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     for command in ("run", "train-ae", "cluster", "select", "bench"):
         help_text = subprocess.run(
-            [sys.executable, "-m", "gpuclust.cli", command, "--help"], capture_output=True, text=True
+            [sys.executable, "-m", "gpuclust", command, "--help"], capture_output=True, text=True
         )
         assert help_text.returncode == 0 and "--device" in help_text.stdout
 
@@ -204,7 +204,7 @@ def test_console_script_exit_code_and_help():
 def test_default_run_skips_hours_long_fits_on_cpu_only():
     import torch
 
-    from gpuclust.pipeline import cpu_skip_reason
+    from gpuclust.app.pipeline import cpu_skip_reason
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert "skipped on the CPU" in cpu_skip_reason("full", 48000, 6272, 10, cpu)

@@ -115,7 +115,7 @@ def test_cli_cluster_distributed_under_torchrun(tmp_path):
         "--nproc-per-node=2",
         f"--master-port={free_port()}",
         "-m",
-        "gpuclust.cli",
+        "gpuclust",
         "cluster",
         "--distributed",
         "--algorithm",

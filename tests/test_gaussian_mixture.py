@@ -246,7 +246,7 @@ def test_output_type_follows_input():
         ({"covariance_type": "banded"}, "covariance_type"),
         ({"init_params": "magic"}, "init_params"),
         ({"n_components": 0}, "n_components"),
-        ({"n_components": 500}, "n_samples=50 should be >= n_components=500"),
+        ({"n_components": 500}, "Expected n_samples >= n_components but got n_components = 500, n_samples = 50"),
         ({"reg_covar": -1.0}, "reg_covar"),
         ({"weights_init": [0.5, 0.6]}, "sum to 1"),
         ({"weights_init": [1.0]}, "weights_init has shape"),

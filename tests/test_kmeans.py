@@ -215,7 +215,7 @@ def test_predict_checks():
     with pytest.raises(NotFittedError):
         KMeans(2).predict(np.random.rand(5, 2))
     km = KMeans(2, device="cpu", random_state=0).fit(np.random.rand(20, 3))
-    with pytest.raises(ValueError, match="X has 2 features, but KMeans was fitted with 3"):
+    with pytest.raises(ValueError, match="X has 2 features, but KMeans is expecting 3 features as input"):
         km.predict(np.random.rand(5, 2))
 
 
@@ -246,7 +246,7 @@ class _TwoIdenticalRanks:
 
 
 def test_init_sample_gathers_all_rows_or_a_bounded_sample():
-    from gpuclust._kmeans_core import gather_init_sample
+    from gpuclust._comm import gather_init_sample
 
     X = torch.arange(200.0).reshape(100, 2)
     w = torch.linspace(0.5, 1.5, 100)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..device import resolve_device, synchronize
 from ._atomic import atomic_write
-from ._device import resolve_device, synchronize
 from .autoencoder import AutoencoderConfig, ConvAutoencoder, images_to_tensor
 
 logger = logging.getLogger("gpuclust")

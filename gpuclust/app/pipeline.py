@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from ._device import resolve_device, synchronize
-from .datasets import FASHION_MNIST_CLASSES, flatten_pixels, load_fashion_mnist, train_validation_split
-from .gaussian_mixture import GaussianMixture
-from .kmeans import KMeans
-from .metrics import all_scores
+from .._version import __version__
+from ..datasets import FASHION_MNIST_CLASSES, flatten_pixels, load_fashion_mnist, train_validation_split
+from ..device import resolve_device, synchronize
+from ..gaussian_mixture import GaussianMixture
+from ..kmeans import KMeans
+from ..metrics import all_scores
 
 logger = logging.getLogger("gpuclust")
 

@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from ..gaussian_mixture import GaussianMixture
 from ._atomic import atomic_write, atomic_write_json
-from .gaussian_mixture import GaussianMixture
 
 
 def sweep(X, ks, covariance_types, *, criterion="bic", seed=0, device="auto", on_fit=None):
@@ -78,7 +78,7 @@ def run_selection(args, say, load_array):
     else:
         from sklearn.decomposition import PCA
 
-        from .datasets import flatten_pixels, load_fashion_mnist
+        from ..datasets import flatten_pixels, load_fashion_mnist
 
         images, _ = load_fashion_mnist("train", args.data_dir, args.download)
         X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))

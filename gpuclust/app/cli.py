@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a benchmark grid (see benchmarks/README.md) and write JSON lines, a "
         "markdown summary and plots.",
     )
-    be.add_argument("--grid", default="cpu-small", help="grid name from gpuclust.bench.GRIDS (default cpu-small)")
+    be.add_argument("--grid", default="cpu-small", help="grid name from gpuclust.app.bench.GRIDS (default cpu-small)")
     be.add_argument("--out", metavar="DIR", default="benchmarks/results")
     be.add_argument("--repeats", type=int, default=3)
     be.add_argument("--tag", help="label for the results file (default: the grid name)")
@@ -216,7 +216,7 @@ def cmd_run(args, say):
 def cmd_train_ae(args, say):
     import numpy as np
 
-    from .datasets import load_fashion_mnist, train_validation_split
+    from ..datasets import load_fashion_mnist, train_validation_split
     from .training import encode, train_autoencoder
 
     images, _ = load_fashion_mnist("train", args.data_dir, args.download)
@@ -249,7 +249,7 @@ def cmd_train_ae(args, say):
 
 
 def cmd_cluster(args, say):
-    from .datasets import flatten_pixels, load_fashion_mnist
+    from ..datasets import flatten_pixels, load_fashion_mnist
 
     if args.features:
         X = _load_array(args.features)
@@ -271,7 +271,7 @@ def _cluster_distributed(args, X, y):
 
     import torch.distributed as dist
 
-    from .distributed import DistributedFitError, fit_on_shards, init_from_env
+    from ..distributed import DistributedFitError, fit_on_shards, init_from_env
 
     device = init_from_env()
     est = make_cluster_estimator(args, device, distributed=True)
@@ -296,10 +296,10 @@ def make_cluster_estimator(args, device, distributed=False):
         **({"max_iter": args.max_iter} if args.max_iter else {}),
     )
     if args.algorithm == "kmeans":
-        from .kmeans import KMeans
+        from ..kmeans import KMeans
 
         return KMeans(args.n_clusters, backend="torch" if distributed else args.backend, **common)
-    from .gaussian_mixture import GaussianMixture
+    from ..gaussian_mixture import GaussianMixture
 
     return GaussianMixture(args.n_clusters, covariance_type=args.covariance_type, **common)
 
@@ -308,7 +308,7 @@ def report_clustering(args, labels, y, n_iter, where=""):
     """Print the clustering's size and, given true labels, its scores; save the labels if asked."""
     import numpy as np
 
-    from .metrics import all_scores
+    from ..metrics import all_scores
 
     labels = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)
     print(f"{args.algorithm}{where}: {len(labels)} samples in {len(np.unique(labels))} clusters ({n_iter} iterations)")

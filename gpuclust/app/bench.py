@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from ..device import resolve_device, synchronize
 from ._atomic import atomic_write, atomic_write_text
-from ._device import resolve_device, synchronize
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def make_data(case: Case, seed: int = 0):
         labels = rng.integers(0, case.k, size=case.n)
         X = centers[labels] + rng.normal(size=(case.n, case.d)).astype(np.float32)
     else:
-        from .datasets import flatten_pixels, load_fashion_mnist
+        from ..datasets import flatten_pixels, load_fashion_mnist
 
         images, labels = load_fashion_mnist("train", os.environ.get("GPUCLUST_DATA"))
         images, labels = images[: case.n], labels[: case.n]
@@ -234,7 +234,7 @@ def _make_estimator(case, max_iter, init, tol):
                 tol=tol,
                 algorithm="elkan" if case.kmeans_algorithm == "elkan" else "lloyd",
             )
-        from .kmeans import KMeans
+        from ..kmeans import KMeans
 
         return KMeans(
             case.k,
@@ -250,7 +250,7 @@ def _make_estimator(case, max_iter, init, tol):
         from sklearn.mixture import GaussianMixture as SkGMM
 
         return SkGMM(case.k, **kw)
-    from .gaussian_mixture import GaussianMixture
+    from ..gaussian_mixture import GaussianMixture
 
     return GaussianMixture(case.k, device=case.device, **kw)
 
@@ -278,7 +278,7 @@ def _timed_fit(case, X, init, max_iter, tol):
 
 
 def _quality(case, est, X, labels):
-    from .metrics import adjusted_rand_score, completeness_score, normalized_mutual_info_score
+    from ..metrics import adjusted_rand_score, completeness_score, normalized_mutual_info_score
 
     pred = est.predict(X)
     pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
@@ -314,9 +314,9 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
         if case.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("no CUDA GPU")
         if case.backend == "cuml":
-            from ._backends import require
+            import importlib
 
-            require("cuml")
+            importlib.import_module("cuml")
         X_np, labels = make_data(case, seed)
         X = _to_backend(case, X_np)
         init = _initial_params(case, X_np, seed)

@@ -46,7 +46,7 @@ def plot_loss_curve(training, path):
 
 def matched_confusion(y_true, y_pred):
     """Contingency matrix with columns reordered so cluster j sits under the class it is matched to."""
-    from .metrics import match_clusters
+    from ..metrics import match_clusters
 
     mapping, counts, classes, clusters = match_clusters(np.asarray(y_true), np.asarray(y_pred))
     counts = counts.cpu().numpy()

@@ -1,0 +1,188 @@
+"""The package's shape: the library stands alone, the application sits on top, docs match signatures."""
+
+import ast
+import doctest
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gpuclust
+
+PACKAGE = Path(gpuclust.__file__).resolve().parent
+ROOT = PACKAGE.parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+APP_PREFIX = "gpuclust.app"
+# The entry point `python -m gpuclust` starts the application by design.
+LIBRARY = {m: p for m, p in MODULES.items() if not m.startswith(APP_PREFIX) and m != "gpuclust.__main__"}
+
+
+def imports_of(name: str, path: Path):
+    """(imported module, imported names, line) for every import in the file, at any depth."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, [], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [a.name for a in node.names]
+            # `from . import x` imports the module x.
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            yield target, [n for n in names if f"{target}.{n}" not in MODULES], node.lineno
+            for sub in submodules:
+                yield sub, [], node.lineno
+
+
+def test_library_never_imports_the_application():
+    offenders = [
+        f"{name}:{line} imports {target}"
+        for name, path in LIBRARY.items()
+        for target, _, line in imports_of(name, path)
+        if target == APP_PREFIX or target.startswith(APP_PREFIX + ".")
+    ]
+    assert not offenders, offenders
+
+
+def test_library_needs_neither_matplotlib_nor_tqdm():
+    # A meta-path finder that refuses matplotlib and tqdm stands in for an environment without them.
+    code = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('matplotlib', 'tqdm'):
+            raise ImportError(f'{name} is not installed (test)')
+sys.meta_path.insert(0, Refuse())
+import gpuclust
+from gpuclust import GaussianMixture, KMeans, kmeans_plusplus, load_fashion_mnist
+import gpuclust.metrics, gpuclust.distributed, gpuclust.datasets, gpuclust.device
+gpuclust.KMeans
+import numpy as np
+X = np.random.RandomState(0).rand(60, 3)
+KMeans(2, device='cpu', random_state=0).fit(X)
+GaussianMixture(2, device='cpu', random_state=0).fit(X)
+assert not {'matplotlib', 'tqdm'} & set(m.split('.')[0] for m in sys.modules), 'loaded anyway'
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _graph(modules):
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {t for t, _, _ in imports_of(name, path) if t in MODULES and t != name}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _graph(MODULES)
+    # A package imports its own submodules (`__init__` re-exports); only cycles among the others count.
+    for pkg in ("gpuclust", APP_PREFIX):
+        graph[pkg] = set()
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles
+
+
+def test_no_private_names_imported_across_modules():
+    offenders = []
+    for name, path in MODULES.items():
+        for target, names, line in imports_of(name, path):
+            if not target.startswith("gpuclust"):
+                continue
+            private = [n for n in names if n.startswith("_") and n != "__version__"]
+            if private:
+                offenders.append(f"{name}:{line} imports {private} from {target}")
+    assert not offenders, offenders
+
+
+def test_application_does_not_reach_into_private_library_modules():
+    offenders = [
+        f"{name}:{line} imports {target}"
+        for name, path in MODULES.items()
+        if name.startswith(APP_PREFIX)
+        for target, _, line in imports_of(name, path)
+        if target.startswith("gpuclust.")
+        and not target.startswith(APP_PREFIX)
+        and any(part.startswith("_") and part != "_version" for part in target.split(".")[1:])
+    ]
+    assert not offenders, offenders
+
+
+def test_argparse_only_in_the_cli():
+    users = [name for name, path in MODULES.items() if any(t == "argparse" for t, _, _ in imports_of(name, path))]
+    assert users == ["gpuclust.app.cli"], users
+
+
+def test_one_version_source():
+    from importlib.metadata import version
+
+    assert gpuclust.__version__ == version("gpuclust")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), "pyproject.toml must read the version dynamically"
+    assert (PACKAGE / "py.typed").is_file()
+
+
+def _documented(section_text):
+    """Names in a numpydoc section that have a type line and an indented description under it."""
+    return set(re.findall(r"^(\w+) : [^\n]+\n[ ]{4}\S", section_text, re.M))
+
+
+def _section(doc, title):
+    match = re.search(rf"^{title}\n-+\n(.*?)(?=^\w[\w ]*\n-+\n|\Z)", inspect.cleandoc(doc), re.M | re.S)
+    return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize("estimator", [gpuclust.KMeans, gpuclust.GaussianMixture])
+def test_every_parameter_and_attribute_is_documented(estimator):
+    doc = estimator.__doc__
+    params = set(inspect.signature(estimator.__init__).parameters) - {"self"}
+    documented = _documented(_section(doc, "Parameters"))
+    assert params <= documented, f"undocumented parameters: {params - documented}"
+    attributes = _documented(_section(doc, "Attributes"))
+    import numpy as np
+
+    fitted = estimator(2, device="cpu", random_state=0).fit(np.random.RandomState(0).rand(40, 3))
+    public = {k for k in vars(fitted) if k.endswith("_") and not k.startswith("_")}
+    assert public <= attributes, f"undocumented attributes: {public - attributes}"
+    assert "Examples" in doc
+
+
+@pytest.mark.parametrize(
+    "module", ["gpuclust.kmeans", "gpuclust.gaussian_mixture", "gpuclust.metrics", "gpuclust.distributed"]
+)
+def test_docstring_examples_run(module):
+    mod = __import__(module, fromlist=["_"])
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {module}"
+    if module in ("gpuclust.kmeans", "gpuclust.gaussian_mixture"):
+        assert result.attempted > 0
