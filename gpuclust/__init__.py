@@ -9,10 +9,11 @@ needs numpy, scipy, scikit-learn and torch only; the Fashion-MNIST application
 from ._version import __version__
 from .datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, train_validation_split
 from .device import resolve_device
-from .gaussian_mixture import GaussianMixture
+from .gaussian_mixture import COVARIANCE_TYPES, GaussianMixture
 from .kmeans import KMeans, kmeans_plusplus
 
 __all__ = [
+    "COVARIANCE_TYPES",
     "FASHION_MNIST_CLASSES",
     "GaussianMixture",
     "KMeans",

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpuclust import load_fashion_mnist
+from gpuclust import COVARIANCE_TYPES, load_fashion_mnist  # noqa: F401 (re-exported to the tests)
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PRESETS", "AutoencoderConfig", "ConvAutoencoder", "count_parameters", "images_to_tensor"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "AutoencoderConfig", "ConvAutoencoder", "count_parameters", "images_to_tensor"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class AutoencoderConfig:
     def from_dict(cls, d):
         return cls(tuple(d["channels"]), d["bottleneck"])
 
+
+# What `gpuclust run` trains unless told otherwise.
+DEFAULT_PRESET = "dense10"
 
 PRESETS = {
     # The seed report's final architecture (its Figure 5): 185,857 trainable parameters

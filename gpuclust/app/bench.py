@@ -13,7 +13,6 @@ them by :func:`summarize`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -28,7 +27,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ..device import resolve_device, synchronize
-from ._atomic import atomic_write, atomic_write_text
+from ..gaussian_mixture import COVARIANCE_TYPES
+from ._atomic import atomic_write_text
+from ._plots import pyplot, save_png
+from .costs import gmm_flops_per_iteration, kmeans_flops_per_iteration
+from .environment import environment
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def _gmm_cases(
     n,
     d,
     k,
-    covs=("full", "tied", "diag", "spherical"),
+    covs=COVARIANCE_TYPES,
     dtype="float32",
     iters=5,
     mode="per_iter",
@@ -299,10 +302,8 @@ def work_per_iteration(case) -> dict:
     n, d, k = case.n, case.d, case.k
     item = 8 if case.dtype == "float64" else 4
     if case.algorithm == "kmeans":
-        flops = 2 * n * d * k
+        flops = kmeans_flops_per_iteration(n, d, k)
     else:
-        from .pipeline import gmm_flops_per_iteration
-
         flops = gmm_flops_per_iteration(case.covariance_type, n, d, k)
     return {"bytes_per_iter": n * d * item, "flops_per_iter": flops}
 
@@ -368,8 +369,6 @@ def write_jsonl(path, rows):
 
 def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
     """Run every case, rewriting ``<out>/<tag>.jsonl`` atomically after each; then summarize."""
-    from .pipeline import environment
-
     env = environment(resolve_device("auto"))
     path = Path(out_dir) / f"{tag}.jsonl"
     rows = []
@@ -450,16 +449,7 @@ _MARKERS = {"torch": "o", "sklearn": "x", "cuml": "s"}
 
 def _plot(rows, prefix):
     """Time per iteration by covariance type and D, and completeness against time (Pareto view)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def save(fig, path):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    plt = pyplot()
 
     def kind(r):
         return "kmeans" if r["algorithm"] == "kmeans" else r["covariance_type"]
@@ -486,7 +476,7 @@ def _plot(rows, prefix):
         ax.set_ylabel("ms per EM iteration (log)")
         ax.set_title("GaussianMixture time per iteration (solid: gpuclust, dashed: scikit-learn)")
         ax.legend(fontsize=7, ncol=2)
-        save(fig, f"{prefix}_time_per_iter.png")
+        save_png(fig, f"{prefix}_time_per_iter.png")
     # End-to-end fits where the grid has them (time to a converged model), else per-iteration times.
     mode = "converged" if any(r["mode"] == "converged" for r in rows) else "per_iter"
     chosen = [r for r in rows if r["mode"] == mode]
@@ -508,16 +498,17 @@ def _plot(rows, prefix):
     ax.set_ylabel("completeness")
     ax.set_title("Quality against time: up and to the left is better")
     ax.legend(fontsize=7, ncol=2)
-    save(fig, f"{prefix}_pareto.png")
+    save_png(fig, f"{prefix}_pareto.png")
 
 
-def run_grid_cli(args, say):
-    """``gpuclust bench``: validate the arguments, run the grid, return its rows."""
-    if args.grid not in GRIDS:
-        raise ValueError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
-    cases = GRIDS[args.grid]
-    if args.device != "auto":
-        cases = [replace(c, device=args.device) if c.backend != "sklearn" else c for c in cases]
-    return run_grid(cases, args.out, args.tag or args.grid, repeats=args.repeats, seed=args.seed, say=say)
+def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None):
+    """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path."""
+    if grid not in GRIDS:
+        raise ValueError(f"grid {grid!r} is not one of {sorted(GRIDS)}")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be at least 1")
+    cases = GRIDS[grid]
+    if device != "auto":
+        cases = [replace(c, device=device) if c.backend != "sklearn" else c for c in cases]
+    tag = tag or grid
+    return run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say), Path(out_dir) / f"{tag}.jsonl"

@@ -34,7 +34,7 @@ def _add_common(p, data=True):
 
 
 def _covariance_list(text):
-    from .pipeline import COVARIANCE_TYPES
+    from ..gaussian_mixture import COVARIANCE_TYPES
 
     types = tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [t for t in types if t not in COVARIANCE_TYPES]
@@ -44,8 +44,8 @@ def _covariance_list(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .autoencoder import PRESETS
-    from .pipeline import COVARIANCE_TYPES, DEFAULT_PRESET
+    from ..gaussian_mixture import COVARIANCE_TYPES
+    from .autoencoder import DEFAULT_PRESET, PRESETS
 
     parser = _Parser(prog="gpuclust", description="KMeans and Gaussian mixtures on a GPU (or CPU), measured.")
     parser.add_argument("--version", action="version", version=f"gpuclust {__import__('gpuclust').__version__}")
@@ -320,23 +320,44 @@ def report_clustering(args, labels, y, n_iter, where=""):
 
 
 def cmd_select(args, say):
+    import numpy as np
+
     from .selection import run_selection
 
-    best, out = run_selection(args, say, _load_array)
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise UsageError(f"--k must list positive integers, got {args.k!r}")
+    if args.features:
+        X = np.asarray(_load_array(args.features), dtype=np.float64)[: args.n_samples]
+    else:
+        from sklearn.decomposition import PCA
+
+        from ..datasets import flatten_pixels, load_fashion_mnist
+
+        images, _ = load_fashion_mnist("train", args.data_dir, args.download)
+        X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))
+    best, paths = run_selection(X, ks, args.covariance_types, args.out, criterion=args.criterion, seed=args.seed,
+                                device=args.device, say=say)  # fmt: skip
     print(
         f"chosen by {args.criterion.upper()}: covariance_type={best['covariance_type']}, "
         f"n_components={best['n_components']} ({args.criterion}={best[args.criterion]:.1f})"
     )
-    print(f"sweep: {out / 'select.json'}, plot: {out / 'select.png'}")
+    print(f"sweep: {paths['json']}, plot: {paths['plot']}")
     return 0
 
 
 def cmd_bench(args, say):
-    from .bench import run_grid_cli
+    from .bench import GRIDS, run_named_grid
 
-    rows = run_grid_cli(args, say)
+    if args.grid not in GRIDS:
+        raise UsageError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
+    rows, path = run_named_grid(args.grid, args.out, tag=args.tag, repeats=args.repeats, seed=args.seed,
+                                device=args.device, say=say)  # fmt: skip
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok}/{len(rows)} cases measured; results in {Path(args.out) / ((args.tag or args.grid) + '.jsonl')}")
+    print(f"{ok}/{len(rows)} cases measured; results in {path}")
     return 0
 
 

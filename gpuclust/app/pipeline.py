@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._version import __version__
 from ..datasets import FASHION_MNIST_CLASSES, flatten_pixels, load_fashion_mnist, train_validation_split
 from ..device import resolve_device, synchronize
-from ..gaussian_mixture import GaussianMixture
+from ..gaussian_mixture import COVARIANCE_TYPES, GaussianMixture
 from ..kmeans import KMeans
 from ..metrics import all_scores
+from .autoencoder import DEFAULT_PRESET
+from .costs import gmm_flops_per_iteration
+from .environment import environment
 
 logger = logging.getLogger("gpuclust")
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 # The seed report's test-set completeness ("accuracy" there), shown beside ours.
 SEED_REPORT = {"task1_kmeans_pixels": 0.5247, "task2_ae_kmeans": 0.5187, "task3_ae_gmm_diag": 0.5626}
-DEFAULT_PRESET = "dense10"
 
 PROFILES = {
     # The seed's protocol: all 48,000 training-split images, up to 200 epochs, early stopping.
@@ -83,16 +82,6 @@ class RunConfig:
 CPU_FLOPS_PER_ITERATION_LIMIT = 2e11
 
 
-def gmm_flops_per_iteration(covariance_type, n, d, k):
-    """Rough multiply-adds x2 of one E+M step, the numerator of its compute floor."""
-    return {
-        "full": 4 * n * k * d * d,
-        "tied": 2 * n * d * d + 4 * n * d * k,
-        "diag": 6 * n * d * k,
-        "spherical": 4 * n * d * k,
-    }[covariance_type]
-
-
 def cpu_skip_reason(covariance_type, n, d, k, device) -> str | None:
     """Why the default run leaves this GMM out on this device, or None to run it."""
     flops = gmm_flops_per_iteration(covariance_type, n, d, k)
@@ -106,51 +95,6 @@ def cpu_skip_reason(covariance_type, n, d, k, device) -> str | None:
 
 def default_run_dir() -> Path:
     return Path("runs") / datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and hardware, recorded with every result."""
-    import sklearn
-
-    env = {
-        "gpuclust": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-        "cpu_count": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()),
-        "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-    }
-    try:
-        import subprocess
-
-        env["git_commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except Exception:
-        env["git_commit"] = None
-    return env
 
 
 def _timed_fit_predict(estimator, X_fit, X_score, device):

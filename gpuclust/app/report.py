@@ -9,28 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_write, atomic_write_json, atomic_write_text
+from ._plots import pyplot, save_png
 
 SCORE_COLUMNS = ("completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy")
 
 
-def _matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, path):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _matplotlib().close(fig)
-    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
-
-
 def plot_loss_curve(training, path):
-    plt = _matplotlib()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(training["train_loss"]) + 1)
     ax.plot(epochs, training["train_loss"], label="training")
@@ -41,7 +26,7 @@ def plot_loss_curve(training, path):
     ax.set_ylabel("mean squared reconstruction error")
     ax.set_title("Autoencoder training and validation loss")
     ax.legend()
-    _save_figure(fig, path)
+    save_png(fig, path)
 
 
 def matched_confusion(y_true, y_pred):
@@ -57,7 +42,7 @@ def matched_confusion(y_true, y_pred):
 
 
 def plot_confusion(y_true, y_pred, class_names, title, path):
-    plt = _matplotlib()
+    plt = pyplot()
     matrix, cluster_ids, classes = matched_confusion(y_true, y_pred)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     im = ax.imshow(matrix, cmap="Blues")
@@ -78,11 +63,11 @@ def plot_confusion(y_true, y_pred, class_names, title, path):
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save_figure(fig, path)
+    save_png(fig, path)
 
 
 def plot_covariance_tradeoff(rows, path):
-    plt = _matplotlib()
+    plt = pyplot()
     gmm = [r for r in rows if r.get("covariance_type") and "skipped" not in r]
     if not gmm:
         return
@@ -97,7 +82,7 @@ def plot_covariance_tradeoff(rows, path):
     b.set_title("GMM completeness by covariance type")
     for ax in (a, b):
         ax.set_xlabel("covariance type")
-    _save_figure(fig, path)
+    save_png(fig, path)
 
 
 def _fmt(x, digits=4):

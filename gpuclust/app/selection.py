@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
+from pathlib import Path
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ..gaussian_mixture import GaussianMixture
-from ._atomic import atomic_write, atomic_write_json
+from ._atomic import atomic_write_json
+from ._plots import pyplot, save_png
 
 
 def sweep(X, ks, covariance_types, *, criterion="bic", seed=0, device="auto", on_fit=None):
@@ -39,11 +39,7 @@ def sweep(X, ks, covariance_types, *, criterion="bic", seed=0, device="auto", on
 
 
 def plot_sweep(rows, criterion, best, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for cov in dict.fromkeys(r["covariance_type"] for r in rows):
         pts = [(r["n_components"], r[criterion]) for r in rows if r["covariance_type"] == cov]
@@ -60,56 +56,33 @@ def plot_sweep(rows, criterion, best, path):
     ax.set_ylabel(criterion.upper() + " (lower is better)")
     ax.set_title(f"Gaussian mixture model selection by {criterion.upper()}")
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    save_png(fig, path)
 
 
-def run_selection(args, say, load_array):
-    """``gpuclust select``: load features (or PCA of pixels), sweep, write select.json and select.png.
+def run_selection(X, ks, covariance_types, out_dir, *, criterion="bic", seed=0, device="auto", say=None):
+    """Sweep, then write ``select.json`` and ``select.png`` into ``out_dir``.
 
-    Returns the chosen row and the output folder.
+    Returns
+    -------
+    best : dict
+        The chosen row (lowest ``criterion``).
+    paths : dict
+        ``{"json": ..., "plot": ...}``.
     """
-    from pathlib import Path
-
-    if args.features:
-        X = np.asarray(load_array(args.features), dtype=np.float64)
-    else:
-        from sklearn.decomposition import PCA
-
-        from ..datasets import flatten_pixels, load_fashion_mnist
-
-        images, _ = load_fashion_mnist("train", args.data_dir, args.download)
-        X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))
-    X = X[: args.n_samples]
-    try:
-        ks = [int(k) for k in args.k.split(",") if k.strip()]
-    except ValueError:
-        raise ValueError(f"--k must be comma-separated integers, got {args.k!r}") from None
-    if not ks or min(ks) < 1:
-        raise ValueError(f"--k must list positive integers, got {args.k!r}")
+    say = say or (lambda msg: None)
     rows, best = sweep(
         X,
         ks,
-        args.covariance_types,
-        criterion=args.criterion,
-        seed=args.seed,
-        device=args.device,
-        on_fit=lambda r: say(
-            f"{r['covariance_type']:>9} K={r['n_components']:<3} {args.criterion}={r[args.criterion]:.1f}"
-        ),
+        covariance_types,
+        criterion=criterion,
+        seed=seed,
+        device=device,
+        on_fit=lambda r: say(f"{r['covariance_type']:>9} K={r['n_components']:<3} {criterion}={r[criterion]:.1f}"),
     )
-    out = Path(args.out)
-    atomic_write_json(
-        out / "select.json",
-        {
-            "criterion": args.criterion,
-            "best": best,
-            "rows": rows,
-            "n_samples": int(X.shape[0]),
-            "n_features": int(X.shape[1]),
-        },
-    )
-    plot_sweep(rows, args.criterion, best, out / "select.png")
-    return best, out
+    out = Path(out_dir)
+    summary = {"criterion": criterion, "best": best, "rows": rows, "n_samples": int(X.shape[0]),
+               "n_features": int(X.shape[1])}  # fmt: skip
+    paths = {"json": out / "select.json", "plot": out / "select.png"}
+    atomic_write_json(paths["json"], summary)
+    plot_sweep(rows, criterion, best, paths["plot"])
+    return best, paths
