@@ -14,10 +14,13 @@ full (K, D, D), tied: the data's X^T X (D, D), diag and spherical (K, D).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
+
+from .device import uses_cuda_paths
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -47,21 +50,31 @@ def new_stats(n_components, n_features, covariance_type, device) -> SufficientSt
 def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tensor, covariance_type: str) -> None:
     """Add one tile's contribution (``Xs`` shifted samples, ``resp`` responsibilities) to ``stats``.
 
-    The second moments are multiplied in float64 whatever the working dtype: the M-step
-    subtracts ``mean**2`` from them, and float32 products carry rounding errors of the
-    order of ``reg_covar`` on data such as pixels (a negative variance follows).
+    Sums and second moments are multiplied in float64 whatever the working dtype: the M-step
+    subtracts ``mean**2`` from the second moments, and float32 products (or float32 sums
+    against float64 second moments) carry rounding errors of the order of ``reg_covar`` on
+    data such as pixels, where a negative variance or an indefinite covariance follows. For full
+    covariance the products are added straight into the (K, D, D) accumulator, so a tile
+    never holds a K x D x D temporary.
     """
     f64 = torch.float64
-    stats.nk += resp.sum(0, dtype=f64)
-    stats.sx += (resp.T @ Xs).to(f64)
-    if covariance_type == "tied":
-        return
     resp64, Xs64 = resp.to(f64), Xs.to(f64)
+    stats.nk += resp64.sum(0)
+    stats.sx.addmm_(resp64.T, Xs64)
     if covariance_type == "full":
         weighted = resp64.T.unsqueeze(2) * Xs64.unsqueeze(0)  # (K, c, D)
-        stats.sxx += torch.matmul(weighted.transpose(1, 2), Xs64)
-    else:
-        stats.sxx += resp64.T @ (Xs64 * Xs64)
+        stats.sxx.baddbmm_(weighted.transpose(1, 2), Xs64.expand(weighted.shape[0], -1, -1))
+    elif covariance_type != "tied":
+        stats.sxx.addmm_(resp64.T, Xs64 * Xs64)
+
+
+def tile_bytes_per_row(covariance_type, n_components, n_features, itemsize):
+    """Temporary memory one row of a tile needs in the E-step and the statistics, in bytes."""
+    K, D = n_components, n_features
+    if covariance_type == "full":
+        # y = Xs @ P_k in the working dtype and r_k * x in float64, both (K, c, D)
+        return K * D * (itemsize + 8) + 8 * D + 4 * K * itemsize
+    return (4 * K + 3 * D) * itemsize + 16 * (K + D)
 
 
 # --- M-step: covariances from sufficient statistics (float64) -------------------------------------
@@ -128,27 +141,123 @@ class MixtureParameters:
         nk, means, cov = estimate_parameters(stats, reg_covar, covariance_type, xtx)
         return cls(nk / nk.sum(), means, cov, precision_cholesky(cov, covariance_type, float32_hint))
 
-    def working(self, dtype) -> WorkingParameters:
-        """What the E-step needs, cast once per pass to the working dtype."""
-        return WorkingParameters(
-            self.means.to(dtype), self.precisions_cholesky.to(dtype), torch.log(self.weights).to(dtype)
-        )
+    def working(self, dtype, covariance_type, matmul_precision="highest") -> WorkingParameters:
+        """What the E-step needs, computed once per pass in float64 and cast to the working dtype."""
+        return WorkingParameters.build(self, dtype, covariance_type, matmul_precision)
+
+
+MATMUL_PRECISIONS = ("highest", "tf32", "bf16")
 
 
 @dataclass
 class WorkingParameters:
-    """Means, precision factors and log-weights in the dtype the E-step computes in."""
+    """The E-step's per-pass constants in the working dtype.
 
+    ``log_prob = const - 0.5 * quad``, where ``quad`` is the squared Mahalanobis distance.
+    Per covariance type, ``factor`` and ``proj`` hold: full, P (K, D, D) and means @ P
+    (K, 1, D); tied, P (D, D) and means @ P (K, D); diag, precisions (K, D) and
+    means * precisions (K, D); spherical, precisions (K,) and means (K, D). ``offset``
+    is the per-component term of ``quad`` that does not depend on x (tied, diag, spherical).
+    """
+
+    covariance_type: str
+    factor: torch.Tensor
+    proj: torch.Tensor
+    offset: torch.Tensor | None
+    const: torch.Tensor  # (K,): log weight + log det - D/2 log(2 pi)
     means: torch.Tensor
-    precisions_cholesky: torch.Tensor
-    log_weights: torch.Tensor
+    matmul_precision: str = "highest"
 
-    def weighted_log_prob(self, Xs, covariance_type):
+    @classmethod
+    def build(cls, params, dtype, covariance_type, matmul_precision="highest"):
+        P, means = params.precisions_cholesky, params.means
+        K, D = means.shape
+        const = torch.log(params.weights) + log_det_cholesky(P, covariance_type, D) - 0.5 * D * math.log(2 * math.pi)
+        offset = None
+        if covariance_type == "full":
+            factor, proj = P, torch.matmul(means.unsqueeze(1), P)  # (K, 1, D)
+        elif covariance_type == "tied":
+            factor, proj = P, means @ P
+            offset = (proj * proj).sum(1)
+        elif covariance_type == "diag":
+            factor = P * P
+            proj = means * factor
+            offset = (means * proj).sum(1)
+        else:
+            factor, proj = P * P, means
+            offset = (means * means).sum(1)
+        cast = lambda t: None if t is None else t.to(dtype)
+        return cls(covariance_type, cast(factor), cast(proj), cast(offset), cast(const), cast(means), matmul_precision)
+
+    def weighted_log_prob(self, Xs):
         """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K)."""
-        return log_gaussian_prob(Xs, self.means, self.precisions_cholesky, covariance_type) + self.log_weights
+        with _matmul_precision(self.matmul_precision, Xs.device):
+            quad = _SQUARED_DISTANCE[self.covariance_type](self, Xs)
+        return quad.mul_(-0.5).add_(self.const)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision, device):
+    """TF32 for float32 GEMMs inside the block when asked (CUDA only; restored after)."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _quad_full(w, Xs):
+    if w.matmul_precision == "bf16":
+        # Centre before rounding: x @ P and mean @ P are large and nearly cancel.
+        centred = (Xs.unsqueeze(0) - w.means.unsqueeze(1)).to(torch.bfloat16)
+        y = torch.matmul(centred, w.factor.to(torch.bfloat16)).to(Xs.dtype)
+    else:
+        y = torch.matmul(Xs.unsqueeze(0), w.factor).sub_(w.proj)  # (K, c, D)
+    return y.square_().sum(2).T
+
+
+def _quad_tied(w, Xs):
+    if w.matmul_precision == "bf16":
+        y = (Xs.to(torch.bfloat16) @ w.factor.to(torch.bfloat16)).to(Xs.dtype)
+    else:
+        y = Xs @ w.factor
+    quad = torch.addmm(w.offset.unsqueeze(0), y, w.proj.T, alpha=-2.0)
+    return quad.add_((y * y).sum(1, keepdim=True))
+
+
+def _quad_diag(w, Xs):
+    quad = torch.addmm(w.offset.unsqueeze(0), Xs, w.proj.T, alpha=-2.0)
+    return quad.addmm_(Xs * Xs, w.factor.T)
+
+
+def _quad_spherical(w, Xs):
+    quad = torch.addmm(w.offset.unsqueeze(0), Xs, w.proj.T, alpha=-2.0)
+    return quad.add_((Xs * Xs).sum(1, keepdim=True)).mul_(w.factor.unsqueeze(0))
+
+
+_SQUARED_DISTANCE = {"full": _quad_full, "tied": _quad_tied, "diag": _quad_diag, "spherical": _quad_spherical}
 
 
 # --- Cholesky factors ---------------------------------------------------------------------------
+
+
+# From this size on, a GPU factorizes (K, D, D) batches one matrix at a time: batched
+# cuSOLVER/cuBLAS kernels are built for many small matrices. benchmarks/gpu_smoke.py times
+# both at D = 1024, 2048 and 6272; revisit the threshold with its figures.
+LOOP_FROM_N_FEATURES = 1024
+
+
+def _per_matrix(fn, batch):
+    """``fn(batch)``, or ``fn`` on one (D, D) matrix at a time for large D on a GPU (same result)."""
+    large = batch.ndim == 3 and batch.shape[0] > 1 and batch.shape[-1] >= LOOP_FROM_N_FEATURES
+    if large and uses_cuda_paths(batch.device):
+        parts = [fn(m.unsqueeze(0)) for m in batch]
+        return tuple(torch.cat(p) for p in zip(*parts)) if isinstance(parts[0], tuple) else torch.cat(parts)
+    return fn(batch)
 
 
 def _ill_defined(component, dtype_hint):
@@ -161,6 +270,11 @@ def _ill_defined(component, dtype_hint):
     )
 
 
+def _triangular_inverse(tri, upper):
+    eye = torch.eye(tri.shape[-1], dtype=tri.dtype, device=tri.device).expand_as(tri)
+    return torch.linalg.solve_triangular(tri, eye, upper=upper)
+
+
 def precision_cholesky(covariances: torch.Tensor, covariance_type: str, float32_hint: bool = False):
     """Upper-triangular P with P P^T = inverse(covariance), per component.
 
@@ -168,12 +282,11 @@ def precision_cholesky(covariances: torch.Tensor, covariance_type: str, float32_
     """
     if covariance_type in ("full", "tied"):
         batch = covariances if covariance_type == "full" else covariances.unsqueeze(0)
-        chol, info = torch.linalg.cholesky_ex(batch)
+        chol, info = _per_matrix(torch.linalg.cholesky_ex, batch)
         bad = torch.nonzero(info).flatten()
         if bad.numel():
             raise _ill_defined(int(bad[0]) if covariance_type == "full" else None, float32_hint)
-        eye = torch.eye(batch.shape[-1], dtype=batch.dtype, device=batch.device).expand_as(batch)
-        prec = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+        prec = _per_matrix(lambda c: _triangular_inverse(c, upper=False), chol).transpose(-1, -2)
         return prec if covariance_type == "full" else prec[0]
     bad = torch.nonzero(covariances <= 0).flatten()
     if bad.numel():
@@ -204,8 +317,7 @@ def precisions_from_cholesky(prec_chol: torch.Tensor, covariance_type: str):
 def covariances_from_precision_cholesky(prec_chol: torch.Tensor, covariance_type: str):
     """Inverse of :func:`precision_cholesky` (for ``precisions_init`` without covariances)."""
     if covariance_type in ("full", "tied"):
-        eye = torch.eye(prec_chol.shape[-1], dtype=prec_chol.dtype, device=prec_chol.device).expand_as(prec_chol)
-        inv = torch.linalg.solve_triangular(prec_chol, eye, upper=True)  # P^-1
+        inv = _per_matrix(lambda p: _triangular_inverse(p, upper=True), prec_chol)  # P^-1
         return inv.transpose(-1, -2) @ inv
     return 1.0 / (prec_chol * prec_chol)
 
@@ -223,51 +335,23 @@ def log_det_cholesky(prec_chol, covariance_type, n_features):
     return n_features * torch.log(prec_chol)
 
 
-def log_gaussian_prob(Xs, means, prec_chol, covariance_type):
-    """log N(x | mean_k, cov_k) for each tile row and component: (c, K).
-
-    Peak temporary memory: (K, c, D) for full, (c, D) + (c, K) otherwise.
-    """
-    n, d = Xs.shape
-    log_det = log_det_cholesky(prec_chol, covariance_type, d)
-    if covariance_type == "full":
-        y = torch.matmul(Xs.unsqueeze(0), prec_chol)  # (K, c, D)
-        y -= torch.matmul(means.unsqueeze(1), prec_chol)  # (K, 1, D)
-        log_prob = y.square_().sum(2).T
-    elif covariance_type == "tied":
-        y = Xs @ prec_chol
-        b = means @ prec_chol
-        log_prob = torch.addmm((b * b).sum(1).unsqueeze(0), y, b.T, alpha=-2.0)
-        log_prob += (y * y).sum(1, keepdim=True)
-    elif covariance_type == "diag":
-        precisions = prec_chol * prec_chol
-        log_prob = torch.addmm(
-            ((means * means) * precisions).sum(1).unsqueeze(0), Xs, (means * precisions).T, alpha=-2.0
-        )
-        log_prob += (Xs * Xs) @ precisions.T
-    else:
-        precisions = prec_chol * prec_chol
-        x_sq = (Xs * Xs).sum(1, keepdim=True)
-        log_prob = torch.addmm((means * means).sum(1).unsqueeze(0), Xs, means.T, alpha=-2.0)
-        log_prob = (log_prob + x_sq) * precisions.unsqueeze(0)
-    return -0.5 * (d * math.log(2 * math.pi) + log_prob) + log_det
-
-
 def normalize_log_prob(weighted_log_prob: torch.Tensor):
     """Per-sample log-likelihood and responsibilities from weighted log-probabilities (c, K).
 
     One exponential per entry, in place (``torch.logsumexp`` followed by ``exp``
-    would take two). Arguments are clamped at the log of the smallest normal
-    number first: a responsibility below ~1e-38 (float32) or ~1e-308 (float64)
-    changes no sum, and on the CPU ``exp`` of an underflowing argument takes a
-    slow path, about 13 times slower in float32.
+    would take two). Arguments are clamped at half the log of the smallest normal
+    number first (responsibilities of at least ~1e-19 in float32, ~1e-154 in float64):
+    so small a responsibility changes no sum, while anything smaller sends the CPU
+    down slow paths: ``exp`` of an underflowing argument (about 13 times slower in
+    float32), and products of the statistics that fall into subnormal numbers (a
+    float64 full-covariance pass on pixels ran 100 times slower).
 
     Returns
     -------
     log_norm : (c,)
     resp : (c, K), the input's storage reused
     """
-    floor = math.log(torch.finfo(weighted_log_prob.dtype).tiny) + 1.0
+    floor = 0.5 * math.log(torch.finfo(weighted_log_prob.dtype).tiny)
     top = weighted_log_prob.amax(dim=1, keepdim=True)
     resp = weighted_log_prob.sub_(top).clamp_min_(floor).exp_()
     total = resp.sum(dim=1, keepdim=True)

@@ -186,12 +186,14 @@ def adjusted_rand_score(labels_true, labels_pred) -> float:
 
 
 def _ari_from_counts(counts):
+    # Pair counts from sums of squares: sum_ij n_ij * b_j = sum_j b_j**2, so no integer
+    # matrix-vector product is needed (CUDA implements none for int64). Python ints:
+    # n**2 * n**2 overflows int64 beyond ~55k samples.
     n = int(counts.sum())
-    # Python ints: n**2 * n**2 overflows int64 beyond ~55k samples.
     sum_squares = int((counts * counts).sum())
     n_c, n_k = counts.sum(1), counts.sum(0)
-    fp = int((counts @ n_k).sum()) - sum_squares
-    fn = int((counts.T @ n_c).sum()) - sum_squares
+    fp = int((n_k * n_k).sum()) - sum_squares
+    fn = int((n_c * n_c).sum()) - sum_squares
     tp = sum_squares - n
     tn = n * n - fp - fn - sum_squares
     if fn == 0 and fp == 0:

@@ -1,0 +1,131 @@
+"""What would break on a GPU, proven on the CPU: CUDA's missing kernels, float32 numerics, CUDA-only branches."""
+
+import warnings
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+import torch
+from conftest import COVARIANCE_TYPES, RTOL
+from sklearn.datasets import make_blobs
+from torch.overrides import TorchFunctionMode
+
+import gpuclust._gmm_numerics as gm
+from gpuclust import GaussianMixture, metrics
+from gpuclust.device import force_cuda_paths
+
+_PRODUCTS = {torch.matmul, torch.mm, torch.mv, torch.bmm, torch.addmm, torch.addmv, torch.dot, torch.Tensor.__matmul__,
+             torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.mv, torch.Tensor.addmm, torch.Tensor.addmv}  # fmt: skip
+
+
+class NoIntegerProducts(TorchFunctionMode):
+    """Refuses integer matrix products, as CUDA does ("addmv_impl_cuda" not implemented for 'Long')."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _PRODUCTS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if any(not (t.is_floating_point() or t.is_complex()) for t in tensors):
+                raise RuntimeError(f"{func.__name__} of integer tensors is not implemented on CUDA")
+        return func(*args, **kwargs)
+
+
+def test_the_cuda_rule_checker_catches_integer_products():
+    with NoIntegerProducts(), pytest.raises(RuntimeError, match="not implemented on CUDA"):
+        torch.ones(3, 3, dtype=torch.int64) @ torch.ones(3, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("n", [50, 70_000])
+def test_every_metric_avoids_integer_matrix_products(n):
+    rng = np.random.RandomState(0)
+    y, p = rng.randint(0, 10, n), rng.randint(0, 12, n)
+    p[: n // 2] = y[: n // 2]
+    yt, pt = torch.as_tensor(y), torch.as_tensor(p)
+    with NoIntegerProducts():
+        ours = metrics.all_scores(yt, pt)
+    assert ours["ari"] == pytest.approx(skm.adjusted_rand_score(y, p), abs=1e-12)
+    assert ours["nmi"] == pytest.approx(skm.normalized_mutual_info_score(y, p), abs=1e-12)
+    assert ours["completeness"] == pytest.approx(skm.completeness_score(y, p), abs=1e-12)
+
+
+@pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_float32_single_sample_starts_are_well_defined(init_params, covariance_type, offset):
+    # Each component starts at one sample: its covariance is reg_covar alone, which float32
+    # rounding of E[xx] - mu mu^T (values around 30) used to swamp.
+    for seed in range(4):
+        X, _ = make_blobs(1500, 8, centers=5, random_state=seed)
+        X = (X + offset).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gmm = GaussianMixture(5, covariance_type=covariance_type, init_params=init_params, random_state=seed,
+                                  device="cpu", max_iter=30).fit(X)  # fmt: skip
+        assert np.isfinite(gmm.lower_bound_)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_on_real_pixels(fashion_pixels, covariance_type):
+    # 784 features in [0, 1], many of them constant: float32 second moments went negative here.
+    X64 = fashion_pixels[0][:1200]
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", max_iter=3, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours32 = GaussianMixture(6, **kw).fit(X64.astype(np.float32))
+        ours64 = GaussianMixture(6, **kw).fit(X64)
+    assert ours32.means_.dtype == np.float32
+    # Same start (float64 init statistics), three iterations: float32 stays within the
+    # float32 tolerance of float64 (precisions of 1/reg_covar on constant pixels make the
+    # float32 E-step the main source of difference).
+    assert ours32.lower_bound_ == pytest.approx(ours64.lower_bound_, rel=RTOL["float32"])
+    np.testing.assert_allclose(ours32.means_, ours64.means_, atol=RTOL["float32"])
+    np.testing.assert_allclose(ours32.weights_, ours64.weights_, atol=RTOL["float32"])
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_bf16_matmuls_stay_close_to_exact(covariance_type):
+    # The opt-in low-precision E-step: measured here, statistics still summed in float64.
+    X, _ = make_blobs(3000, 16, centers=4, random_state=0, cluster_std=2.0)
+    X = X.astype(np.float32)
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", max_iter=20, tol=0.0)
+    exact = GaussianMixture(4, **kw).fit(X)
+    low = GaussianMixture(4, matmul_precision="bf16", **kw).fit(X)
+    assert low.lower_bound_ == pytest.approx(exact.lower_bound_, rel=2e-3)
+    np.testing.assert_allclose(low.means_, exact.means_, atol=0.05 * np.abs(exact.means_).max())
+    assert (low.predict(X) == exact.predict(X)).mean() > 0.99
+    # TF32 is a CUDA setting: on the CPU it changes nothing.
+    tf32 = GaussianMixture(4, matmul_precision="tf32", **kw).fit(X)
+    assert tf32.lower_bound_ == exact.lower_bound_
+
+
+def test_unknown_matmul_precision_is_refused():
+    with pytest.raises(ValueError, match="matmul_precision"):
+        GaussianMixture(2, matmul_precision="fp8", device="cpu").fit(np.random.rand(20, 2))
+
+
+def test_per_component_factorization_equals_the_batched_one(monkeypatch):
+    # The loop a GPU takes at large D, forced on CPU tensors at a small D.
+    rng = np.random.RandomState(0)
+    A = torch.as_tensor(rng.randn(3, 40, 60))
+    cov = A @ A.transpose(1, 2) / 60 + 0.1 * torch.eye(40)
+    batched = gm.precision_cholesky(cov, "full")
+    monkeypatch.setattr(gm, "LOOP_FROM_N_FEATURES", 8)
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: calls.append(m.shape) or real(m))
+    with force_cuda_paths():
+        looped = gm.precision_cholesky(cov, "full")
+        back = gm.covariances_from_precision_cholesky(looped, "full")
+    assert calls == [(1, 40, 40)] * 3
+    torch.testing.assert_close(looped, batched)
+    torch.testing.assert_close(back, cov)
+
+
+def test_tiles_are_sized_by_their_total_memory():
+    # Full covariance: a row costs K*D in the working dtype and K*D in float64 for the statistics.
+    assert gm.tile_bytes_per_row("full", 10, 6272, 4) == 10 * 6272 * 12 + 8 * 6272 + 160
+    est = GaussianMixture(10, covariance_type="full", device="cpu", memory_budget=512 << 20)
+    est._dtype, est._device = torch.float32, torch.device("cpu")
+    rows, per_row = est._chunk(48000, 6272, 10), gm.tile_bytes_per_row("full", 10, 6272, 4)
+    assert rows * per_row <= 512 << 20 < (rows + 1) * per_row
