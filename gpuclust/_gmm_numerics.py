@@ -271,7 +271,9 @@ def _ill_defined(component, dtype_hint):
 
 
 def _triangular_inverse(tri, upper):
-    eye = torch.eye(tri.shape[-1], dtype=tri.dtype, device=tri.device).expand_as(tri)
+    # A (D, D) right-hand side broadcast over the batch: an expanded (stride-0) batch of it
+    # sends the CPU down a path 30-1000 times slower.
+    eye = torch.eye(tri.shape[-1], dtype=tri.dtype, device=tri.device)
     return torch.linalg.solve_triangular(tri, eye, upper=upper)
 
 
