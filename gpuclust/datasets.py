@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
+import math
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,11 @@ _SPLIT_STEMS = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_UINT8 = 0x08
+# The largest file the loader reads, decompressed (train images: 47,040,016 bytes), and downloads.
+MAX_IDX_BYTES = 64 << 20
+MAX_DOWNLOAD_BYTES = 64 << 20
+# Seconds a download may stall (connect or between two reads) before it is abandoned.
+DOWNLOAD_TIMEOUT_SECONDS = 60
 
 
 def cache_dir() -> Path:
@@ -53,31 +62,111 @@ def cache_dir() -> Path:
 
 
 def search_dirs(data_dir=None) -> list[Path]:
-    """Where the loader looks, in order."""
-    dirs = []
+    """Where the loader looks, in order: only the given location when there is one.
+
+    An explicit ``data_dir`` (or, without it, ``$GPUCLUST_DATA``) is the only place looked in;
+    the user cache and Debian's copy are searched only when no location is given.
+    """
+    explicit = _explicit_location(data_dir)
+    if explicit is not None:
+        return [explicit[0]]
+    return [cache_dir(), DEBIAN_DIR]
+
+
+def _explicit_location(data_dir):
+    """(folder, how it was given) for an explicit location, or None."""
     if data_dir is not None:
-        dirs.append(Path(data_dir).expanduser())
+        return Path(data_dir).expanduser(), "data_dir"
     if os.environ.get("GPUCLUST_DATA"):
-        dirs.append(Path(os.environ["GPUCLUST_DATA"]).expanduser())
-    dirs += [cache_dir(), DEBIAN_DIR]
-    return dirs
-
-
-def _find_file(directory: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        path = directory / name
-        if path.is_file():
-            return path
+        return Path(os.environ["GPUCLUST_DATA"]).expanduser(), "$GPUCLUST_DATA"
     return None
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's IDX bytes, decompressed when it is gzip (told by its magic bytes, not its name)."""
+def _kind(path: Path) -> str:
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ValueError(f"{path}: cannot be read as an (optionally gzipped) IDX file: {exc}") from exc
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    """``stem``.gz or ``stem`` in ``directory``; ValueError when the name holds something other than a file."""
+    for name in (stem + ".gz", stem):
+        path = directory / name
+        if not os.path.lexists(path):
+            continue
+        kind = _kind(path)
+        if kind != "a regular file":
+            raise ValueError(f"{path}: is {kind}, not a Fashion-MNIST IDX file.")
+        return path
+    return None
+
+
+def _check_explicit_dir(directory: Path, given: str, stems) -> list[Path | None]:
+    """The split's files in an explicitly given folder; FileNotFoundError naming the folder otherwise."""
+    if not os.path.lexists(directory):
+        raise FileNotFoundError(f"{directory} (from {given}) does not exist; it is the only place looked in.")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} (from {given}) is {_kind(directory)}, not a directory.")
+    if not any(directory.iterdir()):
+        raise FileNotFoundError(f"{directory} (from {given}) is empty; put the Fashion-MNIST IDX files there.")
+    return [_find_file(directory, stem) for stem in stems]
+
+
+def _open_idx(path: Path):
+    """A binary stream of the file's IDX bytes: gunzipped on the fly when it is gzip (told by its magic bytes)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _read_exactly(fh, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        block = fh.read(min(left, 1 << 20))
+        if not block:
+            break
+        chunks.append(block)
+        left -= len(block)
+    return b"".join(chunks)
+
+
+def _read_bytes(path: Path, max_bytes: int = MAX_IDX_BYTES) -> bytes:
+    """The file's IDX bytes, streamed: the header, then at most the body it promises plus one byte.
+
+    Decompression stops there, so a small .gz that expands to far more is refused after reading
+    only what a valid file would hold (``parse_idx`` then reports it as too long).
+    """
+    try:
+        with _open_idx(path) as fh:
+            head = _read_exactly(fh, 4)
+            if len(head) < 4 or head[:2] != b"\x00\x00":
+                return head  # parse_idx names the problem
+            dims_raw = _read_exactly(fh, 4 * head[3])
+            raw = head + dims_raw
+            if len(dims_raw) < 4 * head[3]:
+                return raw
+            dims = [int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(head[3])]
+            expected = len(raw) + math.prod(dims)  # Python ints: a hostile header cannot overflow it
+            if expected > max_bytes:
+                raise ValueError(
+                    f"{path}: the header's dimensions {tuple(dims)} promise {expected} bytes, more than the "
+                    f"{max_bytes} a Fashion-MNIST file may hold."
+                )
+            return raw + _read_exactly(fh, expected - len(raw) + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: cannot be read as an (optionally gzipped) IDX file: {exc}") from None
 
 
 def parse_idx(raw: bytes, *, source: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
@@ -98,10 +187,11 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>", ndim: int | None = None) -
     if len(raw) < header:
         raise ValueError(f"{source}: truncated inside the header ({len(raw)} of {header} bytes).")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims_n))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "too long"
-        raise ValueError(f"{source}: {what}: {len(raw)} bytes, but the header's dimensions {dims} need {expected}.")
+    expected = header + math.prod(dims)
+    if len(raw) < expected:
+        raise ValueError(f"{source}: truncated: {len(raw)} bytes, but the header's dimensions {dims} need {expected}.")
+    if len(raw) > expected:
+        raise ValueError(f"{source}: too long: more than the {expected} bytes the header's dimensions {dims} need.")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -143,8 +233,10 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total, desc):
-    """A tqdm byte counter when tqdm is installed (the ``app`` extra), else nothing."""
+def _progress_bar(total, desc, enabled=True):
+    """A tqdm byte counter when ``enabled`` and tqdm is installed (the ``app`` extra), else nothing."""
+    if not enabled:
+        return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:
@@ -152,7 +244,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
-def _download_file(stem: str, target_dir: Path, base_url: str) -> Path:
+def _download_file(stem: str, target_dir: Path, base_url: str, progress: bool = True) -> Path:
     """Fetch ``stem``.gz into ``target_dir``, atomically, only after its checksum passes."""
     target_dir.mkdir(parents=True, exist_ok=True)
     url = base_url.rstrip("/") + "/" + stem + ".gz"
@@ -161,18 +253,24 @@ def _download_file(stem: str, target_dir: Path, base_url: str) -> Path:
     tmp = Path(tmp_name)
     try:
         logger.info("downloading %s", url)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with _progress_bar(total, stem) as bar:
+            received = 0
+            with _progress_bar(total, stem, progress) as bar:
                 for block in iter(lambda: resp.read(1 << 16), b""):
+                    received += len(block)
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise ValueError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes; not a Fashion-MNIST file.")
                     out.write(block)
                     bar.update(len(block))
         raw = _read_bytes(tmp)
         _check_sha256(raw, stem, url)
         os.replace(tmp, final)
         return final
-    except urllib.error.URLError as exc:
-        raise OSError(f"could not download {url}: {exc}") from exc
+    except TimeoutError as exc:
+        raise OSError(f"could not download {url}: no data for {DOWNLOAD_TIMEOUT_SECONDS} s ({exc})") from None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
+        raise OSError(f"could not download {url}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -189,7 +287,15 @@ def _not_found_message(split, dirs):
     )
 
 
-def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = False, *, verify: bool = True):
+def load_fashion_mnist(
+    split: str = "train",
+    data_dir=None,
+    download: bool = False,
+    *,
+    verify: bool = True,
+    progress: bool = True,
+    on_source=None,
+):
     """Load a Fashion-MNIST split as uint8 arrays.
 
     Parameters
@@ -197,14 +303,23 @@ def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = Fal
     split : {"train", "test"}
         60,000 training or 10,000 test images.
     data_dir : path-like, optional
-        Looked in first; then ``$GPUCLUST_DATA``, the user cache
-        (``~/.cache/gpuclust/fashion-mnist``) and Debian's
+        The folder holding the files. When given (or, without it, when
+        ``$GPUCLUST_DATA`` is set) it is the only place looked in: a folder that
+        does not exist, is empty, lacks a file or holds something other than a
+        file under a file's name is an error naming it, never a fall-back.
+        With no location given, the loader looks in the user cache
+        (``~/.cache/gpuclust/fashion-mnist``), then in Debian's
         ``/usr/share/datasets/fashion-mnist``.
     download : bool, default=False
-        When found nowhere, fetch the files into the user cache (checksummed,
-        atomically renamed into place). ``GPUCLUST_FASHION_MNIST_URL`` names a mirror.
+        Fetch missing files (checksummed, atomically renamed into place) into the
+        given location, or into the user cache when none is given.
+        ``GPUCLUST_FASHION_MNIST_URL`` names a mirror.
     verify : bool, default=True
         Check the sha256 of the decompressed files against the published ones.
+    progress : bool, default=True
+        Show a download progress bar (when tqdm is installed).
+    on_source : callable(Path), optional
+        Called with the folder the files were read from.
 
     Returns
     -------
@@ -215,26 +330,53 @@ def load_fashion_mnist(split: str = "train", data_dir=None, download: bool = Fal
     Raises
     ------
     ValueError
-        A file is malformed, corrupt or inconsistent; the message names it.
+        A file is malformed, corrupt, undecodable or inconsistent, or a file's name
+        holds a directory, FIFO or broken link; the message names it.
     FileNotFoundError
-        Not found anywhere and ``download`` is False; the message lists where
-        it looked and how to get the data.
+        The given location does not exist, is empty or lacks a file; or, with no
+        location given, the data is nowhere and ``download`` is False. The message
+        names where it looked and how to get the data.
+    OSError
+        A download failed or stalled; the message names the URL.
     """
     if split not in _SPLIT_STEMS:
         raise ValueError(f"split={split!r} is not one of 'train', 'test'.")
     stems = _SPLIT_STEMS[split]
-    dirs = search_dirs(data_dir)
-    for directory in dirs:
-        paths = [_find_file(directory, stem) for stem in stems]
+    explicit = _explicit_location(data_dir)
+    if explicit is not None:
+        directory, given = explicit
+        if download:
+            directory.mkdir(parents=True, exist_ok=True)
+            paths = [_find_file(directory, stem) for stem in stems]
+        else:
+            paths = _check_explicit_dir(directory, given, stems)
+        missing = [stem for stem, path in zip(stems, paths) if path is None]
+        if missing and not download:
+            raise FileNotFoundError(
+                f"{directory} (from {given}) has no {missing[0]}.gz or {missing[0]} (Fashion-MNIST {split} split); "
+                "it is the only place looked in."
+            )
+        candidates = [(directory, paths)]
+        target = directory
+    else:
+        candidates = [(d, [_find_file(d, stem) for stem in stems]) for d in search_dirs()]
+        target = cache_dir()
+    for directory, paths in candidates:
         if all(paths):
-            logger.info("loading Fashion-MNIST %s from %s", split, directory)
-            return _load_pair(paths[0], paths[1], stems, verify)
+            return _loaded(split, directory, paths, stems, verify, on_source)
     if not download:
-        raise FileNotFoundError(_not_found_message(split, dirs))
+        raise FileNotFoundError(_not_found_message(split, search_dirs(data_dir)))
     base_url = os.environ.get("GPUCLUST_FASHION_MNIST_URL", FASHION_MNIST_URL)
-    target = cache_dir()
-    paths = [_find_file(target, stem) or _download_file(stem, target, base_url) for stem in stems]
-    return _load_pair(paths[0], paths[1], stems, verify)
+    paths = [_find_file(target, stem) or _download_file(stem, target, base_url, progress) for stem in stems]
+    return _loaded(split, target, paths, stems, verify, on_source)
+
+
+def _loaded(split, directory, paths, stems, verify, on_source):
+    logger.info("loading Fashion-MNIST %s from %s", split, directory)
+    images, labels = _load_pair(paths[0], paths[1], stems, verify)
+    if on_source is not None:
+        on_source(directory)
+    return images, labels
 
 
 def train_validation_split(n_samples: int, validation_fraction: float = 0.2, seed: int = 0):

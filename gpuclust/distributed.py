@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -55,8 +56,52 @@ __all__ = [
 ]
 
 
-def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
+# How long start-up waits for every rank to join before giving up (init_from_env's default).
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 60
+
+
+def _int_env(name, lowest, highest=None):
+    text = os.environ[name]
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer.") from None
+    if value < lowest or (highest is not None and value > highest):
+        bound = f"between {lowest} and {highest}" if highest is not None else f"at least {lowest}"
+        raise ValueError(f"{name}={value} must be {bound}.")
+    return value
+
+
+def _environment():
+    """torchrun's variables, validated: (rank, world_size, local_rank, master_addr, master_port)."""
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ValueError(
+            f"--distributed needs torchrun's environment ({', '.join(missing)} not set); launch with "
+            "`torchrun --nproc-per-node=N -m gpuclust cluster --distributed ...`."
+        )
+    world_size = _int_env("WORLD_SIZE", 1)
+    rank = _int_env("RANK", 0)
+    if rank >= world_size:
+        raise ValueError(f"RANK={rank} must be less than WORLD_SIZE={world_size}.")
+    local_rank = _int_env("LOCAL_RANK", 0) if os.environ.get("LOCAL_RANK") else 0
+    port = _int_env("MASTER_PORT", 1, 65535)
+    addr = os.environ["MASTER_ADDR"]
+    try:
+        socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"MASTER_ADDR={addr!r} cannot be resolved ({exc}).") from None
+    return rank, world_size, local_rank, addr, port
+
+
+def init_from_env(
+    backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS, startup_timeout_seconds=DEFAULT_STARTUP_TIMEOUT_SECONDS
+):
     """Initialize the default process group from torchrun's environment variables.
+
+    The environment is validated first (every variable set, integers where integers are
+    due, ``0 <= RANK < WORLD_SIZE``, a resolvable ``MASTER_ADDR``), and the wait for the
+    other ranks is bounded.
 
     Parameters
     ----------
@@ -64,25 +109,49 @@ def init_from_env(backend=None, timeout_seconds=DEFAULT_TIMEOUT_SECONDS):
         Default: NCCL when CUDA is available, else gloo.
     timeout_seconds : float
         How long a collective waits for a missing peer before every rank raises.
+    startup_timeout_seconds : float
+        How long start-up waits for all ``WORLD_SIZE`` ranks to join.
 
     Returns
     -------
     device : torch.device
         ``cuda:LOCAL_RANK`` under NCCL, else the CPU.
+
+    Raises
+    ------
+    ValueError
+        The environment is missing, malformed or inconsistent; the message names the variable.
+    TimeoutError
+        The ranks did not all join within ``startup_timeout_seconds``.
     """
-    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise ValueError(
-            f"--distributed needs torchrun's environment ({', '.join(missing)} not set); launch with "
-            "`torchrun --nproc-per-node=N -m gpuclust cluster --distributed ...`."
-        )
+    if not startup_timeout_seconds > 0:
+        raise ValueError(f"startup_timeout_seconds={startup_timeout_seconds!r} must be positive.")
+    rank, world_size, local_rank, addr, port = _environment()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     device = torch.device("cpu")
     if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but {torch.cuda.device_count()} CUDA device(s) are visible.")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+        startup = datetime.timedelta(seconds=startup_timeout_seconds)
+        try:
+            # torch's own env:// rendezvous (it knows torchrun's agent store), with a bounded wait.
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=startup))
+        except (RuntimeError, OSError) as exc:  # DistStoreError is a RuntimeError
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise TimeoutError(
+                f"rank {rank}: the {world_size} ranks did not assemble at {addr}:{port} within "
+                f"{startup_timeout_seconds:g} s ({first})"
+            ) from None
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_seconds),
+        )
     logger.info("rank %d of %d on %s (%s)", dist.get_rank(), dist.get_world_size(), device, backend)
     return device
 

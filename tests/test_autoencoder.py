@@ -139,3 +139,117 @@ def test_bad_images(images, match):
 def test_bad_training_settings():
     with pytest.raises(ValueError, match="positive"):
         train_autoencoder(tiny_images(8), tiny_images(4), epochs=0, progress=False, device="cpu")
+
+
+# --- checkpoints: no code execution, structure validated, resume refuses changed settings -------
+
+
+class _RunsAShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _small_checkpoint(tmp_path, **kw):
+    images = tiny_images(40)
+    ckpt = tmp_path / "ae.pt"
+    args = dict(preset="dense10", epochs=1, batch_size=16, checkpoint=ckpt, progress=False, device="cpu", **kw)
+    train_autoencoder(images[:32], images[32:], **args)
+    return ckpt, images, args
+
+
+def test_checkpoint_holds_only_plain_data_and_loads_with_weights_only(tmp_path):
+    ckpt, _, _ = _small_checkpoint(tmp_path)
+    raw = torch.load(ckpt, weights_only=True)  # raises if anything but tensors and plain containers
+    assert set(raw) >= {"model", "optimizer", "history", "config", "best_state"}
+    assert raw["config"]["data"]["n_train"] == 32
+
+
+def test_checkpoint_with_pickled_callable_is_refused_without_running_it(tmp_path):
+    ckpt, _, _ = _small_checkpoint(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"]["extra"] = _RunsAShellCommand(marker)
+    torch.save(payload, ckpt)
+    with pytest.raises(ValueError, match="not a readable gpuclust checkpoint"):
+        load_checkpoint(ckpt)
+    assert not marker.exists()
+
+
+def _mutate(payload, path, value):
+    *parents, last = path
+    target = payload
+    for key in parents:
+        target = target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[last] = value
+
+
+@pytest.mark.parametrize(
+    "path,value,match",
+    [
+        (("format",), "something-else", "not a gpuclust autoencoder checkpoint"),
+        (("model",), KeyError, "lacks model"),
+        (("epoch",), "1", "'epoch' is a str"),
+        (("history",), [1.0], "'history' is a list"),
+        (("history", "val_loss"), KeyError, "history lacks val_loss"),
+        (("history", "surprise"), 1, "unknown field"),
+        (("config", "architecture"), KeyError, "config lacks architecture"),
+        (("config", "architecture", "channels"), [32, -1], "not positive integers"),
+        (("epoch",), 5, "epoch 5 but 1 training"),
+        (("model", "encoder.0.weight"), torch.zeros(3, 3), "do not fit its architecture"),
+        (("model", "decoder.extra"), torch.zeros(1), "do not fit its architecture"),
+        (("best_state",), {"w": [1, 2]}, "not a named tensor"),
+    ],
+)
+def test_checkpoint_with_wrong_structure_is_value_error_naming_it(tmp_path, path, value, match):
+    ckpt, _, _ = _small_checkpoint(tmp_path)
+    payload = torch.load(ckpt, weights_only=True)
+    _mutate(payload, path, value)
+    torch.save(payload, ckpt)
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"seed": 5}, "seed 0 in the checkpoint, 5 now"),
+        ({"batch_size": 8}, "batch_size 16 in the checkpoint, 8 now"),
+        ({"lr": 1e-2}, "lr 0.001 in the checkpoint, 0.01 now"),
+        ({"train_images": 31}, "data 32 training"),
+    ],
+)
+def test_resume_with_changed_settings_is_refused_naming_them(tmp_path, change, match):
+    ckpt, images, args = _small_checkpoint(tmp_path)
+    before = ckpt.read_bytes()
+    n_train = change.pop("train_images", 32)
+    args.update(change, epochs=2, resume=True)
+    with pytest.raises(ValueError, match=match):
+        train_autoencoder(images[:n_train], images[32:], **args)
+    assert ckpt.read_bytes() == before
+    _, history = train_autoencoder(images[:n_train], images[32:], allow_changed_settings=True, **args)
+    assert len(history.train_loss) == 2
+
+
+def test_forced_cuda_paths_train_with_bf16_channels_last_and_resume_bit_exact(tmp_path):
+    from gpuclust.device import force_cuda_paths
+
+    images = tiny_images(40)
+    kw = dict(preset="dense10", batch_size=16, progress=False, device="cpu", seed=1, patience=50)
+    with force_cuda_paths():
+        straight, h_straight = train_autoencoder(images[:32], images[32:], epochs=2, **kw)
+        ckpt = tmp_path / "ae.pt"
+        train_autoencoder(images[:32], images[32:], epochs=1, checkpoint=ckpt, **kw)
+        resumed, h_resumed = train_autoencoder(images[:32], images[32:], epochs=2, checkpoint=ckpt, resume=True, **kw)
+    plain, h_plain = train_autoencoder(images[:32], images[32:], epochs=2, **kw)
+    assert h_resumed.train_loss == h_straight.train_loss
+    assert h_plain.train_loss != h_straight.train_loss  # the forced path did run bf16 autocast
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

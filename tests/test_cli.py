@@ -185,10 +185,11 @@ def test_bad_file_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_missing_data_is_one_line_exit_2(no_data_anywhere, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "run", "--data-dir", str(tmp_path / "empty"), "--quiet")
+    code, _, err = run_cli(capsys, "run", "--out", str(tmp_path / "out"), "--quiet")
     assert code == 2
     (line,) = err.strip().splitlines()
     assert "Fashion-MNIST (train split) was not found" in line and "apt-get install dataset-fashion-mnist" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_console_script_exit_code_and_help():

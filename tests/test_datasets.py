@@ -3,6 +3,7 @@ import hashlib
 import http.server
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,73 @@ def test_search_order_data_dir_then_env_then_cache_then_debian(tmp_path, monkeyp
 
 def test_not_found_lists_places_and_remedies(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_fashion_mnist("train", data_dir=tmp_path / "nowhere")
+        load_fashion_mnist("train")
     msg = str(err.value)
-    assert str(tmp_path / "nowhere") in msg and "debian" in msg
+    assert str(ds.cache_dir()) in msg and "debian" in msg
     assert "download=True" in msg and "apt-get install dataset-fashion-mnist" in msg and "GPUCLUST_DATA" in msg
+
+
+def _fifo(path):
+    os.mkfifo(path)
+
+
+def _broken_link(path):
+    path.symlink_to(path.parent / "no-such-target")
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "is empty"),
+        (lambda d: d.write_text("x"), "not a directory"),
+        (lambda d: (write_split(d), (d / "train-labels-idx1-ubyte.gz").unlink()), "has no train-labels-idx1-ubyte"),
+        (
+            lambda d: (
+                write_split(d),
+                (d / "train-labels-idx1-ubyte.gz").unlink(),
+                (d / "train-labels-idx1-ubyte.gz").mkdir(),
+            ),
+            "is a directory",
+        ),  # fmt: skip
+        (
+            lambda d: (
+                write_split(d),
+                (d / "train-labels-idx1-ubyte.gz").unlink(),
+                _fifo(d / "train-labels-idx1-ubyte.gz"),
+            ),
+            "is a FIFO",
+        ),  # fmt: skip
+        (
+            lambda d: (
+                write_split(d),
+                (d / "train-labels-idx1-ubyte.gz").unlink(),
+                _broken_link(d / "train-labels-idx1-ubyte.gz"),
+            ),
+            "broken symbolic link",
+        ),  # fmt: skip
+    ],
+)
+def test_explicit_location_is_the_only_place_looked_in(tmp_path, monkeypatch, setup, match, via_env):
+    # Good data elsewhere, in the cache and Debian's folder: never used when a location is given.
+    write_split(ds.cache_dir())
+    write_split(tmp_path / "debian")
+    where = tmp_path / "given"
+    setup(where)
+    if via_env:
+        monkeypatch.setenv("GPUCLUST_DATA", str(where))
+    with pytest.raises((FileNotFoundError, ValueError), match=match) as err:
+        load_fashion_mnist("train", data_dir=None if via_env else where, verify=False)
+    assert str(where) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_data_dir_wins_over_env_and_reports_its_source(tmp_path, monkeypatch):
+    write_split(tmp_path / "arg", n=7)
+    monkeypatch.setenv("GPUCLUST_DATA", str(tmp_path / "missing"))
+    seen = []
+    images, _ = load_fashion_mnist("train", data_dir=tmp_path / "arg", verify=False, on_source=seen.append)
+    assert len(images) == 7 and seen == [tmp_path / "arg"]
 
 
 def test_bad_split():
@@ -199,3 +263,119 @@ def test_real_dataset_counts_and_checksums(split, n, monkeypatch):
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist, or set GPUCLUST_DATA)")
     assert images.shape == (n, 28, 28) and labels.shape == (n,)
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.full(10, n // 10))
+
+
+# --- bounded, undecodable, stalled -------------------------------------------------------------
+
+
+def _gzip_bomb(header_dims, body_mib):
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    chunk = bytes(1 << 20)
+    header = b"\x00\x00\x08" + bytes([len(header_dims)]) + b"".join(d.to_bytes(4, "big") for d in header_dims)
+    parts = [z.compress(header)] + [z.compress(chunk) for _ in range(body_mib)]
+    return b"".join(parts) + z.flush()
+
+
+def test_decompression_stops_at_the_size_the_header_promises(tmp_path):
+    import tracemalloc
+
+    _, _, paths = write_split(tmp_path / "d", n=3)
+    paths[0].write_bytes(_gzip_bomb((3, 28, 28), body_mib=200))  # ~200 KiB that expands to 200 MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="too long") as err:
+            load_fashion_mnist("train", data_dir=tmp_path / "d", verify=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "train-images" in str(err.value)
+    assert peak < 16 << 20, peak
+
+
+@pytest.mark.parametrize(
+    "dims,match", [((1_000_000, 28, 28), "promise 784000016 bytes"), ((2**31, 2**31, 2**31), "promise 99035203")]
+)
+def test_header_promising_more_than_a_fashion_mnist_file_is_refused_before_reading(tmp_path, dims, match):
+    _, _, paths = write_split(tmp_path / "d", n=3)
+    paths[0].write_bytes(_gzip_bomb(dims, body_mib=1))
+    with pytest.raises(ValueError, match=match):
+        load_fashion_mnist("train", data_dir=tmp_path / "d", verify=False)
+
+
+def test_corrupt_gzip_body_is_value_error_naming_the_file(tmp_path):
+    _, _, paths = write_split(tmp_path / "d", n=50)
+    good = paths[0].read_bytes()
+    paths[0].write_bytes(good[:10] + b"\xff" * 20 + good[30:])  # deflate block type 3: zlib.error
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: cannot be read"):
+        load_fashion_mnist("train", data_dir=tmp_path / "d", verify=False)
+
+
+@pytest.fixture
+def stalling_server():
+    """Sends headers and a few bytes, then nothing."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"\x1f\x8b" + bytes(100))
+        stop.wait(10)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/mirror"
+    stop.set()
+    listener.close()
+
+
+def test_stalled_download_names_the_url(stalling_server, monkeypatch):
+    monkeypatch.setattr(ds, "DOWNLOAD_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setenv("GPUCLUST_FASHION_MNIST_URL", stalling_server)
+    with pytest.raises(OSError, match=r"could not download http://127\.0\.0\.1:\d+/mirror/t10k-images") as err:
+        load_fashion_mnist("test", download=True)
+    assert "0.5 s" in str(err.value)
+    assert list(ds.cache_dir().iterdir()) == []
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_download_progress_bar_only_when_asked(local_server, monkeypatch, capfd, progress):
+    pytest.importorskip("tqdm")
+    root, url = local_server
+    images, labels, _ = write_split(root, split="test", n=12)
+    for stem, arr in zip(ds._SPLIT_STEMS["test"], (images, labels)):
+        monkeypatch.setitem(ds.FILES, stem, (hashlib.sha256(idx_bytes(arr)).hexdigest(), None))
+    monkeypatch.setenv("GPUCLUST_FASHION_MNIST_URL", url)
+    monkeypatch.setattr(ds, "_progress_bar", lambda total, desc, enabled=True: calls.append(enabled) or ds._NoBar())
+    calls = []
+    load_fashion_mnist("test", download=True, progress=progress)
+    assert calls == [progress, progress]
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_bar_helper_is_silent_when_disabled(capfd):
+    with ds._progress_bar(100, "x", enabled=False) as bar:
+        bar.update(100)
+    assert capfd.readouterr().err == ""
+
+
+def test_download_into_the_given_location(local_server, tmp_path, monkeypatch):
+    root, url = local_server
+    images, labels, _ = write_split(root, split="test", n=12)
+    for stem, arr in zip(ds._SPLIT_STEMS["test"], (images, labels)):
+        monkeypatch.setitem(ds.FILES, stem, (hashlib.sha256(idx_bytes(arr)).hexdigest(), None))
+    monkeypatch.setenv("GPUCLUST_FASHION_MNIST_URL", url)
+    seen = []
+    got, _ = load_fashion_mnist(
+        "test", data_dir=tmp_path / "mine", download=True, progress=False, on_source=seen.append
+    )
+    assert len(got) == 12 and seen == [tmp_path / "mine"]
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    assert not ds.cache_dir().exists()

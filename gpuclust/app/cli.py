@@ -7,8 +7,11 @@ and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -23,11 +26,46 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
+def _int_at_least(lowest):
+    """An argparse type: an integer >= ``lowest``, else a one-line error."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lowest:
+            what = {0: "a non-negative integer", 1: "a positive integer"}.get(lowest, f"an integer >= {lowest}")
+            raise argparse.ArgumentTypeError(f"{value} is not {what}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = _int_at_least(1)
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def _add_common(p, data=True):
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     if data:
-        p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX files (looked in first)")
+        p.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            help="folder with the Fashion-MNIST IDX files; when given (or $GPUCLUST_DATA is set) the only place "
+            "looked in, else the user cache, then /usr/share/datasets/fashion-mnist",
+        )
         p.add_argument("--download", action="store_true", help="download Fashion-MNIST into the user cache if missing")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines")
     p.add_argument("-v", "--verbose", action="store_true", help="log what gpuclust decides (device, backend, ...)")
@@ -64,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: the seed's protocol (default on a GPU); quick: fits in ~10 minutes on a 2-core CPU "
         "(default on a CPU)",
     )
-    run.add_argument("--epochs", type=int, help="maximum autoencoder epochs (profile default: full 200, quick 10)")
+    run.add_argument(
+        "--epochs", type=positive_int, help="maximum autoencoder epochs (profile default: full 200, quick 10)"
+    )
     run.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -82,9 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto", help="KMeans backend (default auto)"
     )
-    run.add_argument("--train-subset", type=int, metavar="N", help="train the autoencoder on N training images")
     run.add_argument(
-        "--limit", type=int, metavar="N", help="use only the first N training and N test images (a smoke run)"
+        "--train-subset", type=positive_int, metavar="N", help="train the autoencoder on N training images"
+    )
+    run.add_argument(
+        "--limit",
+        type=_int_at_least(50),
+        metavar="N",
+        help="use only the first N training and N test images (a smoke run; N >= 50)",
     )
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/run-DATE-TIME)")
     _add_common(run)
@@ -95,12 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a ConvAutoencoder on the 80:20 split of the training set.",
     )
     tr.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
-    tr.add_argument("--epochs", type=int, default=200)
-    tr.add_argument("--batch-size", type=int, default=480)
-    tr.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
-    tr.add_argument("--train-subset", type=int, metavar="N")
+    tr.add_argument("--epochs", type=positive_int, default=200)
+    tr.add_argument("--batch-size", type=positive_int, default=480)
+    tr.add_argument("--patience", type=positive_int, default=10, help="early-stopping patience in epochs")
+    tr.add_argument("--train-subset", type=positive_int, metavar="N")
     tr.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint path (written atomically)")
-    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint (refused if it was trained with another preset, seed, batch size or data)",
+    )
+    tr.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="with --resume: continue even though those settings differ from the checkpoint's",
+    )
     tr.add_argument("--features", metavar="FILE", help="also save test-set features (.npy or .pt)")
     _add_common(tr)
 
@@ -111,15 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(pixels, or --labels FILE) print the scores.",
     )
     cl.add_argument("--algorithm", choices=("kmeans", "gmm"), default="kmeans")
-    cl.add_argument("--n-clusters", type=int, default=10)
+    cl.add_argument("--n-clusters", type=positive_int, default=10)
     cl.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="diag")
     cl.add_argument("--features", metavar="FILE", help=".npy or .pt array of shape (n, d); default: training pixels")
     cl.add_argument("--labels", metavar="FILE", help=".npy labels for the features, to score the clustering")
     cl.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto")
-    cl.add_argument("--max-iter", type=int)
-    cl.add_argument("--save-labels", metavar="FILE", help="write the cluster labels (.npy)")
+    cl.add_argument("--max-iter", type=positive_int)
+    cl.add_argument("--save-labels", metavar="FILE", help="write the cluster labels (.npy or .pt)")
     cl.add_argument(
         "--distributed", action="store_true", help="fit data-parallel across torchrun processes (see README)"
+    )
+    cl.add_argument(
+        "--startup-timeout",
+        type=positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --distributed: how long to wait for every rank to join (default 60)",
     )
     _add_common(cl)
 
@@ -129,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit GaussianMixture for every K and covariance type; pick the lowest BIC.",
     )
     se.add_argument("--features", metavar="FILE", help=".npy or .pt features; default: PCA of the training pixels")
-    se.add_argument("--pca", type=int, default=30, help="PCA dimensions when using pixels (default 30)")
-    se.add_argument("--n-samples", type=int, default=10000, help="rows used for the sweep (default 10000)")
+    se.add_argument("--pca", type=positive_int, default=30, help="PCA dimensions when using pixels (default 30)")
+    se.add_argument("--n-samples", type=positive_int, default=10000, help="rows used for the sweep (default 10000)")
     se.add_argument("--k", default="2,4,6,8,10,12,15,20", metavar="LIST", help="comma-separated K values")
     se.add_argument("--covariance-types", type=_covariance_list, default=COVARIANCE_TYPES, metavar="LIST")
     se.add_argument("--criterion", choices=("bic", "aic"), default="bic")
@@ -145,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument("--grid", default="cpu-small", help="grid name from gpuclust.app.bench.GRIDS (default cpu-small)")
     be.add_argument("--out", metavar="DIR", default="benchmarks/results")
-    be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--repeats", type=positive_int, default=3)
     be.add_argument("--tag", help="label for the results file (default: the grid name)")
     _add_common(be)
     return parser
@@ -173,6 +234,9 @@ def _load_array(path):
     raise UsageError(f"{p}: unsupported file type {p.suffix!r} (use .npy or .pt)")
 
 
+ARRAY_SUFFIXES = (".npy", ".pt")
+
+
 def _save_array(path, array):
     import numpy as np
 
@@ -183,14 +247,66 @@ def _save_array(path, array):
         import torch
 
         atomic_write(p, lambda fh: torch.save(torch.as_tensor(array).cpu(), fh))
+    elif p.suffix == ".npy":
+        atomic_write(p, lambda fh: np.save(fh, np.asarray(array)))
     else:
-        atomic_write(p.with_suffix(".npy") if p.suffix != ".npy" else p, lambda fh: np.save(fh, np.asarray(array)))
+        raise UsageError(f"{p}: unsupported file type {p.suffix!r} (use .npy or .pt)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(".")
+
+
+def _check_can_create(path: Path, flag: str, want_dir: bool):
+    """UsageError unless ``path`` (a folder or a file) can be written: checked before any work, writing nothing."""
+    path = Path(path)
+    if os.path.lexists(path):
+        if want_dir and not path.is_dir():
+            raise UsageError(f"{flag} {path}: exists and is not a directory")
+        if not want_dir and path.is_dir():
+            raise UsageError(f"{flag} {path}: is a directory, not a file")
+        if not want_dir and not path.is_file():
+            raise UsageError(f"{flag} {path}: exists and is not a regular file")
+        folder = path if want_dir else path.parent
+    else:
+        existing = _nearest_existing(path.parent)
+        if not existing.is_dir():
+            raise UsageError(f"{flag} {path}: {existing} is not a directory")
+        folder = existing
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {folder} is not writable")
+
+
+def _check_array_file(path, flag):
+    if path is not None:
+        suffix = Path(path).suffix
+        if suffix not in ARRAY_SUFFIXES:
+            raise UsageError(f"{flag} {path}: unsupported file type {suffix!r} (use .npy or .pt)")
+        _check_can_create(Path(path), flag, want_dir=False)
+
+
+def _load_fashion(split, args, say):
+    """Fashion-MNIST as the flags say; tells where the files came from."""
+    from ..datasets import load_fashion_mnist
+
+    return load_fashion_mnist(
+        split,
+        args.data_dir,
+        args.download,
+        progress=not args.quiet,
+        on_source=lambda folder: say(f"Fashion-MNIST {split} split from {folder}"),
+    )
 
 
 def cmd_run(args, say):
     from .pipeline import RunConfig, default_run_dir, run_experiments
     from .report import results_table, write_run_folder
 
+    out = Path(args.out) if args.out else default_run_dir()
+    _check_can_create(out, "--out", want_dir=True)
     config = RunConfig(
         profile=args.profile,
         epochs=args.epochs,
@@ -205,7 +321,6 @@ def cmd_run(args, say):
         limit=args.limit,
         progress=not args.quiet,
     )
-    out = Path(args.out) if args.out else default_run_dir()
     run = run_experiments(config, on_progress=say)
     paths = write_run_folder(run, out)
     print(results_table(run["results"], run["seed_report"]))
@@ -216,12 +331,23 @@ def cmd_run(args, say):
 def cmd_train_ae(args, say):
     import numpy as np
 
-    from ..datasets import load_fashion_mnist, train_validation_split
-    from .training import encode, train_autoencoder
+    from ..datasets import train_validation_split
+    from .training import encode, load_checkpoint, train_autoencoder
 
-    images, _ = load_fashion_mnist("train", args.data_dir, args.download)
+    _check_can_create(Path(args.checkpoint), "--checkpoint", want_dir=False)
+    _check_array_file(args.features, "--features")
+    if args.allow_changed_settings and not args.resume:
+        raise UsageError("--allow-changed-settings only applies with --resume")
+    if args.resume:
+        if Path(args.checkpoint).is_file():
+            load_checkpoint(args.checkpoint)  # refuses a file that is not a sound checkpoint before any work
+        else:
+            say(f"--resume: no checkpoint at {args.checkpoint} yet; training from the start")
+    images, _ = _load_fashion("train", args, say)
     train_idx, val_idx = train_validation_split(len(images), 0.2, seed=args.seed)
-    if args.train_subset:
+    if args.train_subset is not None:
+        if args.train_subset > len(train_idx):
+            raise UsageError(f"--train-subset {args.train_subset} is more than the {len(train_idx)} training images")
         train_idx = train_idx[: args.train_subset]
     say(f"training '{args.preset}' on {len(train_idx)} images, validating on {len(val_idx)}")
     model, history = train_autoencoder(
@@ -236,26 +362,47 @@ def cmd_train_ae(args, say):
         checkpoint=args.checkpoint,
         resume=args.resume,
         progress=not args.quiet,
+        allow_changed_settings=args.allow_changed_settings,
     )
     print(
         f"best epoch {history.best_epoch}: validation loss {min(history.val_loss):.5f}; "
         f"{np.median(history.images_per_second):.0f} images/s; checkpoint {args.checkpoint}"
     )
     if args.features:
-        test_images, _ = load_fashion_mnist("test", args.data_dir, args.download)
+        test_images, _ = _load_fashion("test", args, say)
         _save_array(args.features, encode(model, test_images).cpu())
         print(f"test-set features: {args.features}")
     return 0
 
 
-def cmd_cluster(args, say):
-    from ..datasets import flatten_pixels, load_fashion_mnist
+def _check_labels(y, n_samples, source):
+    """Labels for scoring: 1-d, integer, one per sample; checked before the fit."""
+    import numpy as np
+    import torch
 
+    y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y.ndim != 1:
+        raise UsageError(f"{source}: labels must be 1-d, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise UsageError(f"{source}: labels must be integers, got dtype {y.dtype}")
+    if len(y) != n_samples:
+        raise UsageError(f"{source}: {len(y)} labels for {n_samples} samples")
+    return y
+
+
+def cmd_cluster(args, say):
+    from ..datasets import flatten_pixels
+
+    _check_array_file(args.save_labels, "--save-labels")
+    if args.labels and not args.features:
+        raise UsageError("--labels scores --features; without --features the pixels' own labels are used")
     if args.features:
         X = _load_array(args.features)
-        y = _load_array(args.labels) if args.labels else None
+        if getattr(X, "ndim", 0) != 2:
+            raise UsageError(f"{args.features}: features must be 2-d (n_samples, n_features), got shape {X.shape}")
+        y = _check_labels(_load_array(args.labels), X.shape[0], args.labels) if args.labels else None
     else:
-        images, y = load_fashion_mnist("train", args.data_dir, args.download)
+        images, y = _load_fashion("train", args, say)
         X = flatten_pixels(images)
     if args.distributed:
         return _cluster_distributed(args, X, y)
@@ -265,15 +412,41 @@ def cmd_cluster(args, say):
     return 0
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hold back what torch's C++ side writes to stderr (retry logs, stack frames) while the ranks assemble.
+
+    On success it is written out; on failure the caller's one-line error replaces it.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def _cluster_distributed(args, X, y):
     """Under torchrun: every rank loads X, fits on its block of rows; rank 0 reports."""
-    import os
-
     import torch.distributed as dist
 
     from ..distributed import DistributedFitError, fit_on_shards, init_from_env
 
-    device = init_from_env()
+    with _quiet_native_stderr():
+        device = init_from_env(startup_timeout_seconds=args.startup_timeout)
     est = make_cluster_estimator(args, device, distributed=True)
     try:
         labels = fit_on_shards(est, X)
@@ -293,7 +466,7 @@ def make_cluster_estimator(args, device, distributed=False):
         random_state=args.seed,
         device=device,
         distributed=distributed,
-        **({"max_iter": args.max_iter} if args.max_iter else {}),
+        **({"max_iter": args.max_iter} if args.max_iter is not None else {}),
     )
     if args.algorithm == "kmeans":
         from ..kmeans import KMeans
@@ -317,12 +490,13 @@ def report_clustering(args, labels, y, n_iter, where=""):
             print(f"  {name}: {value:.4f}")
     if args.save_labels:
         _save_array(args.save_labels, labels)
+        print(f"labels: {args.save_labels}")
 
 
 def cmd_select(args, say):
     import numpy as np
 
-    from .selection import run_selection
+    from .selection import run_selection, validate_features
 
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
@@ -330,15 +504,25 @@ def cmd_select(args, say):
         raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
     if not ks or min(ks) < 1:
         raise UsageError(f"--k must list positive integers, got {args.k!r}")
+    _check_can_create(Path(args.out), "--out", want_dir=True)
     if args.features:
-        X = np.asarray(_load_array(args.features), dtype=np.float64)[: args.n_samples]
+        X = _load_array(args.features)
+        X = X.cpu().numpy() if hasattr(X, "cpu") else X
+        try:
+            X = validate_features(X, source=args.features)[: args.n_samples]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     else:
         from sklearn.decomposition import PCA
 
-        from ..datasets import flatten_pixels, load_fashion_mnist
+        from ..datasets import flatten_pixels
 
-        images, _ = load_fashion_mnist("train", args.data_dir, args.download)
+        images, _ = _load_fashion("train", args, say)
         X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))
+    if max(ks) > X.shape[0]:
+        raise UsageError(f"--k {max(ks)} is more than the {X.shape[0]} samples")
+    say(f"sweeping {X.shape[0]} samples x {X.shape[1]} features")
+    X = np.asarray(X, dtype=np.float64)
     best, paths = run_selection(X, ks, args.covariance_types, args.out, criterion=args.criterion, seed=args.seed,
                                 device=args.device, say=say)  # fmt: skip
     print(
@@ -354,6 +538,7 @@ def cmd_bench(args, say):
 
     if args.grid not in GRIDS:
         raise UsageError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
+    _check_can_create(Path(args.out), "--out", want_dir=True)
     rows, path = run_named_grid(args.grid, args.out, tag=args.tag, repeats=args.repeats, seed=args.seed,
                                 device=args.device, say=say)  # fmt: skip
     ok = sum(r["status"] == "ok" for r in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import numbers
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,11 +64,17 @@ class RunConfig:
         bad = [c for c in (self.covariance_types or ()) if c not in COVARIANCE_TYPES]
         if bad:
             raise ValueError(f"unknown covariance type(s) {bad}; choose from {COVARIANCE_TYPES}.")
+        for name in ("epochs", "train_subset", "limit", "batch_size", "patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer (or None for the default).")
+        if self.limit is not None and self.limit < 50:
+            raise ValueError(f"limit={self.limit} is too small; use at least 50 images.")
         return RunConfig(
             **{
                 **asdict(self),
                 "profile": profile,
-                "epochs": self.epochs or defaults["epochs"],
+                "epochs": self.epochs if self.epochs is not None else defaults["epochs"],
                 "train_subset": self.train_subset if self.train_subset is not None else defaults["train_subset"],
                 "max_train_seconds": self.max_train_seconds
                 if self.max_train_seconds is not None
@@ -135,11 +142,18 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     say = on_progress or (lambda msg: logger.info(msg))
     device = resolve_device(config.device)
     cfg = config.resolved(device)
-    train_images, train_labels = load_fashion_mnist("train", cfg.data_dir, cfg.download)
-    test_images, test_labels = load_fashion_mnist("test", cfg.data_dir, cfg.download)
+    train_images, train_labels, test_images, test_labels = (
+        array
+        for split in ("train", "test")
+        for array in load_fashion_mnist(
+            split,
+            cfg.data_dir,
+            cfg.download,
+            progress=cfg.progress,
+            on_source=lambda folder, split=split: say(f"Fashion-MNIST {split} split from {folder}"),
+        )
+    )
     if cfg.limit is not None:
-        if cfg.limit < 50:
-            raise ValueError(f"limit={cfg.limit} is too small; use at least 50 images.")
         train_images, train_labels = train_images[: cfg.limit], train_labels[: cfg.limit]
         test_images, test_labels = test_images[: cfg.limit], test_labels[: cfg.limit]
     results, predictions = [], {}
@@ -158,6 +172,8 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     del X_train, X_test
 
     train_idx, val_idx = train_validation_split(len(train_images), 0.2, seed=cfg.seed)
+    if config.train_subset is not None and config.train_subset > len(train_idx):
+        raise ValueError(f"train_subset={config.train_subset} is more than the {len(train_idx)} training-split images.")
     fit_idx = (
         train_idx
         if cfg.train_subset is None

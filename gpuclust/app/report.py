@@ -67,10 +67,11 @@ def plot_confusion(y_true, y_pred, class_names, title, path):
 
 
 def plot_covariance_tradeoff(rows, path):
+    """Fit time and completeness per GMM covariance type; returns False (nothing written) without GMM rows."""
     plt = pyplot()
     gmm = [r for r in rows if r.get("covariance_type") and "skipped" not in r]
     if not gmm:
-        return
+        return False
     names = [r["covariance_type"] for r in gmm]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
     a.bar(names, [r["fit_seconds"] for r in gmm], color="tab:orange")
@@ -83,6 +84,7 @@ def plot_covariance_tradeoff(rows, path):
     for ax in (a, b):
         ax.set_xlabel("covariance type")
     save_png(fig, path)
+    return True
 
 
 def _fmt(x, digits=4):
@@ -129,7 +131,8 @@ def write_run_folder(run: dict, out_dir) -> dict:
     )
     atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
     plot_loss_curve(run["training"], paths["loss_curve"])
-    plot_covariance_tradeoff(run["results"], paths["covariance_types"])
+    if not plot_covariance_tradeoff(run["results"], paths["covariance_types"]):
+        del paths["covariance_types"]
     for task, pred in predictions.items():
         paths[f"confusion_{task}"] = out / f"confusion_{task}.png"
         score = next(r["completeness"] for r in run["results"] if r["task"] == task)
@@ -141,7 +144,20 @@ def write_run_folder(run: dict, out_dir) -> dict:
             paths[f"confusion_{task}"],
         )
     atomic_write_text(paths["report"], render_report(run, paths))
+    _remove_stale_plots(out, paths)
     return paths
+
+
+# The plots a run writes; any of these in the folder that this run did not write are a previous run's.
+RUN_PLOTS = ("loss_curve.png", "covariance_types.png", "confusion_*.png")
+
+
+def _remove_stale_plots(out: Path, paths: dict):
+    written = {Path(p).name for p in paths.values()}
+    for pattern in RUN_PLOTS:
+        for path in out.glob(pattern):
+            if path.name not in written and path.is_file():
+                path.unlink()
 
 
 def render_report(run: dict, paths: dict) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import numbers
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..device import resolve_device, synchronize
+from ..device import resolve_device, synchronize, uses_cuda_paths
 from ._atomic import atomic_write
 from .autoencoder import AutoencoderConfig, ConvAutoencoder, images_to_tensor
 
@@ -40,7 +42,8 @@ def _epoch_order(n, seed, epoch, device):
 
 
 def _autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    # bf16 autocast on the CUDA path; under force_cuda_paths() the CPU's own autocast runs it.
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_cuda_paths(device) else nullcontext()
 
 
 def _evaluate(model, data, batch_size, device, loss_fn):
@@ -55,7 +58,7 @@ def _evaluate(model, data, batch_size, device, loss_fn):
 
 def _save_checkpoint(path, model, optimizer, epoch, history, config, best_state, patience_left):
     payload = {
-        "format": "gpuclust-autoencoder-1",
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
@@ -67,27 +70,149 @@ def _save_checkpoint(path, model, optimizer, epoch, history, config, best_state,
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
+CHECKPOINT_FORMAT = "gpuclust-autoencoder-1"
+
+# What a checkpoint holds: tensors and plain containers only, so it loads with weights_only=True.
+_CHECKPOINT_FIELDS = {
+    "format": str,
+    "model": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "history": dict,
+    "config": dict,
+    "best_state": (dict, type(None)),
+    "patience_left": int,
+}
+_HISTORY_FIELDS = {
+    "train_loss": list,
+    "val_loss": list,
+    "images_per_second": list,
+    "best_epoch": int,
+    "stopped_early": bool,
+}
+# Settings a resumed run must share with the checkpoint (the architecture always).
+RESUME_SETTINGS = ("preset", "seed", "batch_size", "lr", "data")
+
+
+def _type_names(types):
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_fields(obj, fields, where):
+    missing = [k for k in fields if k not in obj]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}.")
+    for key, types in fields.items():
+        value = obj[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            raise ValueError(f"{where}: {key!r} is a {type(value).__name__}, expected {_type_names(types)}.")
+
+
+def _check_state_dict(state, where):
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{where}: entry {bad[0]!r} is not a named tensor.")
+
+
+def _validate_checkpoint(ckpt, path):
+    """Raise ValueError naming what is wrong with the structure of a loaded checkpoint."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a gpuclust autoencoder checkpoint (no format {CHECKPOINT_FORMAT!r}).")
+    _check_fields(ckpt, _CHECKPOINT_FIELDS, f"checkpoint {path}")
+    _check_fields(ckpt["history"], _HISTORY_FIELDS, f"checkpoint {path}: history")
+    extra = sorted(set(ckpt["history"]) - set(_HISTORY_FIELDS))
+    if extra:
+        raise ValueError(f"checkpoint {path}: history has unknown field(s) {', '.join(extra)}.")
+    _check_fields(ckpt["config"], {"preset": str, "architecture": dict}, f"checkpoint {path}: config")
+    arch = ckpt["config"]["architecture"]
+    _check_fields(arch, {"channels": list, "bottleneck": (int, type(None))}, f"checkpoint {path}: architecture")
+    if not arch["channels"] or not all(isinstance(c, int) and c > 0 for c in arch["channels"]):
+        raise ValueError(f"checkpoint {path}: architecture channels {arch['channels']} are not positive integers.")
+    epoch, history = ckpt["epoch"], ckpt["history"]
+    if epoch < 0 or not len(history["train_loss"]) == len(history["val_loss"]) == epoch:
+        raise ValueError(
+            f"checkpoint {path}: epoch {epoch} but {len(history['train_loss'])} training and "
+            f"{len(history['val_loss'])} validation losses."
+        )
+    _check_state_dict(ckpt["model"], f"checkpoint {path}: model")
+    if ckpt["best_state"] is not None:
+        _check_state_dict(ckpt["best_state"], f"checkpoint {path}: best_state")
+
+
+def _load_weights(model, state, path, what):
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(f"checkpoint {path}: {what} do not fit its architecture ({first})") from None
+
+
 def load_checkpoint(path, device="cpu"):
     """Read a checkpoint written by :func:`train_autoencoder` and rebuild its model.
+
+    Loaded with ``weights_only=True``: tensors and plain containers only, so a file
+    that carries pickled code is refused without running it.
 
     Returns
     -------
     model : ConvAutoencoder (best weights, eval mode)
     checkpoint : dict
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file is not a checkpoint, holds anything but tensors and plain data,
+        or its structure is wrong; the message names the problem.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
+    device = resolve_device(device)
     try:
-        ckpt = torch.load(path, map_location=resolve_device(device), weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable gpuclust checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "gpuclust-autoencoder-1":
-        raise ValueError(f"{path} is not a gpuclust autoencoder checkpoint.")
-    arch = ckpt["config"]["architecture"]
-    model = ConvAutoencoder(ckpt["config"]["preset"], AutoencoderConfig.from_dict(arch))
-    model.load_state_dict(ckpt["best_state"] or ckpt["model"])
-    return model.to(resolve_device(device)).eval(), ckpt
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(
+            f"{path} is not a readable gpuclust checkpoint (only tensors and plain data are loaded): {first}"
+        ) from None
+    _validate_checkpoint(ckpt, path)
+    try:
+        config = AutoencoderConfig.from_dict(ckpt["config"]["architecture"])
+        model = ConvAutoencoder(ckpt["config"]["preset"], config)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"checkpoint {path}: its architecture cannot be built ({exc})") from None
+    _load_weights(model, ckpt["model"], path, "the model weights")
+    if ckpt["best_state"] is not None:
+        _load_weights(model, ckpt["best_state"], path, "the best-epoch weights")
+    return model.to(device).eval(), ckpt
+
+
+def data_fingerprint(train, val) -> dict:
+    """Sizes and a sha256 of the training and validation tensors: what a resumed run must match."""
+    digest = hashlib.sha256()
+    for t in (train, val):
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return {"n_train": int(train.shape[0]), "n_val": int(val.shape[0]), "sha256": digest.hexdigest()}
+
+
+def _describe(key, value):
+    if key == "data" and isinstance(value, dict):
+        digest = str(value.get("sha256"))[:12]
+        return f"{value.get('n_train')} training / {value.get('n_val')} validation images (sha256 {digest})"
+    return repr(value)
+
+
+def resume_differences(saved: dict, config: dict) -> list[str]:
+    """The settings in :data:`RESUME_SETTINGS` where a checkpoint's config and this run's differ, described."""
+    return [
+        f"{key} {_describe(key, saved.get(key))} in the checkpoint, {_describe(key, config[key])} now"
+        for key in RESUME_SETTINGS
+        if key in saved and saved[key] != config[key]
+    ]
 
 
 def train_autoencoder(
@@ -105,6 +230,7 @@ def train_autoencoder(
     resume=False,
     progress=True,
     max_seconds=None,
+    allow_changed_settings=False,
 ):
     """Train with Adam on mean squared reconstruction error, with early stopping on validation loss.
 
@@ -124,10 +250,14 @@ def train_autoencoder(
         Saved atomically after every epoch (model, optimizer, epoch, losses, config).
     resume : bool
         Continue from ``checkpoint`` if it exists; the result equals an uninterrupted run.
+        Refused (ValueError naming the differences) when the checkpoint was trained with
+        another preset, seed, batch size, learning rate or data.
     progress : bool
         Show a progress bar with losses and images per second.
     max_seconds : float, optional
         Stop after the epoch during which this much training time has passed (CPU quick profiles).
+    allow_changed_settings : bool, default=False
+        Resume even when those settings differ (the run continues with the new ones).
 
     Returns
     -------
@@ -137,15 +267,18 @@ def train_autoencoder(
     """
     from tqdm.auto import tqdm
 
-    if epochs < 1 or batch_size < 1 or patience < 1:
-        raise ValueError("epochs, batch_size and patience must be positive integers.")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer.")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be a positive finite number.")
     device = resolve_device(device)
     train = images_to_tensor(train_images, device)
     val = images_to_tensor(val_images, device)
+    fingerprint = data_fingerprint(train, val)
     torch.manual_seed(seed)
     model = ConvAutoencoder(preset).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
+    if uses_cuda_paths(device):
         model = model.to(memory_format=torch.channels_last)
         train, val = (
             train.contiguous(memory_format=torch.channels_last),
@@ -164,6 +297,7 @@ def train_autoencoder(
         "seed": seed,
         "epochs": epochs,
         "loss": "mse",
+        "data": fingerprint,
     }
     history, start_epoch, best_state, patience_left = TrainingHistory(), 0, None, patience
     if resume and checkpoint is not None and Path(checkpoint).is_file():
@@ -173,8 +307,19 @@ def train_autoencoder(
                 f"checkpoint {checkpoint} is for architecture {ckpt['config']['architecture']} "
                 f"(preset {ckpt['config']['preset']!r}), not {config['architecture']} ({preset!r})."
             )
+        differs = resume_differences(ckpt["config"], config)
+        if differs and not allow_changed_settings:
+            raise ValueError(
+                f"cannot resume from {checkpoint}: {'; '.join(differs)} (start a new checkpoint, or allow "
+                "the change explicitly with allow_changed_settings=True / --allow-changed-settings)."
+            )
+        if differs:
+            logger.warning("resuming %s with changed settings: %s", checkpoint, "; ".join(differs))
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"checkpoint {checkpoint}: the optimizer state does not fit the model ({exc})") from None
         history = TrainingHistory(**ckpt["history"])
         start_epoch, best_state, patience_left = ckpt["epoch"], ckpt["best_state"], ckpt["patience_left"]
         logger.info("resumed from %s at epoch %d", checkpoint, start_epoch)
