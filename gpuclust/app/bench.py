@@ -6,19 +6,27 @@ clock read, several repeats, median and spread reported. Per-iteration time is
 differential, ``(T(1 + iters) - T(1)) / iters`` with ``tol=0``, so set-up, init and
 final passes cancel for every backend alike. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and the sampled resident set size on
-the CPU. Every row records quality (completeness, NMI, ARI; log-likelihood for
-GMM) and the environment. Results are JSON lines; tables and plots are made from
-them by :func:`summarize`.
+the CPU, both taken after the previous fit's estimator has been freed (and CUDA's
+cache emptied), so one fit's figure never includes another's. scikit-learn runs on
+the host's cores and its rows say device "cpu" in every grid. Every row records
+quality (completeness, NMI, ARI; log-likelihood for GMM) and the environment
+(versions, card, commit). Rows are appended to a JSON-lines file case by case and
+flushed, so a killed run keeps what it measured; tables and plots are made from
+the stored rows by :func:`summarize` (or :func:`summarize_file`).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import statistics
 import threading
 import time
+import traceback
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,7 +39,7 @@ from ..gaussian_mixture import COVARIANCE_TYPES
 from ._atomic import atomic_write_text
 from ._plots import pyplot, save_png
 from .costs import gmm_flops_per_iteration, kmeans_flops_per_iteration
-from .environment import environment
+from .environment import device_name, environment
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,10 @@ class Case:
     iters: int = 10
     kmeans_algorithm: str = "auto"
 
+    def __post_init__(self):
+        if self.backend == "sklearn" and self.device != "cpu":
+            raise ValueError(f"scikit-learn runs on the CPU: a sklearn case has device 'cpu', not {self.device!r}.")
+
     @property
     def label(self):
         if self.algorithm == "kmeans":
@@ -58,11 +70,16 @@ class Case:
         return f"{alg} {self.backend}/{self.device} {self.data} n={self.n} d={self.d} k={self.k} {self.dtype}"
 
 
+def _device_for(backend, device):
+    """scikit-learn always runs on the host's cores, whatever device the grid is for."""
+    return "cpu" if backend == "sklearn" else device
+
+
 def _kmeans_cases(
     backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",), sklearn_algorithms=("lloyd",)
 ):
     return [
-        Case("kmeans", b, device, data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
+        Case("kmeans", b, _device_for(b, device), data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
         for b in backends
         for a in (sklearn_algorithms if b == "sklearn" else algorithms)
     ]
@@ -81,7 +98,7 @@ def _gmm_cases(
     mode="per_iter",
 ):
     return [
-        Case("gmm", b, device, data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
+        Case("gmm", b, _device_for(b, device), data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
         for c in covs
         for b in backends
     ]
@@ -112,16 +129,37 @@ GRIDS = {
     ),
     # Issue 4's memory case: diag, N=1e6, D=32, K=256, float32.
     "cpu-memory": _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2),
-    # The GPU headline cases (benchmarks/gpu_check.sh), with scikit-learn on the host's cores as the peer.
+    # The GPU headline cases (benchmarks/gpu_check.sh), scikit-learn on the host's cores as the peer.
+    # Ordered cheap to expensive, so that a run stopped by its time limit has measured the most
+    # cases; the two full-covariance cases (D=6272, K=10 and N=1e6, K=1024) come last.
     "gpu": (
-        _kmeans_cases(("torch", "cuml"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
-        + _kmeans_cases(("sklearn",), "cpu", "pixels", 60000, 784, 10, iters=20)
-        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, iters=3)
-        + _gmm_cases(("sklearn",), "cpu", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
-        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical", "full"), iters=3)
+        _kmeans_cases(("torch", "cuml", "sklearn"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
         + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")
+        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical", "tied"), iters=3)
+        + _gmm_cases(("sklearn",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
+        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical"), iters=3)
+        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("full",), iters=3)
+        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("full",), iters=3)
     ),
 }
+
+
+def toy_case(case: Case) -> Case:
+    """The same case at toy size on the CPU (the GPU check's dry run): same data kind and code path.
+
+    The seed autoencoder's 6272-d latent becomes the dense10 preset's 10-d one trained for one
+    epoch; cuML cases keep their CUDA device (and so are skipped without a GPU).
+    """
+    data, d = case.data, case.d
+    if data.startswith("ae-"):
+        data, d = "ae-dense10-1", 10
+    elif data == "synthetic":
+        d = min(d, 8)
+    device = case.device if case.backend == "cuml" else "cpu"
+    return replace(case, device=device, data=data, n=min(case.n, 240), d=d, k=min(case.k, 4), iters=1)
+
+
+GRIDS["gpu-toy"] = [toy_case(c) for c in GRIDS["gpu"]]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -181,7 +219,7 @@ class _RssSampler:
     """Peak resident set size of this process while active (sampled every 2 ms from /proc)."""
 
     def __init__(self):
-        self.peak = 0
+        self.peak = self.start = 0
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -193,7 +231,7 @@ class _RssSampler:
             return 0
 
     def __enter__(self):
-        self.peak = self._rss()
+        self.peak = self.start = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -206,6 +244,24 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+class _Skipped(Exception):
+    """A case that cannot run here (no GPU for a CUDA case, cuML on the CPU): a skipped row."""
+
+
+# The last timed fit's estimator, weakly: a full garbage collection (a quarter second with torch
+# loaded) is needed only when reference counting alone did not free it.
+_last_estimator = None
+
+
+def _release(device: torch.device, collect: bool = False) -> None:
+    """Free what the previous fit left (call with no estimator alive) and restart the peak count."""
+    if collect or (_last_estimator is not None and _last_estimator() is not None):
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _initial_params(case, X, seed):
@@ -258,26 +314,43 @@ def _make_estimator(case, max_iter, init, tol):
     return GaussianMixture(case.k, device=case.device, **kw)
 
 
+def _fit_device(case) -> torch.device:
+    """Where the fit runs: scikit-learn on the CPU always, so its rows never get CUDA memory figures."""
+    return torch.device("cpu" if case.backend == "sklearn" else case.device)
+
+
 def _to_backend(case, X):
     if case.backend == "sklearn":
         return X.astype(case.dtype, copy=False)
-    return torch.as_tensor(X.astype(case.dtype, copy=False), device=case.device)
+    return torch.as_tensor(X.astype(case.dtype, copy=False), device=_fit_device(case))
 
 
-def _timed_fit(case, X, init, max_iter, tol):
-    device = torch.device(case.device)
+@dataclass
+class _Fit:
+    est: object
+    seconds: float
+    peak: int  # bytes: max_memory_allocated on CUDA, resident set size on the CPU
+    before: int  # bytes in use when the fit began (the data, the allocator's and torch's own)
+
+
+def _timed_fit(case, X, init, max_iter, tol) -> _Fit:
+    """One fit, timed; the caller holds no earlier estimator (it would count in this fit's peak)."""
+    device = _fit_device(case)
+    global _last_estimator
+    _release(device)
     est = _make_estimator(case, max_iter, init, tol)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _last_estimator = weakref.ref(est)
     synchronize(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     with warnings.catch_warnings(), _RssSampler() as rss:
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0 = time.perf_counter()
         est.fit(X)
         synchronize(device)
         seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
-    return est, seconds, int(peak)
+    if device.type == "cuda":
+        return _Fit(est, seconds, int(torch.cuda.max_memory_allocated(device)), int(before))
+    return _Fit(est, seconds, int(rss.peak), int(rss.start))
 
 
 def _quality(case, est, X, labels):
@@ -308,50 +381,72 @@ def work_per_iteration(case) -> dict:
     return {"bytes_per_iter": n * d * item, "flops_per_iter": flops}
 
 
-def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> dict:
-    """Measure one case; never raises for a backend that is missing or fails (the row says why)."""
-    row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
-    try:
-        if case.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("no CUDA GPU")
-        if case.backend == "cuml":
-            import importlib
+def _check_runnable(case):
+    if case.backend == "cuml":
+        if not case.device.startswith("cuda"):
+            raise _Skipped("cuML runs on CUDA only")
+        import importlib
 
-            importlib.import_module("cuml")
-        X_np, labels = make_data(case, seed)
-        X = _to_backend(case, X_np)
-        init = _initial_params(case, X_np, seed)
-        _timed_fit(case, X, init, 2, 0.0)  # warm-up: kernels, allocator, thread pools
+        importlib.import_module("cuml")
+    if case.device.startswith("cuda") and not torch.cuda.is_available():
+        raise _Skipped("no CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def _measure(case, repeats, seed):
+    X_np, labels = make_data(case, seed)
+    X = _to_backend(case, X_np)
+    init = _initial_params(case, X_np, seed)
+    _timed_fit(case, X, init, 2, 0.0)  # warm-up (kernels, allocator, thread pools); freed at once
+    times, peaks, befores = [], [], []
+    for _ in range(repeats):
+        fit = None  # the previous repeat's estimator must not count in this repeat's peak
         if case.mode == "per_iter":
-            times, peaks = [], []
-            for _ in range(repeats):
-                est_a, t_a, _ = _timed_fit(case, X, init, 1, 0.0)
-                est_b, t_b, peak = _timed_fit(case, X, init, 1 + case.iters, 0.0)
-                steps = max(1, est_b.n_iter_ - est_a.n_iter_)
-                times.append((t_b - t_a) / steps)
-                peaks.append(peak)
-            est = est_b
+            first = _timed_fit(case, X, init, 1, 0.0)
+            t_1, n_1 = first.seconds, first.est.n_iter_
+            del first
+            fit = _timed_fit(case, X, init, 1 + case.iters, 0.0)
+            times.append((fit.seconds - t_1) / max(1, fit.est.n_iter_ - n_1))
         else:
-            times, peaks = [], []
-            for _ in range(repeats):
-                est, t, peak = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
-                times.append(t)
-                peaks.append(peak)
-        row.update(
-            status="ok",
-            seconds_median=statistics.median(times),
-            seconds_min=min(times),
-            seconds_max=max(times),
-            repeats=repeats,
-            n_iter=int(est.n_iter_),
-            peak_memory_bytes=max(peaks),
-            **_quality(case, est, X, labels),
-        )
+            fit = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
+            times.append(fit.seconds)
+        peaks.append(fit.peak)
+        befores.append(fit.before)
+    return {
+        "status": "ok",
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "repeats": repeats,
+        "n_iter": int(fit.est.n_iter_),
+        "peak_memory_bytes": max(peaks),
+        "memory_before_fit_bytes": max(befores),
+        **_quality(case, fit.est, X, labels),
+    }
+
+
+def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> dict:
+    """Measure one case; never raises for a backend that is missing or fails (the row says why).
+
+    A missing backend (ImportError) or device is a "skipped" row; any other failure, CUDA out of
+    memory included, is an "error" row with the exception's message and the end of its traceback.
+    """
+    row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
+    t0 = time.perf_counter()
+    try:
+        _check_runnable(case)
+        row.update(_measure(case, repeats, seed))
+    except (_Skipped, ImportError) as exc:
+        row.update(status="skipped", reason=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         row.update(
-            status="skipped" if isinstance(exc, (ImportError, RuntimeError)) else "error",
+            status="error",
             reason=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:],
         )
+    finally:
+        if case.device.startswith("cuda") and torch.cuda.is_available():
+            _release(_fit_device(case), collect=True)  # what a failed case held must not burden the next one
+    row["wall_seconds"] = time.perf_counter() - t0
     return row
 
 
@@ -359,24 +454,51 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
 
 
 def read_jsonl(path) -> list:
+    """The rows of a JSON-lines file; a last line cut short (a killed writer) is left out."""
     p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
 
 
 def write_jsonl(path, rows):
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
-    """Run every case, rewriting ``<out>/<tag>.jsonl`` atomically after each; then summarize."""
+def append_jsonl(path, row) -> None:
+    """Append one row and push it to disk at once (flush and fsync): a killed run keeps it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None, fresh=True):
+    """Run every case, appending its row to ``<out>/<tag>.jsonl`` as it is measured; then summarize.
+
+    ``fresh=False`` keeps the rows already in the file (another run's, e.g. one cut short) and adds
+    this run's after them; the summary is made from all the file's rows.
+    """
     env = environment(resolve_device("auto"))
     path = Path(out_dir) / f"{tag}.jsonl"
+    if fresh:
+        path.unlink(missing_ok=True)
     rows = []
     for i, case in enumerate(cases, 1):
         say(f"[{i}/{len(cases)}] {case.label}")
         row = run_case(case, repeats=repeats, seed=seed, environment=env)
+        append_jsonl(path, row)
         rows.append(row)
-        write_jsonl(path, rows)
         if row["status"] == "ok":
             say(
                 f"    {1e3 * row['seconds_median']:.2f} ms{'/iter' if case.mode == 'per_iter' else ''}, "
@@ -384,8 +506,16 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
             )
         else:
             say(f"    {row['status']}: {row['reason']}")
-    summarize(rows, Path(out_dir) / f"{tag}.md", Path(out_dir) / tag)
+    summarize(read_jsonl(path) if not fresh else rows, Path(out_dir) / f"{tag}.md", Path(out_dir) / tag)
     return rows
+
+
+def summarize_file(jsonl_path) -> Path:
+    """Table and plots next to a stored JSON-lines file (``x.jsonl`` -> ``x.md``, ``x_*.png``)."""
+    path = Path(jsonl_path)
+    stem = path.with_suffix("")
+    summarize(read_jsonl(path), stem.with_suffix(".md"), stem)
+    return stem.with_suffix(".md")
 
 
 def _peer_key(row):
@@ -501,14 +631,30 @@ def _plot(rows, prefix):
     save_png(fig, f"{prefix}_pareto.png")
 
 
-def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None):
-    """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def default_tag(grid, cases) -> str:
+    """The results file's name: the grid's, with the card's on a GPU ("gpu" -> "gpu_nvidia_h200")."""
+    if any(c.device.startswith("cuda") and c.backend != "cuml" for c in cases) and torch.cuda.is_available():
+        return f"{grid}_{_slug(device_name(torch.device('cuda')))}"
+    return grid
+
+
+def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None, fresh=True):
+    """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path.
+
+    scikit-learn cases stay on the CPU and cuML cases on CUDA whatever ``device`` says. The
+    default ``tag`` is the grid's name, with the card's appended when the grid runs on a GPU.
+    """
     if grid not in GRIDS:
         raise ValueError(f"grid {grid!r} is not one of {sorted(GRIDS)}")
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
     cases = GRIDS[grid]
     if device != "auto":
-        cases = [replace(c, device=device) if c.backend != "sklearn" else c for c in cases]
-    tag = tag or grid
-    return run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say), Path(out_dir) / f"{tag}.jsonl"
+        cases = [replace(c, device=device) if c.backend not in ("sklearn", "cuml") else c for c in cases]
+    tag = tag or default_tag(grid, cases)
+    rows = run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say, fresh=fresh)
+    return rows, Path(out_dir) / f"{tag}.jsonl"
