@@ -1,0 +1,90 @@
+"""The GPU check's dry run: every step of benchmarks/gpu_check.sh at toy size on the CPU.
+
+GPU time is rare and short; this makes sure the script itself works before it gets any.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuclust.app.bench import GRIDS, read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+STEPS = ["env", "smoke", "tests", "bench", "summarize"]
+
+
+def _fashion_mnist_available():
+    from gpuclust.datasets import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("train")
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check_out")
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCLUST_COMMIT": "dryrun1"}
+    env.pop("GPUCLUST_GPU_RUN", None)
+    env.pop("GPUCLUST_GPU_CHECK_DRY_RUN", None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    return proc, out
+
+
+def test_dry_run_exits_0_and_every_step_ran(dry_run):
+    proc, out = dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == STEPS
+    assert all(s["rc"] == 0 and not s["timed_out"] and s["dry_run"] for s in steps)
+    assert "timeouts sum to" in proc.stdout
+    total = int(proc.stdout.split("timeouts sum to ")[1].split("s")[0])
+    assert total < 480  # the GPU check's 8 minutes, kill grace included
+    for name in STEPS:
+        assert (out / f"{name}.log").is_file()
+    assert len(list(out.iterdir())) < 20  # the device tool brings back a few files, not a tree
+
+
+def test_smoke_lines_cover_every_check_and_none_failed(dry_run):
+    _, out = dry_run
+    rows = read_jsonl(out / "smoke.jsonl")
+    by_name = {r["check"]: r for r in rows}
+    assert len(by_name) == len(rows)
+    bad = {n: (r["status"], r.get("reason")) for n, r in by_name.items() if r["status"] not in ("ok", "skipped")}
+    assert not bad
+    skipped = {n for n, r in by_name.items() if r["status"] == "skipped"}
+    # Only what needs CuPy on a GPU may be skipped in the dry run; everything else runs on CPU stand-ins.
+    assert skipped == {"cupy:kmeans", "cupy:gmm", "autoencoder:encode-to-cupy"}
+    assert sum(n.startswith("kmeans:") for n in by_name) == 2 * 3 * 2
+    assert sum(n.startswith("gmm:") for n in by_name) == 4 * 4 * 2
+    assert "metric:adjusted_rand_score" in by_name and "em-full:one-iteration" in by_name
+    assert by_name["torchrun:one-rank"]["backend"] == "gloo"
+    assert sum(n.startswith("cholesky:") for n in by_name) == 3 * 2
+    assert all("cholesky_batched_ms" in r for n, r in by_name.items() if n.startswith("cholesky:"))
+
+
+def test_tests_step_selects_the_cuda_tests(dry_run):
+    _, out = dry_run
+    log = (out / "tests.log").read_text()
+    assert "[cuda" in log and "collected" in log and "test_gpu_check" not in log
+
+
+def test_bench_rows_are_the_toy_grid_in_order(dry_run):
+    _, out = dry_run
+    rows = read_jsonl(out / "gpu-toy.jsonl")
+    assert [r["label"] for r in rows] == [c.label for c in GRIDS["gpu-toy"]]
+    assert all(r["environment"]["git_commit"] == "dryrun1" for r in rows)
+    for r in rows:
+        if r["backend"] == "cuml":
+            assert r["status"] == "skipped"
+        elif r["data"] == "synthetic" or _fashion_mnist_available():
+            assert r["status"] == "ok", r.get("reason")
+        assert r["device"] == ("cuda" if r["backend"] == "cuml" else "cpu")
+    assert (out / "gpu-toy.md").is_file() and (out / "gpu-toy_pareto.png").is_file()
