@@ -6,20 +6,26 @@
 # Independent steps, each under its own `timeout`; a failing or timed-out step does not stop
 # the next. Every step writes its full log and its results straight into $OUT as it goes
 # (JSON lines appended and fsynced row by row), so a killed call still returns what it measured.
+# The device tool brings back at most 8 files from $OUT, so the check writes at most 6:
+#   check.log          every step's full output, in order, with a header and an rc line per step
+#   steps.jsonl        one line per step: rc, seconds, timed out
+#   smoke.jsonl        one line per smoke check
+#   gpu_<card>.jsonl   the benchmark rows (gpu-toy.jsonl in the dry run), one per case
+#   gpu_<card>.md      the table made from them (plots are made back home from the rows)
+#   run_full_gpu.tgz   only with the optional run step
 #
 #   step       timeout  what
-#   env         10 s    nvidia-smi and versions                         -> env.log
+#   env         10 s    nvidia-smi and versions
 #   smoke      120 s    benchmarks/gpu_smoke.py: every estimator, dtype and init on CUDA
 #                       against the CPU, metrics, CuPy in/out, autoencoder train+resume+encode,
 #                       one-rank NCCL torchrun, one full EM iteration at D=6272, batched vs
-#                       looped Cholesky at D=1024/2048/6272               -> smoke.jsonl, smoke.log
-#   tests       75 s    the CUDA tests (-k "cuda or cupy or gpu"), no -x -> tests.log
-#   bench      245 s    GRIDS["gpu"], cheap to expensive, full covariance last
-#                                                          -> gpu_<card>.jsonl, bench.log
-#   summarize   15 s    table and plots from the stored rows  -> gpu_<card>.md, gpu_<card>_*.png
-#   total      465 s    (+2 s kill grace per step: under 480 s)
+#                       looped Cholesky at D=1024/2048/6272
+#   tests       75 s    the CUDA tests (-k "cuda or cupy or gpu"), no -x
+#   bench      245 s    GRIDS["gpu"], cheap to expensive, full covariance last, --repeats 2
+#   summarize   15 s    the table from the stored rows (also after a bench cut short)
+#   total      465 s    (+2 s kill grace per step: 475 s, under 480 s)
 #   run        240 s    optional (GPUCLUST_GPU_RUN=1 or --steps run): `gpuclust run --profile
-#                       full` -> run.log, run_full_gpu.tgz. Not in the 8 minutes: a call of its own.
+#                       full`. Not in the 8 minutes: give it a call of its own.
 #
 # --dry-run (or GPUCLUST_GPU_CHECK_DRY_RUN=1): every step at toy size on the CPU (the smoke
 # checks with the CUDA branches forced and gloo for NCCL, the tests collected only, the bench's
@@ -54,23 +60,23 @@ fi
 declare -A limit=([env]=10 [smoke]=120 [tests]=75 [bench]=245 [summarize]=15 [run]=240)
 failed=0
 
-# step NAME CMD...: run CMD under NAME's timeout, its output into $out/NAME.log; one line to steps.jsonl.
+# step NAME CMD...: run CMD under NAME's timeout, its output appended to check.log; a line to steps.jsonl.
 step() {
     local name=$1
     shift
-    local t=${limit[$name]} t0 t1 rc
-    echo "== $name (timeout ${t}s, dry run $dry): $*"
+    local t=${limit[$name]} t0 t1 rc seconds timed_out=false
+    printf '\n===== %s (timeout %ss, dry run %s): %s\n' "$name" "$t" "$dry" "$*" >>"$out/check.log"
+    echo "== $name (timeout ${t}s)"
     t0=$(date +%s.%N)
-    timeout -k 2 "$t" "$@" >"$out/$name.log" 2>&1
+    timeout -k 2 "$t" "$@" >>"$out/check.log" 2>&1
     rc=$?
     t1=$(date +%s.%N)
-    local seconds
     seconds=$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}")
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then timed_out=true; fi
+    printf '===== %s: rc=%s in %ss (timed out: %s)\n' "$name" "$rc" "$seconds" "$timed_out" >>"$out/check.log"
     printf '{"step": "%s", "rc": %d, "timed_out": %s, "seconds": %s, "timeout_s": %d, "dry_run": %s}\n' \
-        "$name" "$rc" "$([ $rc = 124 ] || [ $rc = 137 ] && echo true || echo false)" "$seconds" "$t" \
-        "$([ "$dry" = 1 ] && echo true || echo false)" >>"$out/steps.jsonl"
-    echo "   rc=$rc in ${seconds}s; last lines of $name.log:"
-    tail -n 3 "$out/$name.log" | sed 's/^/   | /'
+        "$name" "$rc" "$timed_out" "$seconds" "$t" "$([ "$dry" = 1 ] && echo true || echo false)" >>"$out/steps.jsonl"
+    echo "   rc=$rc in ${seconds}s (timed out: $timed_out)"
     [ "$rc" = 0 ] || failed=$((failed + 1))
 }
 
@@ -110,7 +116,9 @@ import sys
 from pathlib import Path
 from gpuclust.app.bench import summarize_file
 for path in sorted(Path(sys.argv[1]).glob('gpu*.jsonl')):
-    print(summarize_file(path))
+    print(summarize_file(path, plots=False))
+    for png in Path(sys.argv[1]).glob(path.stem + '_*.png'):
+        png.unlink()  # made again from the rows back home: the device tool brings back 8 files at most
 " "$out"
 }
 
@@ -146,5 +154,6 @@ for name in ${steps//,/ }; do
     esac
 done
 ls -l "$out"
+grep -h '"status": "\(error\|mismatch\)"' "$out"/smoke.jsonl 2>/dev/null | cut -c1-300 | head -n 40
 echo "gpu_check: $failed step(s) failed"
 [ "$failed" = 0 ]

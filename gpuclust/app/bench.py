@@ -510,11 +510,11 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None, fresh=T
     return rows
 
 
-def summarize_file(jsonl_path) -> Path:
+def summarize_file(jsonl_path, plots=True) -> Path:
     """Table and plots next to a stored JSON-lines file (``x.jsonl`` -> ``x.md``, ``x_*.png``)."""
     path = Path(jsonl_path)
     stem = path.with_suffix("")
-    summarize(read_jsonl(path), stem.with_suffix(".md"), stem)
+    summarize(read_jsonl(path), stem.with_suffix(".md"), stem if plots else None)
     return stem.with_suffix(".md")
 
 
@@ -532,7 +532,7 @@ def _peer_key(row):
 
 
 def summarize(rows, markdown_path, plot_prefix):
-    """Markdown table with ratios to scikit-learn from the same run, and the plots."""
+    """Markdown table with ratios to scikit-learn from the same run, and the plots (unless ``plot_prefix`` is None)."""
     ok = [r for r in rows if r["status"] == "ok"]
     # The peer is scikit-learn's default algorithm (lloyd for KMeans), measured in the same run.
     sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn" and r["kmeans_algorithm"] in ("auto", "lloyd")}
@@ -569,7 +569,7 @@ def summarize(rows, markdown_path, plot_prefix):
             f"{r['nmi']:.3f} | {r['ari']:.3f} |"
         )
     atomic_write_text(markdown_path, "\n".join(lines) + "\n")
-    if ok:
+    if ok and plot_prefix is not None:
         _plot(ok, plot_prefix)
 
 
