@@ -164,3 +164,24 @@ def test_rows_carry_the_commit_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GPUCLUST_COMMIT", "abc1234")
     rows = run_grid(GRIDS["cpu-small"][:1], tmp_path, "c", repeats=1)
     assert rows[0]["environment"]["git_commit"] == "abc1234"
+
+
+def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
+    """The GPU check stages the dataset in .data/ and points GPUCLUST_DATA at it; the bench must read it."""
+    import numpy as np
+
+    import gpuclust.datasets
+
+    seen = []
+
+    def fake_loader(split, data_dir=None, download=False):
+        seen.append(data_dir)
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50)
+
+    monkeypatch.setattr(gpuclust.datasets, "load_fashion_mnist", fake_loader)
+    monkeypatch.setenv("GPUCLUST_DATA", str(tmp_path))
+    bench._DATA_CACHE.clear()
+    X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))
+    bench._DATA_CACHE.clear()
+    assert seen == [str(tmp_path)] and X.shape == (40, 784) and len(y) == 40
