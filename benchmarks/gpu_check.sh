@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
 done
 
 py="${PYTHON:-python3}"
-out="${OUT:-benchmarks/results/gpu_check}"
+out="${OUT:-runs/gpu_check}"  # runs/ is git-ignored
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 export GPUCLUST_DATA="${GPUCLUST_DATA:-$PWD/.data/fashion-mnist}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

@@ -516,6 +516,9 @@ def main(argv=None):
             continue
         if time.perf_counter() - began > args.budget:
             row = {"check": name, "status": "skipped", "reason": f"the smoke step's budget of {args.budget:.0f} s"}
+        elif not dry and not torch.cuda.is_available() and name != "environment":
+            # Not the dry run: comparing the CPU with itself would pass for nothing.
+            row = {"check": name, "status": "skipped", "reason": "no CUDA GPU (use --dry-run for the CPU stand-ins)"}
         else:
             row = run_check(name, fn)
         append_line(out, row)

@@ -91,3 +91,18 @@ def test_bench_rows_are_the_toy_grid_in_order(dry_run):
             assert r["status"] == "ok", r.get("reason")
         assert r["device"] == ("cuda" if r["backend"] == "cuml" else "cpu")
     assert "vs scikit-learn" in (out / "gpu-toy.md").read_text()
+
+
+def test_a_failing_step_does_not_stop_the_next(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": "false"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--steps", "smoke,tests,summarize"], capture_output=True,
+                          text=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "3 step(s) failed" in proc.stdout
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["smoke", "tests", "summarize"] and all(s["rc"] != 0 for s in steps)
+
+
+def test_unknown_step_is_refused(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), "--steps", "nope"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(tmp_path)}, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "unknown step nope" in proc.stderr
