@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import statistics
@@ -45,7 +46,7 @@ from .environment import device_name, environment
 @dataclass(frozen=True)
 class Case:
     algorithm: str  # "kmeans" or "gmm"
-    backend: str  # "torch", "sklearn", "cuml"
+    backend: str  # "torch", "sklearn", "cuml", or a peer: "faiss", "faiss-all-rows", "fast-pytorch-kmeans", "torchgmm"
     device: str  # "cpu" or "cuda"
     data: str  # "synthetic", "pixels", "pca-<d>", "ae-<preset>-<epochs>"
     n: int
@@ -58,8 +59,8 @@ class Case:
     kmeans_algorithm: str = "auto"
 
     def __post_init__(self):
-        if self.backend == "sklearn" and self.device != "cpu":
-            raise ValueError(f"scikit-learn runs on the CPU: a sklearn case has device 'cpu', not {self.device!r}.")
+        if self.backend in CPU_ONLY_BACKENDS and self.device != "cpu":
+            raise ValueError(f"{self.backend} runs on the CPU: its cases have device 'cpu', not {self.device!r}.")
 
     @property
     def label(self):
@@ -70,9 +71,13 @@ class Case:
         return f"{alg} {self.backend}/{self.device} {self.data} n={self.n} d={self.d} k={self.k} {self.dtype}"
 
 
+# Backends that run on the host's cores whatever device the grid is for (faiss: the faiss-cpu wheel).
+CPU_ONLY_BACKENDS = ("sklearn", "faiss", "faiss-all-rows")
+
+
 def _device_for(backend, device):
-    """scikit-learn always runs on the host's cores, whatever device the grid is for."""
-    return "cpu" if backend == "sklearn" else device
+    """scikit-learn and faiss-cpu always run on the host's cores, whatever device the grid is for."""
+    return "cpu" if backend in CPU_ONLY_BACKENDS else device
 
 
 def _kmeans_cases(
@@ -103,6 +108,8 @@ def _gmm_cases(
         for b in backends
     ]
 
+
+PEER_KMEANS = ("faiss", "faiss-all-rows", "fast-pytorch-kmeans")
 
 GRIDS = {
     # Seconds: what the tests run.
@@ -140,6 +147,28 @@ GRIDS = {
         + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical"), iters=3)
         + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("full",), iters=3)
         + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("full",), iters=3)
+    ),
+    # What users could pick instead (issue 16; the `peers` extra), same data and centres where
+    # they accept them. Seconds: what the tests run.
+    "peers-small": (
+        _kmeans_cases(PEER_KMEANS + ("sklearn",), "cpu", "synthetic", 2000, 8, 5, iters=5)
+        + _gmm_cases(("torchgmm", "sklearn"), "cpu", "synthetic", 2000, 8, 5, covs=("diag", "tied"), iters=3)
+    ),
+    "peers": (
+        _kmeans_cases(
+            PEER_KMEANS + ("torch", "sklearn"),
+            "cpu",
+            "pixels",
+            60000,
+            784,
+            10,
+            iters=20,
+            sklearn_algorithms=("lloyd", "elkan"),
+        )  # fmt: skip
+        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, iters=20)
+        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, iters=5)
+        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "pca-50", 60000, 50, 10)
+        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2)
     ),
 }
 
@@ -281,6 +310,8 @@ def _initial_params(case, X, seed):
 
 
 def _make_estimator(case, max_iter, init, tol):
+    if case.backend in PEERS:
+        return PEERS[case.backend](case, max_iter, init, tol)
     if case.algorithm == "kmeans":
         if case.backend == "sklearn":
             from sklearn.cluster import KMeans as SkKMeans
@@ -316,11 +347,11 @@ def _make_estimator(case, max_iter, init, tol):
 
 def _fit_device(case) -> torch.device:
     """Where the fit runs: scikit-learn on the CPU always, so its rows never get CUDA memory figures."""
-    return torch.device("cpu" if case.backend == "sklearn" else case.device)
+    return torch.device("cpu" if case.backend in CPU_ONLY_BACKENDS else case.device)
 
 
 def _to_backend(case, X):
-    if case.backend == "sklearn":
+    if case.backend in CPU_ONLY_BACKENDS:
         return X.astype(case.dtype, copy=False)
     return torch.as_tensor(X.astype(case.dtype, copy=False), device=_fit_device(case))
 
@@ -382,6 +413,8 @@ def work_per_iteration(case) -> dict:
 
 
 def _check_runnable(case):
+    if case.backend in PEERS:
+        _check_peer(case)
     if case.backend == "cuml":
         if not case.device.startswith("cuda"):
             raise _Skipped("cuML runs on CUDA only")
@@ -431,11 +464,14 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
     memory included, is an "error" row with the exception's message and the end of its traceback.
     """
     row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
+    row["init"] = _INIT_NOTES.get(case.backend, "shared")  # the start every backend is given, or what differs
     t0 = time.perf_counter()
     try:
         _check_runnable(case)
         row.update(_measure(case, repeats, seed))
-    except (_Skipped, ImportError) as exc:
+    except _Skipped as exc:
+        row.update(status="skipped", reason=str(exc))
+    except ImportError as exc:
         row.update(status="skipped", reason=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         row.update(
@@ -448,6 +484,153 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
             _release(_fit_device(case), collect=True)  # what a failed case held must not burden the next one
     row["wall_seconds"] = time.perf_counter() - t0
     return row
+
+
+# ------------------------------------------------------------------------------------------ peers
+# What a user could install instead (the optional extra ``peers``). Each adapter gives the
+# harness scikit-learn's surface: fit, predict, n_iter_, and inertia_ or score (mean
+# log-likelihood). A peer that is not installed, or lacks what a case asks for, is a skipped row.
+
+_PEER_MODULES = {
+    "faiss": "faiss",
+    "faiss-all-rows": "faiss",
+    "fast-pytorch-kmeans": "fast_pytorch_kmeans",
+    "torchgmm": "torchgmm",
+}
+_INIT_NOTES = {"torchgmm": "shared means; torchgmm's own weights and covariances"}
+_PEER_ALGORITHMS = {"faiss": "kmeans", "faiss-all-rows": "kmeans", "fast-pytorch-kmeans": "kmeans", "torchgmm": "gmm"}
+
+
+def _check_peer(case):
+    import importlib
+
+    if _PEER_ALGORITHMS[case.backend] != case.algorithm:
+        raise _Skipped(f"{case.backend} has no {case.algorithm}")
+    if case.backend == "torchgmm" and case.covariance_type == "tied":
+        raise _Skipped("torchgmm has no 'tied' covariance (full, diag and spherical only)")
+    try:
+        importlib.import_module(_PEER_MODULES[case.backend])
+    except ImportError as exc:
+        raise _Skipped(f"{case.backend} is not installed ({exc}); pip install 'gpuclust[peers]'") from exc
+
+
+class _FaissKMeans:
+    """``faiss.Kmeans`` on the CPU from the shared centres. faiss runs exactly ``niter`` iterations.
+
+    By default faiss trains on at most 256 rows per centroid (a sample); ``all_rows`` lifts the
+    cap so that it sees every row like the others ("faiss-all-rows").
+    """
+
+    def __init__(self, case, max_iter, init, tol, all_rows=False):
+        self.k, self.max_iter, self.init, self.all_rows = case.k, max_iter, init["init"], all_rows
+
+    def fit(self, X):
+        import faiss
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        kw = {"niter": self.max_iter, "seed": 0, "verbose": False}
+        if self.all_rows:
+            kw["max_points_per_centroid"] = len(X)
+        self._km = faiss.Kmeans(X.shape[1], self.k, **kw)
+        self._km.train(X, init_centroids=np.ascontiguousarray(self.init, dtype=np.float32))
+        self.n_iter_ = self.max_iter
+        self.cluster_centers_ = self._km.centroids
+        self._X = X
+        return self
+
+    def predict(self, X):
+        return self._km.index.search(np.ascontiguousarray(X, dtype=np.float32), 1)[1][:, 0]
+
+    @property
+    def inertia_(self):
+        return float(self._km.index.search(self._X, 1)[0].sum())
+
+
+class _FastPytorchKMeans:
+    """fast-pytorch-kmeans (torch, CPU or CUDA) from the shared centres.
+
+    It keeps no iteration count: ``n_iter_`` is ``max_iter`` (it stops earlier only when the
+    centres stop moving exactly).
+    """
+
+    def __init__(self, case, max_iter, init, tol):
+        self.k, self.max_iter, self.tol, self.init = case.k, max_iter, tol, init["init"]
+
+    def fit(self, X):
+        from fast_pytorch_kmeans import KMeans as FastKMeans
+
+        self._km = FastKMeans(self.k, max_iter=self.max_iter, tol=self.tol, verbose=0, mode="euclidean")
+        start = torch.as_tensor(self.init, dtype=X.dtype, device=X.device)
+        self._labels = self._km.fit_predict(X, centroids=start)
+        self.n_iter_ = self.max_iter
+        self.cluster_centers_ = self._km.centroids
+        self._X = X
+        return self
+
+    def predict(self, X):
+        return self._km.predict(X)
+
+    @property
+    def inertia_(self):
+        c = self._km.centroids
+        return float(((self._X - c[self._labels]) ** 2).sum())
+
+
+class _TorchGMM:
+    """torchgmm's GaussianMixture (torch and Lightning, CPU or CUDA) from the shared means.
+
+    It takes initial means only (not weights or precisions): its own start otherwise, marked
+    in the row's ``init`` field. ``score`` is its mean negative log-likelihood, negated.
+    """
+
+    def __init__(self, case, max_iter, init, tol):
+        self.case, self.max_iter, self.tol, self.means = case, max_iter, tol, init["means_init"]
+
+    def fit(self, X):
+        from torchgmm.bayes import GaussianMixture as TorchGMM
+
+        for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):  # one banner per fit otherwise
+            logging.getLogger(name).setLevel(logging.ERROR)
+        device = X.device
+        self._gmm = TorchGMM(
+            self.case.k,
+            covariance_type=self.case.covariance_type,
+            init_means=torch.as_tensor(self.means, dtype=X.dtype, device=device),
+            convergence_tolerance=self.tol,
+            covariance_regularization=1e-4,
+            trainer_params={
+                "max_epochs": self.max_iter,
+                "accelerator": "gpu" if device.type == "cuda" else "cpu",
+                "devices": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "enable_checkpointing": False,
+                "logger": False,
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's deprecation notes, once per fit
+            self._gmm.fit(X)
+        self.n_iter_ = int(self._gmm.num_iter_)
+        return self
+
+    def predict(self, X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._gmm.predict(X)
+
+    def score(self, X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return -float(self._gmm.score(X))
+
+
+PEERS = {
+    "faiss": _FaissKMeans,
+    "faiss-all-rows": lambda case, max_iter, init, tol: _FaissKMeans(case, max_iter, init, tol, all_rows=True),
+    "fast-pytorch-kmeans": _FastPytorchKMeans,
+    "torchgmm": _TorchGMM,
+}
 
 
 # --------------------------------------------------------------------------------- the grid, I/O
