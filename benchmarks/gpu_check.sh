@@ -1,27 +1,159 @@
 #!/usr/bin/env bash
-# One call on a lent H100 (the device tool): the CUDA tests, the GPU benchmark grid and, with
-# GPUCLUST_GPU_RUN=1, `gpuclust run --profile full`. About 8 minutes (+4 with the run).
-# The dataset must travel with the tree, git-ignored, named in the device tool's `carry`:
-#   mkdir -p .data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/* .data/fashion-mnist/
-# Writes at most 7 files to $OUT (the device tool brings back 8 at most), else to
-# benchmarks/results/. Back here: copy gpu_h100.jsonl into benchmarks/results/, run
-# `python -c "from gpuclust.app.bench import *; summarize(read_jsonl(P), P[:-6]+'.md', P[:-6])"` with
-# P=benchmarks/results/gpu_h100.jsonl for the plots, untar run_full_gpu.tgz into
-# benchmarks/results/, then python benchmarks/update_readme.py.
+# The GPU check: one call on a lent GPU (the device tool), at most 8 minutes, nothing lost.
+#
+#   GPUCLUST_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh [--dry-run] [--steps LIST]
+#
+# Independent steps, each under its own `timeout`; a failing or timed-out step does not stop
+# the next. Every step writes its full log and its results straight into $OUT as it goes
+# (JSON lines appended and fsynced row by row), so a killed call still returns what it measured.
+# The device tool brings back at most 8 files from $OUT, so the check writes at most 6:
+#   check.log          every step's full output, in order, with a header and an rc line per step
+#   steps.jsonl        one line per step: rc, seconds, timed out
+#   smoke.jsonl        one line per smoke check
+#   gpu_<card>.jsonl   the benchmark rows (gpu-toy.jsonl in the dry run), one per case
+#   gpu_<card>.md      the table made from them (plots are made back home from the rows)
+#   run_full_gpu.tgz   only with the optional run step
+#
+#   step       timeout  what
+#   env         10 s    nvidia-smi and versions
+#   smoke      120 s    benchmarks/gpu_smoke.py: every estimator, dtype and init on CUDA
+#                       against the CPU, metrics, CuPy in/out, autoencoder train+resume+encode,
+#                       one-rank NCCL torchrun, one full EM iteration at D=6272, batched vs
+#                       looped Cholesky at D=1024/2048/6272
+#   tests       75 s    the CUDA tests (-k "cuda or cupy or gpu"), no -x
+#   bench      245 s    GRIDS["gpu"], cheap to expensive, full covariance last, --repeats 2
+#   summarize   15 s    the table from the stored rows (also after a bench cut short)
+#   total      465 s    (+2 s kill grace per step: 475 s, under 480 s)
+#   run        240 s    optional (GPUCLUST_GPU_RUN=1 or --steps run): `gpuclust run --profile
+#                       full`. Not in the 8 minutes: give it a call of its own.
+#
+# --dry-run (or GPUCLUST_GPU_CHECK_DRY_RUN=1): every step at toy size on the CPU (the smoke
+# checks with the CUDA branches forced and gloo for NCCL, the tests collected only, the bench's
+# gpu-toy grid), in well under a minute; tests/test_gpu_check.py runs it in CI.
+# Staging the dataset and what to do with the files that come back: benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export GPUCLUST_DATA="${GPUCLUST_DATA:-$PWD/.data/fashion-mnist}" PYTHONUNBUFFERED=1
-out="${OUT:-benchmarks/results}"
-work=$(mktemp -d)
+
+dry="${GPUCLUST_GPU_CHECK_DRY_RUN:-0}"
+steps="env,smoke,tests,bench,summarize"
+[ "${GPUCLUST_GPU_RUN:-0}" = 1 ] && steps="$steps,run"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) dry=1 ;;
+        --steps) steps="$2"; shift ;;
+        --steps=*) steps="${1#--steps=}" ;;
+        *) echo "gpu_check.sh: unknown argument $1 (use --dry-run, --steps LIST)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+py="${PYTHON:-python3}"
+out="${OUT:-runs/gpu_check}"  # runs/ is git-ignored
 mkdir -p "$out"
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # no install needed: the image has every dependency
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_device.txt"
-timeout 150 python3 -m pytest tests -q -x -k "cuda or cupy or gpu" -p no:cacheprovider 2>&1 \
-    | tail -n 15 | tee "$out/gpu_tests.txt"
-timeout 330 python3 -m gpuclust bench --grid gpu --out "$work" --tag gpu_h100 --repeats 3
-cp "$work"/gpu_h100.jsonl "$work"/gpu_h100.md "$out"/ 2>/dev/null
-if [ "${GPUCLUST_GPU_RUN:-0}" = 1 ]; then
-    timeout 240 python3 -m gpuclust run --profile full --out "$work/run_full_gpu" -q \
-        && tar czf "$out/run_full_gpu.tgz" -C "$work" run_full_gpu
+out="$(cd "$out" && pwd)"
+export GPUCLUST_DATA="${GPUCLUST_DATA:-$PWD/.data/fashion-mnist}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # no install needed: the image has every dependency
+if [ -z "${GPUCLUST_COMMIT:-}" ] && commit=$(git rev-parse --short HEAD 2>/dev/null); then
+    export GPUCLUST_COMMIT="$commit"
 fi
+
+declare -A limit=([env]=10 [smoke]=120 [tests]=75 [bench]=245 [summarize]=15 [run]=240)
+failed=0
+
+# step NAME CMD...: run CMD under NAME's timeout, its output appended to check.log; a line to steps.jsonl.
+step() {
+    local name=$1
+    shift
+    local t=${limit[$name]} t0 t1 rc seconds timed_out=false
+    printf '\n===== %s (timeout %ss, dry run %s): %s\n' "$name" "$t" "$dry" "$*" >>"$out/check.log"
+    echo "== $name (timeout ${t}s)"
+    t0=$(date +%s.%N)
+    timeout -k 2 "$t" "$@" >>"$out/check.log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    seconds=$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}")
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then timed_out=true; fi
+    printf '===== %s: rc=%s in %ss (timed out: %s)\n' "$name" "$rc" "$seconds" "$timed_out" >>"$out/check.log"
+    printf '{"step": "%s", "rc": %d, "timed_out": %s, "seconds": %s, "timeout_s": %d, "dry_run": %s}\n' \
+        "$name" "$rc" "$timed_out" "$seconds" "$t" "$([ "$dry" = 1 ] && echo true || echo false)" >>"$out/steps.jsonl"
+    echo "   rc=$rc in ${seconds}s (timed out: $timed_out)"
+    [ "$rc" = 0 ] || failed=$((failed + 1))
+}
+
+env_info() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+    "$py" -c "
+import torch, platform
+print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
+      'available', torch.cuda.is_available())
+if torch.cuda.is_available():
+    print('device', torch.cuda.get_device_name(0))
+try:
+    import cupy; print('cupy', cupy.__version__)
+except ImportError as exc:
+    print('cupy not importable:', exc)
+"
+    echo "commit ${GPUCLUST_COMMIT:-unknown}; data ${GPUCLUST_DATA}"
+    ls "$GPUCLUST_DATA" 2>/dev/null || echo "no $GPUCLUST_DATA: the loader falls back to its other folders"
+}
+
+run_profile() {
+    local work
+    work=$(mktemp -d)
+    if [ "$dry" = 1 ]; then
+        "$py" -m gpuclust run --profile quick --limit 300 --epochs 1 --covariance-types diag --device cpu \
+            --out "$work/run_full_gpu" -q || return
+    else
+        "$py" -m gpuclust run --profile full --out "$work/run_full_gpu" -q || return
+    fi
+    tar czf "$out/run_full_gpu.tgz" -C "$work" run_full_gpu
+    rm -rf "$work"
+}
+
+summarize_rows() {
+    "$py" -c "
+import sys
+from pathlib import Path
+from gpuclust.app.bench import summarize_file
+for path in sorted(Path(sys.argv[1]).glob('gpu*.jsonl')):
+    print(summarize_file(path, plots=False))
+    for png in Path(sys.argv[1]).glob(path.stem + '_*.png'):
+        png.unlink()  # made again from the rows back home: the device tool brings back 8 files at most
+" "$out"
+}
+
+export py out dry
+export -f env_info run_profile summarize_rows
+
+if [ "$dry" = 1 ]; then
+    smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --dry-run --budget 100)
+    tests=("$py" -m pytest tests -q --collect-only -p no:cacheprovider -k "(cuda or cupy or gpu) and not gpu_check")
+    bench=("$py" -m gpuclust bench --grid gpu-toy --device cpu --out "$out" --repeats 1)
+else
+    smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --budget 95)
+    tests=("$py" -m pytest tests -v -rfEs --tb=short --durations=15 -p no:cacheprovider
+        -k "(cuda or cupy or gpu) and not gpu_check")
+    bench=("$py" -m gpuclust bench --grid gpu --out "$out" --repeats 2)
+fi
+
+total=0
+for name in ${steps//,/ }; do
+    [ -n "${limit[$name]:-}" ] || { echo "gpu_check.sh: unknown step $name" >&2; exit 2; }
+    total=$((total + limit[$name] + 2))
+done
+echo "gpu_check: steps $steps, timeouts sum to ${total}s (with kill grace); results in $out"
+
+for name in ${steps//,/ }; do
+    case "$name" in
+        env) step env bash -c env_info ;;
+        smoke) step smoke "${smoke[@]}" ;;
+        tests) step tests "${tests[@]}" ;;
+        bench) step bench "${bench[@]}" ;;
+        summarize) step summarize bash -c summarize_rows ;;
+        run) step run bash -c run_profile ;;
+    esac
+done
 ls -l "$out"
+grep -h '"status": "\(error\|mismatch\)"' "$out"/smoke.jsonl 2>/dev/null | cut -c1-300 | head -n 40
+echo "gpu_check: $failed step(s) failed"
+[ "$failed" = 0 ]

@@ -3,7 +3,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpuclust.app.bench import GRIDS, Case, read_jsonl, run_case, run_grid, work_per_iteration
+import pytest
+import torch
+
+from gpuclust import COVARIANCE_TYPES
+from gpuclust.app import bench
+from gpuclust.app.bench import (
+    GRIDS,
+    Case,
+    default_tag,
+    read_jsonl,
+    run_case,
+    run_grid,
+    summarize_file,
+    work_per_iteration,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +60,163 @@ def test_work_per_iteration_floors():
 def test_readme_results_section_is_generated_from_committed_results():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "update_readme.py"), "--check-only"])
     assert out.returncode == 0, "README.md is stale: run python benchmarks/update_readme.py"
+
+
+def test_sklearn_cases_run_on_the_cpu_in_every_grid():
+    for name, cases in GRIDS.items():
+        for c in cases:
+            if c.backend == "sklearn":
+                assert c.device == "cpu", (name, c.label)
+    with pytest.raises(ValueError, match="sklearn runs on the CPU"):
+        Case("kmeans", "sklearn", "cuda", "synthetic", 100, 2, 2)
+
+
+def test_gpu_grid_is_ordered_cheap_to_expensive_with_full_covariance_last():
+    cases = GRIDS["gpu"]
+    assert [c.covariance_type for c in cases[-2:]] == ["full", "full"]
+    big_full = [i for i, c in enumerate(cases) if c.covariance_type == "full" and c.n * c.d * c.d * c.k > 1e10]
+    assert big_full == [len(cases) - 2, len(cases) - 1]
+    last = {(c.data, c.n, c.d, c.k) for c in cases[-2:]}
+    assert last == {("ae-seed-3", 48000, 6272, 10), ("synthetic", 10**6, 128, 1024)}
+    covs = {c.covariance_type for c in cases if c.data == "ae-seed-3" and c.backend == "torch"}
+    assert covs == set(COVARIANCE_TYPES)
+    assert any(c.algorithm == "kmeans" and (c.n, c.d) == (60000, 784) for c in cases)
+
+
+def test_toy_grid_mirrors_the_gpu_grid_on_the_cpu():
+    toy, gpu = GRIDS["gpu-toy"], GRIDS["gpu"]
+    assert len(toy) == len(gpu)
+    for t, g in zip(toy, gpu):
+        assert (t.algorithm, t.backend, t.covariance_type, t.dtype, t.mode) == (
+            g.algorithm,
+            g.backend,
+            g.covariance_type,
+            g.dtype,
+            g.mode,
+        )
+        assert t.device == ("cuda" if g.backend == "cuml" else "cpu") and t.n <= 240
+
+
+def test_a_runtime_error_is_an_error_row_with_its_message(monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(bench, "_timed_fit", boom)
+    row = run_case(Case("gmm", "torch", "cpu", "synthetic", 100, 2, 2, covariance_type="diag"), repeats=1)
+    assert row["status"] == "error" and "CUDA out of memory" in row["reason"] and "boom" in row["traceback"]
+
+
+def test_missing_device_and_cuml_on_cpu_are_skipped():
+    row = run_case(Case("kmeans", "cuml", "cpu", "synthetic", 100, 2, 2), repeats=1)
+    assert row["status"] == "skipped" and "CUDA only" in row["reason"]
+    if not torch.cuda.is_available():
+        row = run_case(Case("kmeans", "torch", "cuda", "synthetic", 100, 2, 2), repeats=1)
+        assert row["status"] == "skipped" and "no CUDA GPU" in row["reason"]
+
+
+def test_peak_memory_does_not_include_the_previous_fit(monkeypatch):
+    """Every timed fit starts with no earlier estimator alive: the ones made before are collected."""
+    import weakref
+
+    alive_at_fit = []
+    made = []
+    real = bench._make_estimator
+
+    def tracking(*args, **kwargs):
+        est = real(*args, **kwargs)
+        alive_at_fit.append(sum(r() is not None for r in made))
+        made.append(weakref.ref(est))
+        return est
+
+    monkeypatch.setattr(bench, "_make_estimator", tracking)
+    row = run_case(Case("gmm", "torch", "cpu", "synthetic", 300, 3, 2, covariance_type="diag", iters=2), repeats=2)
+    assert row["status"] == "ok" and len(alive_at_fit) == 1 + 2 * 2
+    assert alive_at_fit == [0] * len(alive_at_fit)
+    assert 0 < row["memory_before_fit_bytes"] <= row["peak_memory_bytes"]
+
+
+def test_rows_are_appended_case_by_case_and_a_cut_line_is_ignored(tmp_path, monkeypatch):
+    path = tmp_path / "t.jsonl"
+    seen = []
+
+    def say(msg):
+        seen.append(len(read_jsonl(path)))
+
+    cases = GRIDS["cpu-small"][:2]
+    run_grid(cases, tmp_path, "t", repeats=1, say=say)
+    assert seen[0] == 0 and len(read_jsonl(path)) == 2  # the second case began after the first row was stored
+    assert seen[2] == 1
+    with open(path, "a") as fh:
+        fh.write('{"status": "ok", "cut sh')
+    assert len(read_jsonl(path)) == 2
+    md = summarize_file(path)
+    assert md == tmp_path / "t.md" and "vs scikit-learn" in md.read_text()
+
+
+def test_default_tag_names_the_card():
+    assert default_tag("cpu", GRIDS["cpu"]) == "cpu"
+    if torch.cuda.is_available():
+        assert default_tag("gpu", GRIDS["gpu"]).startswith("gpu_nvidia")
+    assert bench._slug("NVIDIA H200") == "nvidia_h200"
+
+
+def test_rows_carry_the_commit_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUCLUST_COMMIT", "abc1234")
+    rows = run_grid(GRIDS["cpu-small"][:1], tmp_path, "c", repeats=1)
+    assert rows[0]["environment"]["git_commit"] == "abc1234"
+
+
+def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
+    """The GPU check stages the dataset in .data/ and points GPUCLUST_DATA at it; the bench must read it."""
+    import numpy as np
+
+    import gpuclust.datasets
+
+    seen = []
+
+    def fake_loader(split, data_dir=None, download=False):
+        seen.append(data_dir)
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50)
+
+    monkeypatch.setattr(gpuclust.datasets, "load_fashion_mnist", fake_loader)
+    monkeypatch.setenv("GPUCLUST_DATA", str(tmp_path))
+    bench._DATA_CACHE.clear()
+    X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))
+    bench._DATA_CACHE.clear()
+    assert seen == [str(tmp_path)] and X.shape == (40, 784) and len(y) == 40
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_peers_run_or_are_skipped_with_the_install_hint():
+    rows = [run_case(c, repeats=1) for c in GRIDS["peers-small"]]
+    sk = {r["algorithm"]: r for r in rows if r["backend"] == "sklearn" and r["status"] == "ok"}
+    for r in rows:
+        module = {"faiss": "faiss", "faiss-all-rows": "faiss", "fast-pytorch-kmeans": "fast_pytorch_kmeans",
+                  "torchgmm": "torchgmm"}.get(r["backend"])  # fmt: skip
+        if module is None:
+            assert r["status"] == "ok"
+        elif r["backend"] == "torchgmm" and r["covariance_type"] == "tied":
+            assert r["status"] == "skipped" and "no 'tied'" in r["reason"]
+        elif not _installed(module):
+            assert r["status"] == "skipped" and "gpuclust[peers]" in r["reason"]
+        else:
+            assert r["status"] == "ok", r.get("reason")
+            assert r["device"] == "cpu" and r["completeness"] > 0.5
+            if r["algorithm"] == "kmeans":  # same centres, same data: the same partition as scikit-learn
+                assert r["ari"] == pytest.approx(sk["kmeans"]["ari"], abs=0.05)
+    assert all("torchgmm's own" in r["init"] for r in rows if r["backend"] == "torchgmm")
+
+
+def test_a_missing_peer_is_a_skipped_row(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    row = run_case(Case("kmeans", "faiss", "cpu", "synthetic", 100, 2, 2), repeats=1)
+    assert row["status"] == "skipped" and "faiss is not installed" in row["reason"]
+    assert "gpuclust[peers]" in row["reason"]
+    with pytest.raises(ValueError, match="faiss runs on the CPU"):
+        Case("kmeans", "faiss", "cuda", "synthetic", 100, 2, 2)

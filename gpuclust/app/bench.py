@@ -6,19 +6,28 @@ clock read, several repeats, median and spread reported. Per-iteration time is
 differential, ``(T(1 + iters) - T(1)) / iters`` with ``tol=0``, so set-up, init and
 final passes cancel for every backend alike. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and the sampled resident set size on
-the CPU. Every row records quality (completeness, NMI, ARI; log-likelihood for
-GMM) and the environment. Results are JSON lines; tables and plots are made from
-them by :func:`summarize`.
+the CPU, both taken after the previous fit's estimator has been freed (and CUDA's
+cache emptied), so one fit's figure never includes another's. scikit-learn runs on
+the host's cores and its rows say device "cpu" in every grid. Every row records
+quality (completeness, NMI, ARI; log-likelihood for GMM) and the environment
+(versions, card, commit). Rows are appended to a JSON-lines file case by case and
+flushed, so a killed run keeps what it measured; tables and plots are made from
+the stored rows by :func:`summarize` (or :func:`summarize_file`).
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import re
 import statistics
 import threading
 import time
+import traceback
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,13 +40,13 @@ from ..gaussian_mixture import COVARIANCE_TYPES
 from ._atomic import atomic_write_text
 from ._plots import pyplot, save_png
 from .costs import gmm_flops_per_iteration, kmeans_flops_per_iteration
-from .environment import environment
+from .environment import device_name, environment
 
 
 @dataclass(frozen=True)
 class Case:
     algorithm: str  # "kmeans" or "gmm"
-    backend: str  # "torch", "sklearn", "cuml"
+    backend: str  # "torch", "sklearn", "cuml", or a peer: "faiss", "faiss-all-rows", "fast-pytorch-kmeans", "torchgmm"
     device: str  # "cpu" or "cuda"
     data: str  # "synthetic", "pixels", "pca-<d>", "ae-<preset>-<epochs>"
     n: int
@@ -49,6 +58,10 @@ class Case:
     iters: int = 10
     kmeans_algorithm: str = "auto"
 
+    def __post_init__(self):
+        if self.backend in CPU_ONLY_BACKENDS and self.device != "cpu":
+            raise ValueError(f"{self.backend} runs on the CPU: its cases have device 'cpu', not {self.device!r}.")
+
     @property
     def label(self):
         if self.algorithm == "kmeans":
@@ -58,11 +71,20 @@ class Case:
         return f"{alg} {self.backend}/{self.device} {self.data} n={self.n} d={self.d} k={self.k} {self.dtype}"
 
 
+# Backends that run on the host's cores whatever device the grid is for (faiss: the faiss-cpu wheel).
+CPU_ONLY_BACKENDS = ("sklearn", "faiss", "faiss-all-rows")
+
+
+def _device_for(backend, device):
+    """scikit-learn and faiss-cpu always run on the host's cores, whatever device the grid is for."""
+    return "cpu" if backend in CPU_ONLY_BACKENDS else device
+
+
 def _kmeans_cases(
     backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",), sklearn_algorithms=("lloyd",)
 ):
     return [
-        Case("kmeans", b, device, data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
+        Case("kmeans", b, _device_for(b, device), data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
         for b in backends
         for a in (sklearn_algorithms if b == "sklearn" else algorithms)
     ]
@@ -81,11 +103,13 @@ def _gmm_cases(
     mode="per_iter",
 ):
     return [
-        Case("gmm", b, device, data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
+        Case("gmm", b, _device_for(b, device), data, n, d, k, covariance_type=c, dtype=dtype, iters=iters, mode=mode)
         for c in covs
         for b in backends
     ]
 
+
+PEER_KMEANS = ("faiss", "faiss-all-rows", "fast-pytorch-kmeans")
 
 GRIDS = {
     # Seconds: what the tests run.
@@ -112,16 +136,59 @@ GRIDS = {
     ),
     # Issue 4's memory case: diag, N=1e6, D=32, K=256, float32.
     "cpu-memory": _gmm_cases(("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2),
-    # The GPU headline cases (benchmarks/gpu_check.sh), with scikit-learn on the host's cores as the peer.
+    # The GPU headline cases (benchmarks/gpu_check.sh), scikit-learn on the host's cores as the peer.
+    # Ordered cheap to expensive, so that a run stopped by its time limit has measured the most
+    # cases; the two full-covariance cases (D=6272, K=10 and N=1e6, K=1024) come last.
     "gpu": (
-        _kmeans_cases(("torch", "cuml"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
-        + _kmeans_cases(("sklearn",), "cpu", "pixels", 60000, 784, 10, iters=20)
-        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, iters=3)
-        + _gmm_cases(("sklearn",), "cpu", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
-        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical", "full"), iters=3)
+        _kmeans_cases(("torch", "cuml", "sklearn"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
         + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")
+        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical", "tied"), iters=3)
+        + _gmm_cases(("sklearn",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
+        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical"), iters=3)
+        + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("full",), iters=3)
+        + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("full",), iters=3)
+    ),
+    # What users could pick instead (issue 16; the `peers` extra), same data and centres where
+    # they accept them. Seconds: what the tests run.
+    "peers-small": (
+        _kmeans_cases(PEER_KMEANS + ("sklearn",), "cpu", "synthetic", 2000, 8, 5, iters=5)
+        + _gmm_cases(("torchgmm", "sklearn"), "cpu", "synthetic", 2000, 8, 5, covs=("diag", "tied"), iters=3)
+    ),
+    "peers": (
+        _kmeans_cases(
+            PEER_KMEANS + ("torch", "sklearn"),
+            "cpu",
+            "pixels",
+            60000,
+            784,
+            10,
+            iters=20,
+            sklearn_algorithms=("lloyd", "elkan"),
+        )  # fmt: skip
+        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, iters=20)
+        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, iters=5)
+        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "pca-50", 60000, 50, 10)
+        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2)
     ),
 }
+
+
+def toy_case(case: Case) -> Case:
+    """The same case at toy size on the CPU (the GPU check's dry run): same data kind and code path.
+
+    The seed autoencoder's 6272-d latent becomes the dense10 preset's 10-d one trained for one
+    epoch; cuML cases keep their CUDA device (and so are skipped without a GPU).
+    """
+    data, d = case.data, case.d
+    if data.startswith("ae-"):
+        data, d = "ae-dense10-1", 10
+    elif data == "synthetic":
+        d = min(d, 8)
+    device = case.device if case.backend == "cuml" else "cpu"
+    return replace(case, device=device, data=data, n=min(case.n, 240), d=d, k=min(case.k, 4), iters=1)
+
+
+GRIDS["gpu-toy"] = [toy_case(c) for c in GRIDS["gpu"]]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -181,7 +248,7 @@ class _RssSampler:
     """Peak resident set size of this process while active (sampled every 2 ms from /proc)."""
 
     def __init__(self):
-        self.peak = 0
+        self.peak = self.start = 0
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -193,7 +260,7 @@ class _RssSampler:
             return 0
 
     def __enter__(self):
-        self.peak = self._rss()
+        self.peak = self.start = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -206,6 +273,24 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+class _Skipped(Exception):
+    """A case that cannot run here (no GPU for a CUDA case, cuML on the CPU): a skipped row."""
+
+
+# The last timed fit's estimator, weakly: a full garbage collection (a quarter second with torch
+# loaded) is needed only when reference counting alone did not free it.
+_last_estimator = None
+
+
+def _release(device: torch.device, collect: bool = False) -> None:
+    """Free what the previous fit left (call with no estimator alive) and restart the peak count."""
+    if collect or (_last_estimator is not None and _last_estimator() is not None):
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _initial_params(case, X, seed):
@@ -225,6 +310,8 @@ def _initial_params(case, X, seed):
 
 
 def _make_estimator(case, max_iter, init, tol):
+    if case.backend in PEERS:
+        return PEERS[case.backend](case, max_iter, init, tol)
     if case.algorithm == "kmeans":
         if case.backend == "sklearn":
             from sklearn.cluster import KMeans as SkKMeans
@@ -258,26 +345,43 @@ def _make_estimator(case, max_iter, init, tol):
     return GaussianMixture(case.k, device=case.device, **kw)
 
 
+def _fit_device(case) -> torch.device:
+    """Where the fit runs: scikit-learn on the CPU always, so its rows never get CUDA memory figures."""
+    return torch.device("cpu" if case.backend in CPU_ONLY_BACKENDS else case.device)
+
+
 def _to_backend(case, X):
-    if case.backend == "sklearn":
+    if case.backend in CPU_ONLY_BACKENDS:
         return X.astype(case.dtype, copy=False)
-    return torch.as_tensor(X.astype(case.dtype, copy=False), device=case.device)
+    return torch.as_tensor(X.astype(case.dtype, copy=False), device=_fit_device(case))
 
 
-def _timed_fit(case, X, init, max_iter, tol):
-    device = torch.device(case.device)
+@dataclass
+class _Fit:
+    est: object
+    seconds: float
+    peak: int  # bytes: max_memory_allocated on CUDA, resident set size on the CPU
+    before: int  # bytes in use when the fit began (the data, the allocator's and torch's own)
+
+
+def _timed_fit(case, X, init, max_iter, tol) -> _Fit:
+    """One fit, timed; the caller holds no earlier estimator (it would count in this fit's peak)."""
+    device = _fit_device(case)
+    global _last_estimator
+    _release(device)
     est = _make_estimator(case, max_iter, init, tol)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _last_estimator = weakref.ref(est)
     synchronize(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     with warnings.catch_warnings(), _RssSampler() as rss:
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0 = time.perf_counter()
         est.fit(X)
         synchronize(device)
         seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
-    return est, seconds, int(peak)
+    if device.type == "cuda":
+        return _Fit(est, seconds, int(torch.cuda.max_memory_allocated(device)), int(before))
+    return _Fit(est, seconds, int(rss.peak), int(rss.start))
 
 
 def _quality(case, est, X, labels):
@@ -308,75 +412,276 @@ def work_per_iteration(case) -> dict:
     return {"bytes_per_iter": n * d * item, "flops_per_iter": flops}
 
 
-def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> dict:
-    """Measure one case; never raises for a backend that is missing or fails (the row says why)."""
-    row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
-    try:
-        if case.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("no CUDA GPU")
-        if case.backend == "cuml":
-            import importlib
+def _check_runnable(case):
+    if case.backend in PEERS:
+        _check_peer(case)
+    if case.backend == "cuml":
+        if not case.device.startswith("cuda"):
+            raise _Skipped("cuML runs on CUDA only")
+        import importlib
 
-            importlib.import_module("cuml")
-        X_np, labels = make_data(case, seed)
-        X = _to_backend(case, X_np)
-        init = _initial_params(case, X_np, seed)
-        _timed_fit(case, X, init, 2, 0.0)  # warm-up: kernels, allocator, thread pools
+        importlib.import_module("cuml")
+    if case.device.startswith("cuda") and not torch.cuda.is_available():
+        raise _Skipped("no CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def _measure(case, repeats, seed):
+    X_np, labels = make_data(case, seed)
+    X = _to_backend(case, X_np)
+    init = _initial_params(case, X_np, seed)
+    _timed_fit(case, X, init, 2, 0.0)  # warm-up (kernels, allocator, thread pools); freed at once
+    times, peaks, befores = [], [], []
+    for _ in range(repeats):
+        fit = None  # the previous repeat's estimator must not count in this repeat's peak
         if case.mode == "per_iter":
-            times, peaks = [], []
-            for _ in range(repeats):
-                est_a, t_a, _ = _timed_fit(case, X, init, 1, 0.0)
-                est_b, t_b, peak = _timed_fit(case, X, init, 1 + case.iters, 0.0)
-                steps = max(1, est_b.n_iter_ - est_a.n_iter_)
-                times.append((t_b - t_a) / steps)
-                peaks.append(peak)
-            est = est_b
+            first = _timed_fit(case, X, init, 1, 0.0)
+            t_1, n_1 = first.seconds, first.est.n_iter_
+            del first
+            fit = _timed_fit(case, X, init, 1 + case.iters, 0.0)
+            times.append((fit.seconds - t_1) / max(1, fit.est.n_iter_ - n_1))
         else:
-            times, peaks = [], []
-            for _ in range(repeats):
-                est, t, peak = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
-                times.append(t)
-                peaks.append(peak)
-        row.update(
-            status="ok",
-            seconds_median=statistics.median(times),
-            seconds_min=min(times),
-            seconds_max=max(times),
-            repeats=repeats,
-            n_iter=int(est.n_iter_),
-            peak_memory_bytes=max(peaks),
-            **_quality(case, est, X, labels),
-        )
+            fit = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
+            times.append(fit.seconds)
+        peaks.append(fit.peak)
+        befores.append(fit.before)
+    return {
+        "status": "ok",
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "repeats": repeats,
+        "n_iter": int(fit.est.n_iter_),
+        "peak_memory_bytes": max(peaks),
+        "memory_before_fit_bytes": max(befores),
+        **_quality(case, fit.est, X, labels),
+    }
+
+
+def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> dict:
+    """Measure one case; never raises for a backend that is missing or fails (the row says why).
+
+    A missing backend (ImportError) or device is a "skipped" row; any other failure, CUDA out of
+    memory included, is an "error" row with the exception's message and the end of its traceback.
+    """
+    row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
+    row["init"] = _INIT_NOTES.get(case.backend, "shared")  # the start every backend is given, or what differs
+    t0 = time.perf_counter()
+    try:
+        _check_runnable(case)
+        row.update(_measure(case, repeats, seed))
+    except _Skipped as exc:
+        row.update(status="skipped", reason=str(exc))
+    except ImportError as exc:
+        row.update(status="skipped", reason=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         row.update(
-            status="skipped" if isinstance(exc, (ImportError, RuntimeError)) else "error",
+            status="error",
             reason=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:],
         )
+    finally:
+        if case.device.startswith("cuda") and torch.cuda.is_available():
+            _release(_fit_device(case), collect=True)  # what a failed case held must not burden the next one
+    row["wall_seconds"] = time.perf_counter() - t0
     return row
+
+
+# ------------------------------------------------------------------------------------------ peers
+# What a user could install instead (the optional extra ``peers``). Each adapter gives the
+# harness scikit-learn's surface: fit, predict, n_iter_, and inertia_ or score (mean
+# log-likelihood). A peer that is not installed, or lacks what a case asks for, is a skipped row.
+
+_PEER_MODULES = {
+    "faiss": "faiss",
+    "faiss-all-rows": "faiss",
+    "fast-pytorch-kmeans": "fast_pytorch_kmeans",
+    "torchgmm": "torchgmm",
+}
+_INIT_NOTES = {"torchgmm": "shared means; torchgmm's own weights and covariances"}
+_PEER_ALGORITHMS = {"faiss": "kmeans", "faiss-all-rows": "kmeans", "fast-pytorch-kmeans": "kmeans", "torchgmm": "gmm"}
+
+
+def _check_peer(case):
+    import importlib
+
+    if _PEER_ALGORITHMS[case.backend] != case.algorithm:
+        raise _Skipped(f"{case.backend} has no {case.algorithm}")
+    if case.backend == "torchgmm" and case.covariance_type == "tied":
+        raise _Skipped("torchgmm has no 'tied' covariance (full, diag and spherical only)")
+    try:
+        importlib.import_module(_PEER_MODULES[case.backend])
+    except ImportError as exc:
+        raise _Skipped(f"{case.backend} is not installed ({exc}); pip install 'gpuclust[peers]'") from exc
+
+
+class _FaissKMeans:
+    """``faiss.Kmeans`` on the CPU from the shared centres. faiss runs exactly ``niter`` iterations.
+
+    By default faiss trains on at most 256 rows per centroid (a sample); ``all_rows`` lifts the
+    cap so that it sees every row like the others ("faiss-all-rows").
+    """
+
+    def __init__(self, case, max_iter, init, tol, all_rows=False):
+        self.k, self.max_iter, self.init, self.all_rows = case.k, max_iter, init["init"], all_rows
+
+    def fit(self, X):
+        import faiss
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        kw = {"niter": self.max_iter, "seed": 0, "verbose": False}
+        if self.all_rows:
+            kw["max_points_per_centroid"] = len(X)
+        self._km = faiss.Kmeans(X.shape[1], self.k, **kw)
+        self._km.train(X, init_centroids=np.ascontiguousarray(self.init, dtype=np.float32))
+        self.n_iter_ = self.max_iter
+        self.cluster_centers_ = self._km.centroids
+        self._X = X
+        return self
+
+    def predict(self, X):
+        return self._km.index.search(np.ascontiguousarray(X, dtype=np.float32), 1)[1][:, 0]
+
+    @property
+    def inertia_(self):
+        return float(self._km.index.search(self._X, 1)[0].sum())
+
+
+class _FastPytorchKMeans:
+    """fast-pytorch-kmeans (torch, CPU or CUDA) from the shared centres.
+
+    It keeps no iteration count: ``n_iter_`` is ``max_iter`` (it stops earlier only when the
+    centres stop moving exactly).
+    """
+
+    def __init__(self, case, max_iter, init, tol):
+        self.k, self.max_iter, self.tol, self.init = case.k, max_iter, tol, init["init"]
+
+    def fit(self, X):
+        from fast_pytorch_kmeans import KMeans as FastKMeans
+
+        self._km = FastKMeans(self.k, max_iter=self.max_iter, tol=self.tol, verbose=0, mode="euclidean")
+        start = torch.as_tensor(self.init, dtype=X.dtype, device=X.device)
+        self._labels = self._km.fit_predict(X, centroids=start)
+        self.n_iter_ = self.max_iter
+        self.cluster_centers_ = self._km.centroids
+        self._X = X
+        return self
+
+    def predict(self, X):
+        return self._km.predict(X)
+
+    @property
+    def inertia_(self):
+        c = self._km.centroids
+        return float(((self._X - c[self._labels]) ** 2).sum())
+
+
+class _TorchGMM:
+    """torchgmm's GaussianMixture (torch and Lightning, CPU or CUDA) from the shared means.
+
+    It takes initial means only (not weights or precisions): its own start otherwise, marked
+    in the row's ``init`` field. ``score`` is its mean negative log-likelihood, negated.
+    """
+
+    def __init__(self, case, max_iter, init, tol):
+        self.case, self.max_iter, self.tol, self.means = case, max_iter, tol, init["means_init"]
+
+    def fit(self, X):
+        from torchgmm.bayes import GaussianMixture as TorchGMM
+
+        for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):  # one banner per fit otherwise
+            logging.getLogger(name).setLevel(logging.ERROR)
+        device = X.device
+        self._gmm = TorchGMM(
+            self.case.k,
+            covariance_type=self.case.covariance_type,
+            init_means=torch.as_tensor(self.means, dtype=X.dtype, device=device),
+            convergence_tolerance=self.tol,
+            covariance_regularization=1e-4,
+            trainer_params={
+                "max_epochs": self.max_iter,
+                "accelerator": "gpu" if device.type == "cuda" else "cpu",
+                "devices": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "enable_checkpointing": False,
+                "logger": False,
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's deprecation notes, once per fit
+            self._gmm.fit(X)
+        self.n_iter_ = int(self._gmm.num_iter_)
+        return self
+
+    def predict(self, X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._gmm.predict(X)
+
+    def score(self, X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return -float(self._gmm.score(X))
+
+
+PEERS = {
+    "faiss": _FaissKMeans,
+    "faiss-all-rows": lambda case, max_iter, init, tol: _FaissKMeans(case, max_iter, init, tol, all_rows=True),
+    "fast-pytorch-kmeans": _FastPytorchKMeans,
+    "torchgmm": _TorchGMM,
+}
 
 
 # --------------------------------------------------------------------------------- the grid, I/O
 
 
 def read_jsonl(path) -> list:
+    """The rows of a JSON-lines file; a last line cut short (a killed writer) is left out."""
     p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
 
 
 def write_jsonl(path, rows):
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
-    """Run every case, rewriting ``<out>/<tag>.jsonl`` atomically after each; then summarize."""
+def append_jsonl(path, row) -> None:
+    """Append one row and push it to disk at once (flush and fsync): a killed run keeps it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None, fresh=True):
+    """Run every case, appending its row to ``<out>/<tag>.jsonl`` as it is measured; then summarize.
+
+    ``fresh=False`` keeps the rows already in the file (another run's, e.g. one cut short) and adds
+    this run's after them; the summary is made from all the file's rows.
+    """
     env = environment(resolve_device("auto"))
     path = Path(out_dir) / f"{tag}.jsonl"
+    if fresh:
+        path.unlink(missing_ok=True)
     rows = []
     for i, case in enumerate(cases, 1):
         say(f"[{i}/{len(cases)}] {case.label}")
         row = run_case(case, repeats=repeats, seed=seed, environment=env)
+        append_jsonl(path, row)
         rows.append(row)
-        write_jsonl(path, rows)
         if row["status"] == "ok":
             say(
                 f"    {1e3 * row['seconds_median']:.2f} ms{'/iter' if case.mode == 'per_iter' else ''}, "
@@ -384,8 +689,16 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None):
             )
         else:
             say(f"    {row['status']}: {row['reason']}")
-    summarize(rows, Path(out_dir) / f"{tag}.md", Path(out_dir) / tag)
+    summarize(read_jsonl(path) if not fresh else rows, Path(out_dir) / f"{tag}.md", Path(out_dir) / tag)
     return rows
+
+
+def summarize_file(jsonl_path, plots=True) -> Path:
+    """Table and plots next to a stored JSON-lines file (``x.jsonl`` -> ``x.md``, ``x_*.png``)."""
+    path = Path(jsonl_path)
+    stem = path.with_suffix("")
+    summarize(read_jsonl(path), stem.with_suffix(".md"), stem if plots else None)
+    return stem.with_suffix(".md")
 
 
 def _peer_key(row):
@@ -402,7 +715,7 @@ def _peer_key(row):
 
 
 def summarize(rows, markdown_path, plot_prefix):
-    """Markdown table with ratios to scikit-learn from the same run, and the plots."""
+    """Markdown table with ratios to scikit-learn from the same run, and the plots (unless ``plot_prefix`` is None)."""
     ok = [r for r in rows if r["status"] == "ok"]
     # The peer is scikit-learn's default algorithm (lloyd for KMeans), measured in the same run.
     sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn" and r["kmeans_algorithm"] in ("auto", "lloyd")}
@@ -439,7 +752,7 @@ def summarize(rows, markdown_path, plot_prefix):
             f"{r['nmi']:.3f} | {r['ari']:.3f} |"
         )
     atomic_write_text(markdown_path, "\n".join(lines) + "\n")
-    if ok:
+    if ok and plot_prefix is not None:
         _plot(ok, plot_prefix)
 
 
@@ -501,14 +814,30 @@ def _plot(rows, prefix):
     save_png(fig, f"{prefix}_pareto.png")
 
 
-def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None):
-    """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def default_tag(grid, cases) -> str:
+    """The results file's name: the grid's, with the card's on a GPU ("gpu" -> "gpu_nvidia_h200")."""
+    if any(c.device.startswith("cuda") and c.backend != "cuml" for c in cases) and torch.cuda.is_available():
+        return f"{grid}_{_slug(device_name(torch.device('cuda')))}"
+    return grid
+
+
+def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None, fresh=True):
+    """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path.
+
+    scikit-learn cases stay on the CPU and cuML cases on CUDA whatever ``device`` says. The
+    default ``tag`` is the grid's name, with the card's appended when the grid runs on a GPU.
+    """
     if grid not in GRIDS:
         raise ValueError(f"grid {grid!r} is not one of {sorted(GRIDS)}")
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
     cases = GRIDS[grid]
     if device != "auto":
-        cases = [replace(c, device=device) if c.backend != "sklearn" else c for c in cases]
-    tag = tag or grid
-    return run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say), Path(out_dir) / f"{tag}.jsonl"
+        cases = [replace(c, device=device) if c.backend not in ("sklearn", "cuml") else c for c in cases]
+    tag = tag or default_tag(grid, cases)
+    rows = run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say, fresh=fresh)
+    return rows, Path(out_dir) / f"{tag}.jsonl"

@@ -1,0 +1,108 @@
+"""The GPU check's dry run: every step of benchmarks/gpu_check.sh at toy size on the CPU.
+
+GPU time is rare and short; this makes sure the script itself works before it gets any.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuclust.app.bench import GRIDS, read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+STEPS = ["env", "smoke", "tests", "bench", "summarize"]
+
+
+def _fashion_mnist_available():
+    from gpuclust.datasets import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("train")
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check_out")
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCLUST_COMMIT": "dryrun1"}
+    env.pop("GPUCLUST_GPU_RUN", None)
+    env.pop("GPUCLUST_GPU_CHECK_DRY_RUN", None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    return proc, out
+
+
+def test_dry_run_exits_0_and_every_step_ran(dry_run):
+    proc, out = dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == STEPS
+    assert all(s["rc"] == 0 and not s["timed_out"] and s["dry_run"] for s in steps)
+    assert "timeouts sum to" in proc.stdout
+    total = int(proc.stdout.split("timeouts sum to ")[1].split("s")[0])
+    assert total < 480  # the GPU check's 8 minutes, kill grace included
+    log = (out / "check.log").read_text()
+    assert all(f"===== {name}: rc=0" in log for name in STEPS)
+    # The device tool brings back at most 8 files from $OUT, and no tree.
+    names = {p.name for p in out.iterdir()}
+    assert names == {"check.log", "steps.jsonl", "smoke.jsonl", "gpu-toy.jsonl", "gpu-toy.md"}
+
+
+def test_smoke_lines_cover_every_check_and_none_failed(dry_run):
+    _, out = dry_run
+    rows = read_jsonl(out / "smoke.jsonl")
+    by_name = {r["check"]: r for r in rows}
+    assert len(by_name) == len(rows)
+    bad = {n: (r["status"], r.get("reason")) for n, r in by_name.items() if r["status"] not in ("ok", "skipped")}
+    assert not bad
+    skipped = {n for n, r in by_name.items() if r["status"] == "skipped"}
+    # Only what needs CuPy on a GPU may be skipped in the dry run; everything else runs on CPU stand-ins.
+    assert skipped == {"cupy:kmeans", "cupy:gmm", "autoencoder:encode-to-cupy"}
+    assert sum(n.startswith("kmeans:") for n in by_name) == 2 * 3 * 2
+    assert sum(n.startswith("gmm:") for n in by_name) == 4 * 4 * 2
+    assert "metric:adjusted_rand_score" in by_name and "em-full:one-iteration" in by_name
+    assert by_name["torchrun:one-rank"]["backend"] == "gloo"
+    assert sum(n.startswith("cholesky:") for n in by_name) == 3 * 2
+    assert all("cholesky_batched_ms" in r for n, r in by_name.items() if n.startswith("cholesky:"))
+
+
+def test_tests_step_selects_the_cuda_tests(dry_run):
+    _, out = dry_run
+    log = (out / "check.log").read_text()
+    tests = log.split("===== tests (")[1].split("===== tests:")[0]
+    assert "[cuda" in tests and "tests collected" in tests and "test_gpu_check.py::" not in tests
+
+
+def test_bench_rows_are_the_toy_grid_in_order(dry_run):
+    _, out = dry_run
+    rows = read_jsonl(out / "gpu-toy.jsonl")
+    assert [r["label"] for r in rows] == [c.label for c in GRIDS["gpu-toy"]]
+    assert all(r["environment"]["git_commit"] == "dryrun1" for r in rows)
+    for r in rows:
+        if r["backend"] == "cuml":
+            assert r["status"] == "skipped"
+        elif r["data"] == "synthetic" or _fashion_mnist_available():
+            assert r["status"] == "ok", r.get("reason")
+        assert r["device"] == ("cuda" if r["backend"] == "cuml" else "cpu")
+    assert "vs scikit-learn" in (out / "gpu-toy.md").read_text()
+
+
+def test_a_failing_step_does_not_stop_the_next(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": "false"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--steps", "smoke,tests,summarize"], capture_output=True,
+                          text=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "3 step(s) failed" in proc.stdout
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["smoke", "tests", "summarize"] and all(s["rc"] != 0 for s in steps)
+
+
+def test_unknown_step_is_refused(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), "--steps", "nope"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(tmp_path)}, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "unknown step nope" in proc.stderr
