@@ -266,7 +266,7 @@ def test_bad_parameters(kw, match):
     "X,match",
     [
         (np.array([[0.0, np.inf], [1, 1], [2, 2]]), "NaN or infinity"),
-        (np.zeros(10), "2-d"),
+        (np.zeros(10), "Reshape your data"),
         (np.array([["x", "y"]] * 3), "numeric"),
     ],
 )
