@@ -432,9 +432,10 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
     def transform(self, X):
         """Euclidean distances to every centre, shape (n_samples, n_clusters).
 
-        Computed as accurately as scikit-learn's: float32 input is expanded in float64, one
-        tile at a time, so a centre's distance to itself is 0 and distances carry float32's
-        precision rather than the cancellation error of ``||x||^2 - 2 x.c + ||c||^2``.
+        Computed as accurately as scikit-learn's: the expansion ``||x||^2 - 2 x.c + ||c||^2``
+        runs in float64, one tile at a time, and the distances it cannot resolve (those small
+        against the norms, where it cancels) are recomputed from the differences, so a
+        centre's distance to itself is 0 and float32 results carry float32's precision.
         """
         X_t, kind = self._prepare_input(X, "_centers")
         centers = self._centers.to(torch.float64)
@@ -444,7 +445,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         for rows in chunk_slices(X_t.shape[0], chunk):
             tile = core.rows_of(X_t, rows).to(torch.float64)
             x_sq = core.squared_norms(tile)
-            d2 = torch.addmm(c_sq.unsqueeze(0) + x_sq.unsqueeze(1), tile, centers.T, alpha=-2.0).clamp_min_(0)
+            scale = c_sq.unsqueeze(0) + x_sq.unsqueeze(1)
+            d2 = torch.addmm(scale, tile, centers.T, alpha=-2.0).clamp_min_(0)
+            _refine_small_distances(d2, scale, tile, centers)
             out[rows] = d2.sqrt_()
         return self._output(out, kind)
 
@@ -459,6 +462,19 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
         _, distances = self._assign(X_t)
         return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
+
+
+def _refine_small_distances(d2, scale, tile, centers, rel=1e-6, pairs=4096):
+    """Recompute ``d2[i, j]`` as ``||x_i - c_j||^2`` where the expansion lost its precision (float64).
+
+    The expansion's rounding error is about ``eps * (||x||^2 + ||c||^2)``; below ``rel`` times that
+    scale it leaves fewer than ~7 correct digits, so those few pairs are computed directly.
+    """
+    i, j = torch.nonzero(d2 < rel * scale, as_tuple=True)
+    for start in range(0, i.numel(), pairs):
+        ii, jj = i[start : start + pairs], j[start : start + pairs]
+        diff = core.dense_rows(tile, ii) - centers[jj]
+        d2[ii, jj] = (diff * diff).sum(1)
 
 
 def _check_no_overflow(x_sq):
