@@ -289,7 +289,8 @@ def test_invalid_hyper_parameters_raise_sklearns_error():
 
     X = np.random.RandomState(0).rand(30, 2)
     bad = [{"n_components": 0}, {"covariance_type": "banded"}, {"verbose_interval": 0}, {"tol": -1.0},
-           {"init_params": "magic"}, {"warm_start": "yes"}, {"memory_budget": 0}, {"reg_covar": float("inf")}]  # fmt: skip
+           {"init_params": "magic"}, {"warm_start": "yes"}, {"memory_budget": 0},
+           {"reg_covar": float("inf")}]  # fmt: skip
     for kw in bad:
         with pytest.raises(InvalidParameterError, match=r"The '\w+' parameter of GaussianMixture must be"):
             GaussianMixture(device="cpu", **kw).fit(X)
