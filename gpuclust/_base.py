@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import numbers
+from numbers import Integral
 
+import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_feature_names, _get_feature_names
 
 from ._arrays import as_tensor, resolve_dtype, to_output
 from .device import resolve_device
+
+# What gpuclust adds to scikit-learn's parameters, checked by ``_fit_context`` like the rest.
+TORCH_PARAMETER_CONSTRAINTS = {
+    "device": [str, torch.device],
+    "dtype": [None, StrOptions({"float32", "float64"}), type, np.dtype, torch.dtype],
+    "chunk_size": [None, Interval(Integral, 1, None, closed="left")],
+    "memory_budget": [None, Interval(Integral, 1, None, closed="left")],
+    "distributed": ["boolean"],
+}
 
 
 def check_positive_int(value, name, minimum=1):
@@ -26,10 +39,13 @@ def check_nonnegative_float(value, name):
 class TorchEstimatorMixin:
     """Input handling shared by KMeans and GaussianMixture.
 
-    ``fit`` calls :meth:`_prepare_fit_input` once; other methods call
-    :meth:`_prepare_input`, which reuses the fitted device and dtype and checks
-    the feature count. Results go back through :meth:`_output`.
+    ``fit`` converts its input with :meth:`_convert_fit_input` and records it with
+    :meth:`_set_fit_input` once every check has passed; other methods call
+    :meth:`_prepare_input`, which reuses the fitted device and dtype and checks the
+    feature count (and names). Results go back through :meth:`_output`.
     """
+
+    _accept_sparse = False
 
     def _convert_fit_input(self, X):
         """Convert ``fit``'s X on the asked device and dtype, without touching fitted state.
@@ -38,13 +54,19 @@ class TorchEstimatorMixin:
         so a fit that fails validation leaves a fitted estimator as it was.
         """
         device = resolve_device(self.device)
-        return as_tensor(X, device=device, dtype=resolve_dtype(self.dtype))
+        self._pending_feature_names = _get_feature_names(X)
+        return as_tensor(X, device=device, dtype=resolve_dtype(self.dtype), accept_sparse=self._accept_sparse)
 
     def _set_fit_input(self, X_t, kind):
         self._device = X_t.device
         self._dtype = X_t.dtype
         self._input_kind = kind
         self.n_features_in_ = int(X_t.shape[1])
+        names = self.__dict__.pop("_pending_feature_names", None)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
 
     def _prepare_fit_input(self, X):
         X_t, kind = self._convert_fit_input(X)
@@ -67,7 +89,8 @@ class TorchEstimatorMixin:
 
     def _prepare_input(self, X, attribute):
         self._check_is_fitted(attribute)
-        X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
+        _check_feature_names(self, X, reset=False)
+        X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype, accept_sparse=self._accept_sparse)
         self._check_n_features(X_t)
         return X_t, kind
 

@@ -11,17 +11,78 @@ import math
 import numpy as np
 import torch
 
+from ._arrays import sparse_csr
 from ._chunks import chunk_slices
 from ._comm import LOCAL
+
+# ----------------------------------------------------------------- sparse X
+# A sparse X is a torch sparse CSR tensor; it is never densified. Distances come from
+# sparse-dense products (CSR @ centres^T), row norms and centre sums from its stored values.
+
+
+def is_sparse(X: torch.Tensor) -> bool:
+    return X.layout == torch.sparse_csr
+
+
+def _row_ids(X):
+    """Row index of every stored value of a CSR tensor."""
+    crow = X.crow_indices()
+    return torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
+
+
+def rows_of(X, rows: slice):
+    """Rows ``rows`` (a slice) of X: a view for dense X, a CSR tensor sharing X's indices and values for sparse."""
+    if not is_sparse(X):
+        return X[rows]
+    crow = X.crow_indices()[rows.start : rows.stop + 1]
+    lo, hi = int(crow[0]), int(crow[-1])
+    return sparse_csr(crow - lo, X.col_indices()[lo:hi], X.values()[lo:hi], (rows.stop - rows.start, X.shape[1]))
+
+
+def dense_rows(X, index: torch.Tensor):
+    """A few rows of X, selected by an index tensor, as a dense (m, d) tensor."""
+    if not is_sparse(X):
+        return X[index]
+    crow, col, values = X.crow_indices(), X.col_indices(), X.values()
+    out = torch.zeros(index.numel(), X.shape[1], dtype=values.dtype, device=X.device)
+    for j, i in enumerate(index.tolist()):
+        lo, hi = int(crow[i]), int(crow[i + 1])
+        out[j, col[lo:hi]] = values[lo:hi]
+    return out
 
 
 def squared_norms(X: torch.Tensor) -> torch.Tensor:
     """Row-wise squared Euclidean norms, shape (n_samples,).
 
     ``vector_norm`` is a single fused reduction (several times faster on the CPU
-    than ``einsum`` or ``(X * X).sum(1)``, which materialise or re-read X).
+    than ``einsum`` or ``(X * X).sum(1)``, which materialise or re-read X). For sparse X
+    the norms are summed from the stored values.
     """
+    if is_sparse(X):
+        values = X.values()
+        return torch.zeros(X.shape[0], dtype=values.dtype, device=X.device).index_add_(0, _row_ids(X), values * values)
     return torch.linalg.vector_norm(X, dim=1).square_()
+
+
+def column_sums(X: torch.Tensor) -> torch.Tensor:
+    """Sum of each feature over the rows, float64."""
+    if is_sparse(X):
+        out = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+        return out.index_add_(0, X.col_indices(), X.values().to(torch.float64))
+    return (torch.ones(1, X.shape[0], dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
+
+
+def distances_to_own_center(X, x_sq, centers, labels):
+    """Exact ``||x_i - c_{labels_i}||^2`` for every sample (used rarely: empty clusters, verbose)."""
+    if not is_sparse(X):
+        return ((X - centers[labels]) ** 2).sum(1)
+    rows = _row_ids(X)
+    values = X.values().to(torch.float64)
+    c = centers.to(torch.float64)
+    dots = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
+    dots.index_add_(0, rows, values * c[labels[rows], X.col_indices()])
+    d2 = x_sq.to(torch.float64) - 2 * dots + (c * c).sum(1)[labels]
+    return d2.clamp_min_(0).to(X.dtype)
 
 
 def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> float:
@@ -30,7 +91,7 @@ def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> fl
     ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64.
     """
     n_local, d = X.shape
-    col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
+    col_sums = column_sums(X)
     totals = torch.cat(
         [
             col_sums,
@@ -68,7 +129,7 @@ def assign(X, x_sq, centers, chunk):
     labels = torch.empty(n, dtype=torch.int64, device=X.device)
     distances = torch.empty(n, dtype=X.dtype, device=X.device)
     for rows in chunk_slices(n, chunk):
-        labels[rows], distances[rows] = nearest_center(X[rows], centers, c_sq, x_sq[rows])
+        labels[rows], distances[rows] = nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows])
     return labels, distances
 
 
@@ -92,6 +153,13 @@ def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
     """Weighted sum of the members of each cluster, and the weight in each: (k, d) and (k,), float64."""
     sums = torch.zeros(k, X.shape[1], dtype=torch.float64, device=X.device)
     weights = torch.zeros(k, dtype=torch.float64, device=X.device)
+    if is_sparse(X):
+        # One pass over the stored values: sums[label of row, column] += w[row] * value.
+        rows, d = _row_ids(X), X.shape[1]
+        contrib = X.values().to(torch.float64) * w.to(torch.float64)[rows]
+        sums.view(-1).index_add_(0, labels[rows] * d + X.col_indices(), contrib)
+        weights.index_add_(0, labels, w.to(torch.float64))
+        return sums, weights
     for rows in chunk_slices(X.shape[0], chunk):
         _add_rows(sums, weights, X[rows], w[rows], labels[rows], unit_weight)
     return sums, weights
@@ -130,7 +198,7 @@ def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, 
             top.values.to(torch.float64).unsqueeze(1),
             sample_weight[top.indices].to(torch.float64).unsqueeze(1),
             labels[top.indices].to(torch.float64).unsqueeze(1),
-            X[top.indices].to(torch.float64),
+            dense_rows(X, top.indices).to(torch.float64),
         ],
         dim=1,
     )
@@ -226,7 +294,9 @@ class _HamerlyBounds:
             self.lower -= other
 
 
-def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL):
+def lloyd(
+    X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL, log=None
+):
     """Lloyd's algorithm from ``centers``, with scikit-learn's stopping rule.
 
     Stops when the labels stop changing (strict convergence) or the total squared
@@ -242,6 +312,8 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
     labels (this rank's rows), inertia (python float, over all ranks), centers, n_iter
     """
     k = centers.shape[0]
+    sparse = is_sparse(X)
+    prune = prune and not sparse
     if prune:
         labels, first, second = assign_top2(X, x_sq, centers, chunk)
         bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
@@ -267,7 +339,15 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
                         bounds.refresh(idx, lab_s, first_s, second_s)
             else:
                 labels, _ = assign(X, x_sq, centers, chunk)
-            changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
+            if sparse:
+                changed = int((labels != labels_old).sum())
+                sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
+            else:
+                changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
+        if log is not None:
+            own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
+            inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
+            log(f"Iteration {n_iter - 1}, inertia {inertia_i}.")
         # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
         packed = comm.sum_(
             torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
@@ -275,14 +355,19 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
         step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
         if bool((step_weights == 0).any()):
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
-            distances = ((X - centers[labels]) ** 2).sum(1)
+            distances = distances_to_own_center(X, x_sq, centers, labels)
             relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
         new_centers = average_centers(step_sums, step_weights, centers)
         delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
         centers = new_centers
         if n_iter > 1 and changed == 0:
+            if log is not None:
+                log(f"Converged at iteration {n_iter - 1}: strict convergence.")
             break
-        if float((delta * delta).sum()) <= tol:
+        shift = float((delta * delta).sum())
+        if shift <= tol:
+            if log is not None:
+                log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
             break
         if prune:
             bounds.centers_moved(delta)
@@ -293,7 +378,10 @@ def lloyd(X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=
 
 def _sq_dist_to_rows(X, x_sq, rows_X, rows_sq):
     """Squared distances from each of a few points (m, d) to every sample: (m, n)."""
-    d = torch.addmm(rows_sq.unsqueeze(1) + x_sq.unsqueeze(0), rows_X, X.T, alpha=-2.0)
+    if is_sparse(X):
+        d = torch.addmm(x_sq.unsqueeze(1) + rows_sq.unsqueeze(0), X, rows_X.T, alpha=-2.0).T
+    else:
+        d = torch.addmm(rows_sq.unsqueeze(1) + x_sq.unsqueeze(0), rows_X, X.T, alpha=-2.0)
     return d.clamp_min_(0)
 
 
@@ -318,19 +406,20 @@ def kmeans_plusplus(
     first = int(random_state.choice(n, p=p))
     indices = np.full(n_clusters, -1, dtype=np.int64)
     indices[0] = first
-    closest = _sq_dist_to_rows(X, x_sq, X[first : first + 1], x_sq[first : first + 1])[0].to(torch.float64)
+    first_row = dense_rows(X, torch.tensor([first], device=X.device))
+    closest = _sq_dist_to_rows(X, x_sq, first_row, x_sq[first : first + 1])[0].to(torch.float64)
     potential = float(closest @ w64)
     for c in range(1, n_clusters):
         rand_vals = random_state.uniform(size=n_local_trials) * potential
         cumulative = torch.cumsum(w64 * closest, 0)
         candidates = torch.searchsorted(cumulative, torch.as_tensor(rand_vals, device=X.device))
         candidates.clamp_(max=n - 1)
-        dist = _sq_dist_to_rows(X, x_sq, X[candidates], x_sq[candidates]).to(torch.float64)
+        dist = _sq_dist_to_rows(X, x_sq, dense_rows(X, candidates), x_sq[candidates]).to(torch.float64)
         torch.minimum(closest.unsqueeze(0), dist, out=dist)
         potentials = dist @ w64
         best = int(torch.argmin(potentials))
         potential = float(potentials[best])
         closest = dist[best]
         indices[c] = int(candidates[best])
-    centers = X[torch.as_tensor(indices, device=X.device)].clone()
+    centers = dense_rows(X, torch.as_tensor(indices, device=X.device)).clone()
     return centers, indices

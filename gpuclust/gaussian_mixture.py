@@ -6,15 +6,18 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
-from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_feature_names
 
 from . import _gmm_numerics as gm
 from ._arrays import as_tensor
-from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
+from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
@@ -150,6 +153,25 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(INIT_PARAMS))],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "matmul_precision": [StrOptions(set(gm.MATMUL_PRECISIONS))],
+        **TORCH_PARAMETER_CONSTRAINTS,
+    }
+
     def __init__(
         self,
         n_components=1,
@@ -197,19 +219,10 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self, n_samples, n_features, device):
-        K = check_positive_int(self.n_components, "n_components")
-        check_positive_int(self.n_init, "n_init")
-        check_positive_int(self.max_iter, "max_iter", minimum=0)
-        check_positive_int(self.verbose_interval, "verbose_interval")
-        check_nonnegative_float(self.tol, "tol")
-        if not math.isfinite(check_nonnegative_float(self.reg_covar, "reg_covar")):
+        """Checks that need the data (types and ranges of the parameters are checked by ``_fit_context``)."""
+        K = int(self.n_components)
+        if not math.isfinite(self.reg_covar):
             raise ValueError(f"reg_covar={self.reg_covar!r} must be finite.")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type={self.covariance_type!r} is not one of {COVARIANCE_TYPES}.")
-        if self.matmul_precision not in gm.MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision={self.matmul_precision!r} is not one of {gm.MATMUL_PRECISIONS}.")
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_PARAMS}.")
         if n_samples < K:
             raise ValueError(f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {n_samples}")
         if n_samples < 2:
@@ -354,6 +367,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return MixtureParameters(weights, means, gm.covariances_from_precision_cholesky(prec_chol, ct), prec_chol)
 
     # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Estimate the parameters with EM, ``n_init`` times, keeping the best lower bound.
 
@@ -372,6 +386,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._fit(X)
         return self
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None):
         """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``).
 
@@ -434,6 +449,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         warm = self.warm_start and hasattr(self, "converged_")
         if warm:
             self._check_is_fitted("_params")
+            _check_feature_names(self, X, reset=False)
             X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
             self._check_n_features(X_t)
             if self.covariance_type != self._fitted_covariance_type:
@@ -446,6 +462,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         comm = make_comm(self.distributed)
         n_local, d = X_t.shape
         col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
+        if not bool(torch.isfinite(col_sums).all()):
+            raise ValueError("The column sums of X overflow its dtype: scale the data or pass float64.")
         totals = comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
         n_global = int(totals[-1])
         K = self._check_params(n_global, d, X_t.device)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import _kmeans_core as core
-from ._arrays import as_sample_weight, as_tensor, as_torch, to_output
+from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, to_output
 from ._backends import cuml_available, require
-from ._base import TorchEstimatorMixin, check_nonnegative_float, check_positive_int
-from ._chunks import rows_per_chunk
+from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
+from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from .device import resolve_device
 
@@ -25,13 +27,13 @@ logger = logging.getLogger("gpuclust")
 __all__ = ["KMeans", "kmeans_plusplus"]
 
 BACKENDS = ("auto", "torch", "sklearn", "cuml")
-ALGORITHMS = ("auto", "lloyd", "hamerly")
+ALGORITHMS = ("auto", "lloyd", "elkan", "hamerly")
 # What backend="auto" picks on a CPU: the faster one in benchmarks/results/cpu.md
 # (ours ran 60000x784, k=10 at a lower time per iteration than scikit-learn's lloyd).
 CPU_AUTO_BACKEND = "torch"
 
 
-class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """K-Means clustering (Lloyd's algorithm) with a PyTorch core.
 
     Same parameters and semantics as :class:`sklearn.cluster.KMeans` (greedy
@@ -43,10 +45,11 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     ----------
     n_clusters : int, default=8
         Number of clusters and of centres.
-    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means++"
+    init : {"k-means++", "random"}, callable or array-like of shape (n_clusters, n_features), default="k-means++"
         ``"k-means++"``: greedy k-means++ seeding (:func:`kmeans_plusplus`);
-        ``"random"``: ``n_clusters`` distinct samples drawn at random; an array: the
-        initial centres themselves.
+        ``"random"``: ``n_clusters`` distinct samples drawn with probability proportional
+        to ``sample_weight``; a callable ``init(X, n_clusters, random_state=rs)`` returning
+        the centres (X in the array type passed to ``fit``); an array: the initial centres.
     n_init : "auto" or int, default="auto"
         Runs with different seeds, keeping the lowest inertia; ``"auto"`` is 1 for
         k-means++ and array init, 10 for random.
@@ -55,19 +58,26 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     tol : float, default=1e-4
         Relative to the mean per-feature variance of X, on the total squared centre shift.
     verbose : int, default=0
-        Log the inertia of each restart at INFO level.
+        Print what scikit-learn prints: "Initialization complete", the inertia of each
+        iteration and how the run converged.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialization; the same seed chooses the same initial centres as
         scikit-learn's.
-    algorithm : {"auto", "lloyd", "hamerly"}, default="auto"
+    copy_x : bool, default=True
+        Accepted for scikit-learn compatibility; gpuclust never writes into X, so X is
+        left unmodified either way.
+    algorithm : {"auto", "lloyd", "elkan", "hamerly"}, default="auto"
         ``"hamerly"`` keeps Hamerly's distance bounds and re-assigns only the samples
         that may change cluster; the labels and centres are the same as ``"lloyd"``'s.
+        ``"elkan"`` (scikit-learn's name for its bounds-based variant) runs ``"hamerly"``.
         ``"auto"``: hamerly on the CPU (where the distance GEMM dominates), lloyd on a
-        GPU (where the bookkeeping costs more than the GEMM it saves).
+        GPU (where the bookkeeping costs more than the GEMM it saves). Sparse X always
+        runs plain Lloyd.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Where the computation runs; ``"auto"`` picks CUDA when a GPU is available.
     dtype : {None, "float32", "float64"}, default=None
-        None keeps float32/float64 input and computes other input in float32.
+        None keeps float32/float64 input; other input (integers, float16) is computed in
+        float64 on the CPU, as scikit-learn does, and in float32 on a GPU.
     backend : {"auto", "torch", "sklearn", "cuml"}, default="auto"
         ``"torch"`` is ours; ``"sklearn"`` wraps :class:`sklearn.cluster.KMeans` (CPU);
         ``"cuml"`` wraps :class:`cuml.cluster.KMeans` (GPU). ``"auto"``: cuML on a GPU
@@ -118,6 +128,21 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     16.0
     """
 
+    _parameter_constraints = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions({"k-means++", "random"}), callable, "array-like"],
+        "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+        "copy_x": ["boolean"],
+        "algorithm": [StrOptions(set(ALGORITHMS))],
+        "backend": [StrOptions(set(BACKENDS))],
+        **TORCH_PARAMETER_CONSTRAINTS,
+    }
+    _accept_sparse = True
+
     def __init__(
         self,
         n_clusters=8,
@@ -128,6 +153,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         tol=1e-4,
         verbose=0,
         random_state=None,
+        copy_x=True,
         algorithm="auto",
         device="auto",
         dtype=None,
@@ -143,6 +169,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         self.tol = tol
         self.verbose = verbose
         self.random_state = random_state
+        self.copy_x = copy_x
         self.algorithm = algorithm
         self.device = device
         self.dtype = dtype
@@ -151,37 +178,49 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         self.memory_budget = memory_budget
         self.distributed = distributed
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     # ------------------------------------------------------------------ checks
     def _check_params(self, n_samples):
+        """Checks that need the data (the parameters' types and ranges are checked by ``_fit_context``)."""
         n_samples = int(self._comm.sum_float(n_samples, "sample count"))
-        k = check_positive_int(self.n_clusters, "n_clusters")
-        check_positive_int(self.max_iter, "max_iter")
-        check_nonnegative_float(self.tol, "tol")
+        k = int(self.n_clusters)
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={self.algorithm!r} is not one of {ALGORITHMS}.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}.")
-        is_array_init = not isinstance(self.init, str)
-        if isinstance(self.init, str) and self.init not in ("k-means++", "random"):
-            raise ValueError(
-                f"init={self.init!r} must be 'k-means++', 'random' or an array of shape (n_clusters, n_features)."
-            )
+        is_array_init = not isinstance(self.init, str) and not callable(self.init)
         if self.n_init == "auto":
             n_init = 1 if (is_array_init or self.init == "k-means++") else 10
         else:
-            n_init = check_positive_int(self.n_init, "n_init")
+            n_init = int(self.n_init)
         if is_array_init and n_init != 1:
             warnings.warn(
-                f"Explicit initial center position passed: performing only one init instead of n_init={n_init}.",
+                "Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             n_init = 1
         return k, n_init
 
-    def _resolve_backend(self):
+    def _check_centers(self, centers, name, k, d):
+        t, _ = as_tensor(centers, device=self._device, dtype=self._dtype, name=name)
+        if tuple(t.shape) != (k, d):
+            raise ValueError(
+                f"The shape of the initial centers {tuple(t.shape)} does not match "
+                f"(n_clusters, n_features) = ({k}, {d})."
+            )
+        return t
+
+    def _resolve_backend(self, sparse=False):
+        if sparse:
+            if self.backend not in ("auto", "torch"):
+                raise ValueError(f"backend={self.backend!r} does not take sparse input; use backend='torch'.")
+            return "torch"
+        if callable(self.init) and self.backend == "cuml":
+            raise ValueError("backend='cuml' takes init='k-means++', 'random' or an array, not a callable.")
         if self.backend != "auto":
             if self.backend == "cuml":
                 require("cuml")
@@ -204,42 +243,55 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         return CPU_AUTO_BACKEND
 
     # --------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            numpy array, torch tensor (CPU or CUDA) or DLPack-capable array (CuPy).
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            numpy array, pandas DataFrame, torch tensor (CPU or CUDA), DLPack-capable array
+            (CuPy), scipy sparse matrix/array or torch sparse CSR tensor (never densified).
         y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,) or float, optional
+            Weights of the samples; also the probabilities of ``init="random"``'s draws.
 
         Returns
         -------
         self : KMeans
         """
-        X_t, kind = self._prepare_fit_input(X)
+        state = dict(self.__dict__)
+        try:
+            return self._fit(X, sample_weight)
+        except BaseException:
+            # A failed fit (bad input, overflow, interruption) leaves a fitted estimator as it was.
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
+    def _fit(self, X, sample_weight):
+        X_t, kind = self._convert_fit_input(X)
+        self._device, self._dtype = X_t.device, X_t.dtype
         n, d = X_t.shape
         self._comm = make_comm(self.distributed)
         k, n_init = self._check_params(n)
-        w = as_sample_weight(sample_weight, n, device=self._device, dtype=self._dtype)
+        w = as_sample_weight(sample_weight, n, device=X_t.device, dtype=X_t.dtype)
         init_t = None
-        if not isinstance(self.init, str):
-            init_t, _ = as_tensor(self.init, device=self._device, dtype=self._dtype, name="init")
-            if tuple(init_t.shape) != (k, d):
-                raise ValueError(
-                    f"init has shape {tuple(init_t.shape)}, expected (n_clusters, n_features) = ({k}, {d})."
-                )
-        self.backend_ = self._resolve_backend()
-        if self.distributed and self.backend_ != "torch":
-            raise ValueError(f"distributed=True needs backend='torch' (got {self.backend_!r}).")
-        if self.backend_ == "torch":
-            centers, labels, inertia, n_iter = self._fit_torch(X_t, w, k, n_init, init_t, sample_weight is None)
-        elif self.backend_ == "sklearn":
-            centers, labels, inertia, n_iter = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
+        if not isinstance(self.init, str) and not callable(self.init):
+            init_t = self._check_centers(self.init, "init", k, d)
+        x_sq = core.squared_norms(X_t)
+        _check_no_overflow(x_sq)
+        backend = self._resolve_backend(is_sparse(X_t))
+        if self.distributed and backend != "torch":
+            raise ValueError(f"distributed=True needs backend='torch' (got {backend!r}).")
+        if backend == "torch":
+            user_X = X if callable(self.init) else None
+            result = self._fit_torch(X_t, x_sq, w, k, n_init, init_t, sample_weight is None, user_X)
+        elif backend == "sklearn":
+            result = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
         else:
-            centers, labels, inertia, n_iter = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
-        self._centers = centers
+            result = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
+        centers, labels, inertia, n_iter = result
         sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
         n_distinct = int((sizes > 0).sum())
         if n_distinct < k:
@@ -249,6 +301,10 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
                 ConvergenceWarning,
                 stacklevel=2,
             )
+        self._set_fit_input(X_t, kind)
+        self.backend_ = backend
+        self._centers = centers
+        self._n_features_out = k
         self.cluster_centers_ = self._output(centers, kind)
         self.labels_ = self._output(labels, kind)
         self.inertia_ = float(inertia)
@@ -260,29 +316,43 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         # per row: the (k,) scores, and on a GPU the (k,) one-hot of the centre-sum GEMM
         return rows_per_chunk(n, (2 * k + 2) * itemsize, self._device, self.chunk_size, self.memory_budget)
 
-    def _fit_torch(self, X, w, k, n_init, init_t, unit_weight):
+    def _initial_centers(self, X, x_sq, w, k, rs, user_X):
+        """One run's starting centres (on the rows every rank shares under torch.distributed)."""
+        if self.init == "k-means++":
+            centers, _ = core.kmeans_plusplus(X, k, w, x_sq, rs)
+        elif self.init == "random":
+            # scikit-learn's draw: k distinct rows, with probability proportional to the weight.
+            w64 = w.to(torch.float64).cpu().numpy()
+            seeds = rs.choice(X.shape[0], size=k, replace=False, p=w64 / w64.sum())
+            centers = core.dense_rows(X, torch.as_tensor(seeds, device=X.device))
+        else:
+            centers = self._check_centers(self.init(user_X, k, random_state=rs), "init(X) result", k, X.shape[1])
+        return centers.clone()
+
+    def _fit_torch(self, X, x_sq, w, k, n_init, init_t, unit_weight, user_X):
         n, d = X.shape
         rs = check_random_state(self.random_state)
-        x_sq = core.squared_norms(X)
         comm = self._comm
         tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq, comm) * self.tol
         chunk = self._chunk(n, d, k)
-        prune = self.algorithm == "hamerly" or (self.algorithm == "auto" and X.device.type == "cpu")
+        prune = self.algorithm in ("hamerly", "elkan") or (self.algorithm == "auto" and X.device.type == "cpu")
         # Under torch.distributed every rank seeds from the same gathered rows; rank 0's centres
         # are broadcast so that all ranks start identically.
-        X_all, w_all = (X, w) if init_t is not None else gather_init_sample(X, w, comm, rs)
+        if init_t is not None or callable(self.init) or comm.world_size == 1:
+            X_all, w_all, sq_all = X, w, x_sq
+        else:
+            X_all, w_all = gather_init_sample(X, w, comm, rs)
+            sq_all = core.squared_norms(X_all)
+        log = print if self.verbose else None
         best = None
-        for run in range(n_init):
+        for _ in range(n_init):
             if init_t is not None:
                 centers = init_t.clone()
-            elif self.init == "k-means++":
-                centers, _ = core.kmeans_plusplus(
-                    X_all, k, w_all, core.squared_norms(X_all) if X_all is not X else x_sq, rs
-                )
             else:
-                seeds = torch.as_tensor(rs.permutation(X_all.shape[0])[:k], device=X.device)
-                centers = X_all[seeds].clone()
+                centers = self._initial_centers(X_all, sq_all, w_all, k, rs, user_X)
             comm.broadcast_(centers, 0, "initial centres")
+            if log is not None:
+                log("Initialization complete")
             labels, inertia, centers, n_iter = core.lloyd(
                 X,
                 w,
@@ -294,9 +364,8 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
                 unit_weight=unit_weight,
                 prune=prune,
                 comm=comm,
+                log=log,
             )
-            if self.verbose:
-                logger.info("KMeans init %d: inertia %.6g after %d iterations", run, inertia, n_iter)
             if best is None or inertia < best[2]:
                 best = (centers, labels, inertia, n_iter)
         return best
@@ -347,6 +416,7 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     def _assign(self, X):
         centers = self._centers.to(X.dtype)
         x_sq = core.squared_norms(X)
+        _check_no_overflow(x_sq)
         chunk = self._chunk(X.shape[0], X.shape[1], centers.shape[0])
         return core.assign(X, x_sq, centers, chunk)
 
@@ -360,12 +430,26 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def transform(self, X):
-        """Euclidean distances to every centre, shape (n_samples, n_clusters)."""
+        """Euclidean distances to every centre, shape (n_samples, n_clusters).
+
+        Computed as accurately as scikit-learn's: the expansion ``||x||^2 - 2 x.c + ||c||^2``
+        runs in float64, one tile at a time, and the distances it cannot resolve (those small
+        against the norms, where it cancels) are recomputed from the differences, so a
+        centre's distance to itself is 0 and float32 results carry float32's precision.
+        """
         X_t, kind = self._prepare_input(X, "_centers")
-        centers = self._centers
-        c_sq, x_sq = core.squared_norms(centers), core.squared_norms(X_t)
-        d2 = torch.addmm(c_sq.unsqueeze(0) + x_sq.unsqueeze(1), X_t, centers.T, alpha=-2.0).clamp_min_(0)
-        return self._output(d2.sqrt_(), kind)
+        centers = self._centers.to(torch.float64)
+        c_sq = core.squared_norms(centers)
+        out = torch.empty(X_t.shape[0], centers.shape[0], dtype=X_t.dtype, device=X_t.device)
+        chunk = self._chunk(X_t.shape[0], X_t.shape[1], 2 * centers.shape[0])
+        for rows in chunk_slices(X_t.shape[0], chunk):
+            tile = core.rows_of(X_t, rows).to(torch.float64)
+            x_sq = core.squared_norms(tile)
+            scale = c_sq.unsqueeze(0) + x_sq.unsqueeze(1)
+            d2 = torch.addmm(scale, tile, centers.T, alpha=-2.0).clamp_min_(0)
+            _refine_small_distances(d2, scale, tile, centers)
+            out[rows] = d2.sqrt_()
+        return self._output(out, kind)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the centres."""
@@ -374,9 +458,35 @@ class KMeans(TorchEstimatorMixin, ClusterMixin, TransformerMixin, BaseEstimator)
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
         X_t, _ = self._prepare_input(X, "_centers")
+        _check_no_overflow(core.squared_norms(X_t))
         w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
         _, distances = self._assign(X_t)
         return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
+
+
+def _refine_small_distances(d2, scale, tile, centers, rel=1e-6, pairs=4096):
+    """Recompute ``d2[i, j]`` as ``||x_i - c_j||^2`` where the expansion lost its precision (float64).
+
+    The expansion's rounding error is about ``eps * (||x||^2 + ||c||^2)``; below ``rel`` times that
+    scale it leaves fewer than ~7 correct digits, so those few pairs are computed directly.
+    """
+    i, j = torch.nonzero(d2 < rel * scale, as_tuple=True)
+    for start in range(0, i.numel(), pairs):
+        ii, jj = i[start : start + pairs], j[start : start + pairs]
+        diff = core.dense_rows(tile, ii) - centers[jj]
+        d2[ii, jj] = (diff * diff).sum(1)
+
+
+def _check_no_overflow(x_sq):
+    """Squared distances are formed from squared norms: refuse data whose norms overflow the dtype."""
+    largest = float(x_sq.max()) if x_sq.numel() else 0.0
+    limit = torch.finfo(x_sq.dtype).max / 8
+    if not largest < limit:
+        raise ValueError(
+            f"The squared norms of the samples overflow {str(x_sq.dtype).replace('torch.', '')} "
+            f"(largest {largest:.3g}, limit {limit:.3g}): scale the data (e.g. divide it by its largest "
+            "absolute value, or use sklearn.preprocessing.StandardScaler) or pass float64."
+        )
 
 
 def kmeans_plusplus(
@@ -422,7 +532,7 @@ def kmeans_plusplus(
     ((2, 2), [1.0, 10.0])
     """
     target = as_torch(X).device if device is None else resolve_device(device)
-    X_t, kind = as_tensor(X, device=target)
+    X_t, kind = as_tensor(X, device=target, accept_sparse=True)
     n = X_t.shape[0]
     k = check_positive_int(n_clusters, "n_clusters")
     if n < k:

@@ -266,7 +266,7 @@ def test_bad_parameters(kw, match):
     "X,match",
     [
         (np.array([[0.0, np.inf], [1, 1], [2, 2]]), "NaN or infinity"),
-        (np.zeros(10), "2-d"),
+        (np.zeros(10), "Reshape your data"),
         (np.array([["x", "y"]] * 3), "numeric"),
     ],
 )
@@ -281,3 +281,42 @@ def test_unfitted_and_feature_mismatch():
     gmm = GaussianMixture(2, device="cpu", random_state=0).fit(np.random.RandomState(0).rand(40, 3))
     with pytest.raises(ValueError, match="X has 2 features"):
         gmm.predict(np.random.rand(4, 2))
+
+
+# ------------------------------------------------------------------ drop-in parity with scikit-learn (issue 14)
+def test_invalid_hyper_parameters_raise_sklearns_error():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = np.random.RandomState(0).rand(30, 2)
+    bad = [{"n_components": 0}, {"covariance_type": "banded"}, {"verbose_interval": 0}, {"tol": -1.0},
+           {"init_params": "magic"}, {"warm_start": "yes"}, {"memory_budget": 0},
+           {"reg_covar": float("inf")}]  # fmt: skip
+    for kw in bad:
+        with pytest.raises(InvalidParameterError, match=r"The '\w+' parameter of GaussianMixture must be"):
+            GaussianMixture(device="cpu", **kw).fit(X)
+
+
+def test_feature_names_and_pandas_missing_values():
+    pd = pytest.importorskip("pandas")
+    X = np.random.RandomState(0).rand(40, 2)
+    gmm = GaussianMixture(2, random_state=0, device="cpu").fit(pd.DataFrame(X, columns=["u", "v"]))
+    np.testing.assert_array_equal(gmm.feature_names_in_, ["u", "v"])
+    with pytest.raises(ValueError, match="missing values"):
+        GaussianMixture(2, device="cpu").fit(pd.DataFrame({"u": pd.array([1.0, None, 2.0, 3.0], dtype="Float64")}))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, np.float32])
+def test_input_dtype_rule_on_cpu_as_sklearn(dtype):
+    X = np.round(np.random.RandomState(0).rand(60, 2) * 10).astype(dtype)
+    gmm = GaussianMixture(2, random_state=0, device="cpu").fit(X)
+    assert gmm.means_.dtype == (np.float32 if dtype == np.float32 else np.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_requires_grad_and_meta_tensors(device):
+    X = torch.randn(60, 2, dtype=torch.float64, device=device, requires_grad=True)
+    gmm = GaussianMixture(2, random_state=0, device=device).fit(X)
+    outputs = [gmm.means_, gmm.predict_proba(X), gmm.score_samples(X), gmm.fit_predict(X)]
+    assert all(not t.requires_grad and t.grad_fn is None for t in outputs)
+    with pytest.raises(ValueError, match="'meta' device"):
+        GaussianMixture(2, device=device).fit(torch.empty(10, 2, device="meta"))

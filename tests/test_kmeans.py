@@ -182,17 +182,17 @@ def test_cuml_backend_close_to_ours():
     "X,kw,match",
     [
         (np.array([[0.0, np.nan], [1, 1], [2, 2]]), {}, "NaN"),
-        (np.zeros(10), {}, "2-d"),
-        (np.zeros((4, 2, 2)), {}, "2-d"),
+        (np.zeros(10), {}, "Reshape your data"),
+        (np.zeros((4, 2, 2)), {}, "dim 3"),
         (np.random.rand(3, 2), {"n_clusters": 5}, r"n_samples=3 should be >= n_clusters=5"),
         (np.array([["a", "b"], ["c", "d"]]), {}, "numeric"),
         (np.random.rand(20, 2), {"n_clusters": 0}, "n_clusters"),
-        (np.random.rand(20, 2), {"init": "bogus"}, "init="),
-        (np.random.rand(20, 2), {"init": np.zeros((3, 5))}, "init has shape"),
+        (np.random.rand(20, 2), {"init": "bogus"}, "'init' parameter of KMeans"),
+        (np.random.rand(20, 2), {"init": np.zeros((3, 5))}, "shape of the initial centers"),
         (np.random.rand(20, 2), {"tol": -1}, "tol"),
         (np.random.rand(20, 2), {"max_iter": 0}, "max_iter"),
         (np.random.rand(20, 2), {"backend": "faiss"}, "backend"),
-        (np.random.rand(20, 2), {"algorithm": "elkan"}, "algorithm"),
+        (np.random.rand(20, 2), {"algorithm": "full"}, "algorithm"),
         (np.random.rand(20, 2), {"dtype": "int32"}, "dtype"),
         (np.random.rand(20, 2), {"chunk_size": 0}, "chunk_size"),
     ],
@@ -205,7 +205,7 @@ def test_bad_input_is_value_error(X, kw, match):
 
 def test_bad_sample_weight():
     X = np.random.rand(10, 2)
-    with pytest.raises(ValueError, match="sample_weight has 3 entries"):
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(3,\), expected \(10,\)"):
         KMeans(2, device="cpu").fit(X, sample_weight=np.ones(3))
     with pytest.raises(ValueError, match="non-negative"):
         KMeans(2, device="cpu").fit(X, sample_weight=-np.ones(10))
@@ -257,3 +257,212 @@ def test_init_sample_gathers_all_rows_or_a_bounded_sample():
     assert X_s.shape == (30, 2) and w_s.shape == (30,)
     rows = (X_s[:, 0] / 2).long()  # each sampled row is a real row with its own weight
     assert torch.equal(X_s, X[rows]) and torch.allclose(w_s, w[rows])
+
+
+# ------------------------------------------------------------------ drop-in parity with scikit-learn (issue 14)
+def _real_datasets():
+    from sklearn.datasets import load_digits, load_iris, load_wine
+
+    return {"iris": load_iris().data, "wine": load_wine().data, "digits": load_digits().data}
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "digits", "fashion"])
+@pytest.mark.parametrize("algorithm", ["lloyd", "elkan"])
+def test_n_iter_labels_and_inertia_equal_sklearn_on_real_data(name, algorithm, request):
+    from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+
+    if name == "fashion":
+        X = request.getfixturevalue("fashion_pixels")[0]
+    else:
+        X = _real_datasets()[name].astype(np.float64)
+    for k, seed in [(3, 0), (8, 1), (10, 2)]:
+        init, _ = sk_kmeans_plusplus(X, k, random_state=seed)
+        ref = SkKMeans(k, init=init, n_init=1, algorithm=algorithm).fit(X)
+        ours = KMeans(k, init=init, n_init=1, algorithm=algorithm, device="cpu").fit(X)
+        assert ours.n_iter_ == ref.n_iter_, (k, seed)
+        np.testing.assert_array_equal(ours.labels_, ref.labels_)
+        assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-10)
+        # the same seed draws the same k-means++ centres as scikit-learn
+        by_seed = KMeans(k, n_init=1, random_state=seed, device="cpu").fit(X)
+        assert by_seed.n_iter_ == SkKMeans(k, n_init=1, random_state=seed).fit(X).n_iter_
+
+
+def test_verbose_prints_what_sklearn_prints(capsys):
+    import re
+
+    from sklearn.datasets import load_iris
+
+    X = load_iris().data
+    init = X[[0, 60, 120]]
+    for tol in (0.0, 1e-2):
+        SkKMeans(3, init=init, n_init=1, tol=tol, verbose=1).fit(X)
+        ref = capsys.readouterr().out
+        KMeans(3, init=init, n_init=1, tol=tol, verbose=1, device="cpu").fit(X)
+        ours = capsys.readouterr().out
+        shape = lambda text: re.sub(r"[-+0-9.e]+", "#", text)  # numbers may differ in the last digits
+        assert shape(ours) == shape(ref) and ours.splitlines()[0] == "Initialization complete"
+        assert ("strict convergence" in ours) == (tol == 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transform_is_accurate_in_float32(dtype, fashion_pixels):
+    X = (fashion_pixels[0][:1000] * 255).astype(dtype)
+    km = KMeans(10, random_state=0, n_init=1, device="cpu").fit(X)
+    centers = km.cluster_centers_
+    assert np.all(np.diag(km.transform(centers)) == 0)
+    exact = np.sqrt(((X[:, None, :].astype(np.float64) - centers[None].astype(np.float64)) ** 2).sum(-1))
+    got = km.transform(X)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, exact, rtol={"float32": 4 * np.finfo(np.float32).eps, "float64": 1e-12}[dtype])
+
+
+def test_random_init_draws_in_proportion_to_weight():
+    X, _ = overlapping_blobs(n=400, d=3, k=4)
+    w = np.zeros(400)
+    w[::7] = 1.0 + np.arange(len(w[::7])) % 3
+    for seed in range(5):
+        ref = SkKMeans(4, init="random", n_init=1, random_state=seed, max_iter=1).fit(X, sample_weight=w)
+        ours = KMeans(4, init="random", n_init=1, random_state=seed, max_iter=1, device="cpu").fit(X, sample_weight=w)
+        np.testing.assert_array_equal(ours.labels_, ref.labels_)
+        start = KMeans(4, init="random", n_init=1, random_state=seed, max_iter=1, device="cpu")
+        rs = np.random.RandomState(seed)
+        seeds = rs.choice(400, size=4, replace=False, p=w / w.sum())
+        assert np.all(w[seeds] > 0)
+        start.fit(X, sample_weight=w)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_callable_init_and_copy_x_as_sklearn(dtype):
+    from sklearn.datasets import load_iris
+
+    X = load_iris().data.astype(dtype)
+    calls = []
+
+    def init(data, n_clusters, random_state):
+        calls.append((type(data), n_clusters))
+        return data[:n_clusters].copy()  # a view would let scikit-learn's Lloyd write into its X
+
+    ref = SkKMeans(3, init=init, n_init=1, copy_x=False).fit(X.copy())
+    ours = KMeans(3, init=init, n_init=1, copy_x=False, device="cpu").fit(X)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert calls[-1] == (np.ndarray, 3)
+    np.testing.assert_array_equal(X, load_iris().data.astype(dtype))  # X untouched
+    bad = KMeans(3, init=lambda data, k, random_state: data[:2], n_init=1, device="cpu")
+    with pytest.raises(ValueError, match="shape of the initial centers"):
+        bad.fit(X)
+
+
+def test_feature_names_and_get_feature_names_out():
+    pd = pytest.importorskip("pandas")
+    X = overlapping_blobs(n=200, d=3, k=3)[0]
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    km = KMeans(3, random_state=0, device="cpu").fit(df)
+    np.testing.assert_array_equal(km.feature_names_in_, ["a", "b", "c"])
+    ref = SkKMeans(3, random_state=0).fit(df)
+    np.testing.assert_array_equal(km.get_feature_names_out(), ref.get_feature_names_out())
+    with pytest.warns(UserWarning, match="feature names"):
+        km.predict(X)
+    assert not hasattr(KMeans(3, random_state=0, device="cpu").fit(X), "feature_names_in_")
+
+
+@pytest.mark.parametrize(
+    "make,dtype",
+    [
+        (lambda X: X.astype(np.int64), np.float64),
+        (lambda X: X.astype(np.float64), np.float64),
+        (lambda X: X.astype(np.float32), np.float32),
+        (lambda X: X.astype(object), np.float64),
+        (lambda X: X.astype(np.float16), np.float64),
+    ],
+    ids=["int64", "float64", "float32", "object", "float16"],
+)
+def test_input_dtype_rule_on_cpu_as_sklearn(make, dtype):
+    X = np.round(overlapping_blobs(n=120, d=3, k=3)[0] * 10)
+    km = KMeans(3, random_state=0, device="cpu").fit(make(X))
+    ref = SkKMeans(3, random_state=0).fit(make(X))
+    assert km.cluster_centers_.dtype == dtype == ref.cluster_centers_.dtype
+    assert km.transform(make(X)).dtype == dtype
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_input_on_cuda_is_float32(device):
+    X = torch.randint(0, 10, (50, 3), device=device)
+    km = KMeans(2, random_state=0, device=device).fit(X)
+    assert km.cluster_centers_.dtype == (torch.float64 if device == "cpu" else torch.float32)
+
+
+def test_invalid_hyper_parameters_raise_sklearns_error():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = np.random.RandomState(0).rand(20, 2)
+    for kw in [{"n_clusters": 0}, {"n_init": 0}, {"max_iter": 1.5}, {"tol": -1.0}, {"algorithm": "full"},
+               {"copy_x": "yes"}, {"init": 3}, {"chunk_size": 0}, {"backend": "faiss"}]:  # fmt: skip
+        with pytest.raises(InvalidParameterError, match=r"The '\w+' parameter of KMeans must be"):
+            KMeans(device="cpu", **kw).fit(X)
+
+
+def test_failed_fit_leaves_fitted_kmeans_unchanged():
+    X = overlapping_blobs(n=200, d=3, k=3)[0]
+    km = KMeans(3, random_state=0, device="cpu").fit(X)
+    arrays = (np.ndarray, torch.Tensor)
+    before = {k: (np.asarray(v).copy() if isinstance(v, arrays) else v) for k, v in vars(km).items()}
+    with_nan = np.where(np.arange(3) == 1, np.nan, X).astype(np.float32)
+    overflowing = (X * 1e30).astype(np.float32)
+    bad_fits = [(with_nan, {}), (X, {"sample_weight": -np.ones(200)}), (overflowing, {}), (X, {"sample_weight": 0.0})]
+    for bad, kw in bad_fits:
+        with pytest.raises(ValueError):
+            km.fit(bad, **kw)
+    km.set_params(n_clusters=500)
+    with pytest.raises(ValueError, match="should be >= n_clusters"):
+        km.fit(X)
+    after = vars(km)
+    assert set(after) == set(before)
+    for key, value in before.items():
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(value))
+        elif key != "n_clusters":
+            assert after[key] == value or after[key] is value, key
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_overflowing_norms_raise_with_advice(dtype):
+    X = overlapping_blobs(n=100, d=3, k=2)[0].astype(np.float32) * np.float32(1e30)
+    if dtype == np.float32:
+        with pytest.raises(ValueError, match="scale the data"):
+            KMeans(2, random_state=0, device="cpu").fit(X)
+    else:  # float64 holds the squares: the fit is finite
+        assert np.isfinite(KMeans(2, random_state=0, device="cpu").fit(X.astype(dtype)).inertia_)
+
+
+@pytest.mark.parametrize("weight,match", [(-1.0, "non-negative"), (np.nan, "NaN"), (0.0, "at least one non-zero")])
+def test_scalar_sample_weight_is_checked_like_an_array(weight, match):
+    X = np.random.RandomState(0).rand(20, 2)
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, device="cpu").fit(X, sample_weight=weight)
+    with pytest.raises(ValueError, match=match):
+        KMeans(2, device="cpu").fit(X, sample_weight=np.full(20, weight))
+    km = KMeans(2, random_state=0, device="cpu")
+    assert km.fit(X, sample_weight=2.0).inertia_ == pytest.approx(2 * km.fit(X).inertia_)
+
+
+def test_hostile_inputs_name_the_problem():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": pd.array([1, None, 3, 4], dtype="Int64"), "b": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(ValueError, match="missing values.*pd.NA"):
+        KMeans(2, device="cpu").fit(df)
+    with pytest.raises(ValueError, match="'meta' device"):
+        KMeans(2, device="cpu").fit(torch.empty(10, 3, device="meta"))
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        KMeans(2, device="cpu").fit(np.ones((4, 2), dtype=complex))
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        KMeans(2, device="cpu").fit(np.ones((4, 0)))
+    with pytest.raises(ValueError, match="Sample weights must contain at least one non-zero number"):
+        KMeans(2, device="cpu").fit(np.ones((4, 2)), sample_weight=np.zeros(4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_requires_grad_input_is_accepted_and_outputs_carry_no_graph(device):
+    X = torch.randn(100, 3, dtype=torch.float64, device=device, requires_grad=True)
+    km = KMeans(3, random_state=0, device=device).fit(X)
+    outputs = [km.cluster_centers_, km.labels_, km.predict(X), km.transform(X), km.fit_transform(X)]
+    assert all(not t.requires_grad and t.grad_fn is None for t in outputs)
