@@ -33,7 +33,7 @@ class ArrayKind:
 
     namespace: str  # "numpy", "torch" or "dlpack"
     device: torch.device
-    module: object = None  # the producing module for "dlpack" inputs (cupy, ...)
+    module: object = None  # for "dlpack" inputs: the namespace whose from_dlpack builds outputs, or None
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
@@ -58,12 +58,30 @@ def _kind_of(X) -> ArrayKind:
     if isinstance(X, np.ndarray):
         return ArrayKind("numpy", torch.device("cpu"))
     if hasattr(X, "__dlpack__") and hasattr(X, "__dlpack_device__"):
-        module = type(X).__module__.split(".")[0]
         dev_type, dev_id = X.__dlpack_device__()
         # DLPack device codes: 1 CPU, 2 CUDA, 3 CUDA host (pinned), 13 CUDA managed.
         device = torch.device("cuda", dev_id) if int(dev_type) in (2, 13) else torch.device("cpu")
-        return ArrayKind("dlpack", device, __import__(module))
+        return ArrayKind("dlpack", device, _output_namespace(X))
     return ArrayKind("numpy", torch.device("cpu"))
+
+
+def _output_namespace(X):
+    """The namespace whose ``from_dlpack`` makes outputs of X's type, found when X comes in.
+
+    The array API's ``__array_namespace__`` first (CuPy, JAX's ``jax.numpy``, ...), then the
+    producer's top-level module if it has ``from_dlpack``; None when neither does, and
+    outputs are then torch tensors. Deciding here means a fit never fails at its end.
+    """
+    get_namespace = getattr(X, "__array_namespace__", None)
+    if get_namespace is not None:
+        try:
+            namespace = get_namespace()
+        except Exception:
+            namespace = None
+        if callable(getattr(namespace, "from_dlpack", None)):
+            return namespace
+    module = sys.modules.get(type(X).__module__.split(".")[0])
+    return module if callable(getattr(module, "from_dlpack", None)) else None
 
 
 def is_sparse(X) -> bool:
@@ -295,8 +313,9 @@ def to_output(t: torch.Tensor, kind: ArrayKind):
         return t.to(kind.device)
     if kind.namespace == "dlpack":
         t = t.to(kind.device).contiguous()
-        return kind.module.from_dlpack(t)
-    return t.detach().cpu().numpy()
+        # Producers without a from_dlpack of their own get the torch tensor (zero-copy view).
+        return t if kind.module is None else kind.module.from_dlpack(t)
+    return t.cpu().numpy()
 
 
 def as_sample_weight(sample_weight, n_samples: int, *, device, dtype) -> torch.Tensor:

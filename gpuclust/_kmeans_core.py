@@ -14,6 +14,7 @@ import torch
 from ._arrays import sparse_csr
 from ._chunks import chunk_slices
 from ._comm import LOCAL
+from .device import uses_cuda_paths
 
 # ----------------------------------------------------------------- sparse X
 # A sparse X is a torch sparse CSR tensor; it is never densified. Distances come from
@@ -136,7 +137,7 @@ def assign(X, x_sq, centers, chunk):
 def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0):
     """sums[labels[i]] += sign * w[i] * X[i] (float64 accumulators)."""
     k = sums.shape[0]
-    if X.device.type == "cuda":
+    if uses_cuda_paths(X.device):
         # A one-hot GEMM is deterministic on the GPU, unlike index_add_'s atomics.
         onehot = torch.zeros(X.shape[0], k, dtype=X.dtype, device=X.device)
         onehot.scatter_(1, labels.unsqueeze(1), 1.0 if unit_weight else w.unsqueeze(1))

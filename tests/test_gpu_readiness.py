@@ -129,3 +129,62 @@ def test_tiles_are_sized_by_their_total_memory():
     est._dtype, est._device = torch.float32, torch.device("cpu")
     rows, per_row = est._chunk(48000, 6272, 10), gm.tile_bytes_per_row("full", 10, 6272, 4)
     assert rows * per_row <= 512 << 20 < (rows + 1) * per_row
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forced_cuda_centre_sums_equal_the_cpu_ones(dtype):
+    # The one-hot GEMM that sums centres on a GPU, run with CPU kernels.
+    from gpuclust import KMeans
+
+    X, _ = make_blobs(3000, 12, centers=6, random_state=3)
+    X = X.astype(dtype)
+    w = np.random.RandomState(0).uniform(0.5, 2.0, len(X))
+    for weights in (None, w):
+        plain = KMeans(6, random_state=0, device="cpu", algorithm="lloyd").fit(X, sample_weight=weights)
+        with force_cuda_paths():
+            forced = KMeans(6, random_state=0, device="cpu", algorithm="lloyd").fit(X, sample_weight=weights)
+        assert forced.n_iter_ == plain.n_iter_
+        np.testing.assert_array_equal(forced.labels_, plain.labels_)
+        np.testing.assert_allclose(forced.cluster_centers_, plain.cluster_centers_, rtol=RTOL[dtype])
+
+
+class _Producer:
+    """A CPU stand-in for a DLPack producer such as CuPy or JAX (numpy underneath)."""
+
+    def __init__(self, array, namespace):
+        self._a, self._ns = np.ascontiguousarray(array), namespace
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __array_namespace__(self, api_version=None):
+        if self._ns is None:
+            raise AttributeError("no namespace")
+        return self._ns
+
+
+class _Namespace:
+    """What CuPy or jax.numpy offer: from_dlpack building the producer's own array type."""
+
+    @staticmethod
+    def from_dlpack(x):
+        return _Producer(np.from_dlpack(x), _Namespace)
+
+
+@pytest.mark.parametrize("estimator", ["kmeans", "gmm"])
+def test_any_dlpack_producer_round_trips(estimator):
+    from gpuclust import KMeans
+
+    X, _ = make_blobs(400, 4, centers=3, random_state=0)
+    est = KMeans(3, random_state=0, device="cpu") if estimator == "kmeans" else GaussianMixture(3, device="cpu")
+    # With an array namespace (CuPy, jax.numpy): outputs come back as the producer's arrays.
+    labels = est.fit(_Producer(X, _Namespace)).predict(_Producer(X, _Namespace))
+    assert isinstance(labels, _Producer)
+    np.testing.assert_array_equal(np.from_dlpack(labels), est.predict(X))
+    # Without one (and no from_dlpack in its module): a torch tensor, decided before the fit.
+    labels = est.fit(_Producer(X, None)).predict(_Producer(X, None))
+    assert isinstance(labels, torch.Tensor)
+    np.testing.assert_array_equal(labels.numpy(), est.predict(X))
