@@ -51,7 +51,12 @@ py="${PYTHON:-python3}"
 out="${OUT:-runs/gpu_check}"  # runs/ is git-ignored
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-export GPUCLUST_DATA="${GPUCLUST_DATA:-$PWD/.data/fashion-mnist}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The staged copy (benchmarks/README.md) when it travelled; else the loader's own search order.
+# A GPUCLUST_DATA that is set is the only place the loader looks, so set it only where the files are.
+if [ -z "${GPUCLUST_DATA:-}" ] && [ -d "$PWD/.data/fashion-mnist" ]; then
+    export GPUCLUST_DATA="$PWD/.data/fashion-mnist"
+fi
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # no install needed: the image has every dependency
 if [ -z "${GPUCLUST_COMMIT:-}" ] && commit=$(git rev-parse --short HEAD 2>/dev/null); then
     export GPUCLUST_COMMIT="$commit"
@@ -93,8 +98,8 @@ try:
 except ImportError as exc:
     print('cupy not importable:', exc)
 "
-    echo "commit ${GPUCLUST_COMMIT:-unknown}; data ${GPUCLUST_DATA}"
-    ls "$GPUCLUST_DATA" 2>/dev/null || echo "no $GPUCLUST_DATA: the loader falls back to its other folders"
+    echo "commit ${GPUCLUST_COMMIT:-unknown}; data ${GPUCLUST_DATA:-not staged, the loader search order}"
+    if [ -n "${GPUCLUST_DATA:-}" ]; then ls "$GPUCLUST_DATA"; fi
 }
 
 run_profile() {
