@@ -292,9 +292,9 @@ def precision_cholesky(covariances: torch.Tensor, covariance_type: str, float32_
         return prec if covariance_type == "full" else prec[0]
     bad = torch.nonzero(covariances <= 0).flatten()
     if bad.numel():
-        raise _ill_defined(
-            int(bad[0]) if covariance_type == "spherical" else int(bad[0]) // covariances.shape[-1], float32_hint
-        )
+        # nonzero gives (component, feature) pairs for diag, (component,) for spherical: the first
+        # entry is the component either way.
+        raise _ill_defined(int(bad[0]), float32_hint)
     return covariances.rsqrt()
 
 

@@ -1,7 +1,8 @@
 """Clustering scores computed with torch on the labels' device.
 
 Names and argument order follow :mod:`sklearn.metrics` (``labels_true`` first).
-Every score matches scikit-learn to 1e-9 in float64 (see tests/test_metrics.py).
+Every score matches scikit-learn to 1e-9 in float64 (see tests/test_metrics.py). Labels
+may be integers or any comparable values (strings, floats); only the partition matters.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ def _as_label_tensor(labels, name, device=None) -> torch.Tensor:
             arr = np.asarray(labels)
             if arr.size == 0:
                 raise ValueError(f"{name} is empty.")
-            if arr.dtype == object or arr.dtype.kind not in "biuf":
-                raise ValueError(f"{name} must hold integer labels, got dtype {arr.dtype}.")
+            if arr.ndim != 1:
+                raise ValueError(f"{name} must be 1-d, got shape {arr.shape}.")
+            if arr.dtype.kind not in "biu":
+                # Labels of any other kind (strings, floats, objects), as scikit-learn takes them:
+                # only the partition matters, so each distinct value becomes its rank.
+                try:
+                    arr = np.unique(arr, return_inverse=True)[1].reshape(-1)
+                except TypeError as exc:
+                    raise ValueError(f"{name} holds values that cannot be compared: {exc}") from None
             t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {tuple(t.shape)}.")
     if t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{name} must hold integer labels, got {t.dtype}; cast cluster ids to int.")
+        t = torch.unique(t, return_inverse=True)[1]
     if t.numel() == 0:
         raise ValueError(f"{name} is empty.")
     if device is not None:
@@ -75,7 +83,8 @@ def contingency_matrix(labels_true, labels_pred, *, return_labels: bool = False)
 
     Parameters
     ----------
-    labels_true, labels_pred : array-like of shape (n_samples,), integer
+    labels_true, labels_pred : array-like of shape (n_samples,)
+        Integer labels, or labels of any comparable kind (strings, floats), as scikit-learn takes them.
     return_labels : bool, default=False
         Also return the sorted class and cluster values that index the rows and columns.
 

@@ -418,3 +418,25 @@ def test_cli_distributed_start_up_errors_are_one_line(features, env, needles):
               env=full, timeout=60)  # fmt: skip
     assert_one_line_exit_2(out, *needles)
     assert time.perf_counter() - started < 45
+
+
+def test_cli_repeated_covariance_types_run_once():
+    from gpuclust.app.cli import _covariance_list
+
+    assert _covariance_list("diag,full,diag") == ("diag", "full")
+
+
+def test_cli_sparse_features_where_dense_are_needed_is_one_line(tmp_path):
+    import torch
+
+    X = torch.eye(40, 5).to_sparse_csr()
+    torch.save(X, tmp_path / "sp.pt")
+    for argv in (
+        ["cluster", "--algorithm", "gmm", "--n-clusters", "2"],
+        ["select", "--k", "2", "--out", str(tmp_path / "s")],
+    ):
+        proc = subprocess.run([sys.executable, "-m", "gpuclust", *argv, "--features", str(tmp_path / "sp.pt"), "-q"],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "s").exists()

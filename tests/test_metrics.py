@@ -114,14 +114,28 @@ def test_adjusted_rand_does_not_overflow_on_large_inputs():
     [
         ([0, 1, 2], [0, 1], "3 entries but labels_pred has 2"),
         ([], [], "empty"),
-        ([0.5, 1.0], [0, 1], "integer labels"),
         (np.zeros((2, 2), dtype=int), np.zeros((2, 2), dtype=int), "1-d"),
-        (["a", "b"], [0, 1], "integer labels"),
+        (np.array(["a", 1, None], dtype=object), [0, 1, 2], "cannot be compared"),
     ],
 )
 def test_bad_input(t, p, match):
     with pytest.raises(ValueError, match=match):
         metrics.completeness_score(t, p)
+
+
+@pytest.mark.parametrize("kind", ["str", "float", "object", "torch-float"])
+def test_labels_of_any_kind_as_scikit_learn_takes_them(kind):
+    rng = np.random.RandomState(0)
+    t, p = rng.randint(0, 4, 300), rng.randint(0, 5, 300)
+    convert = {"str": lambda a: np.array([f"c{v}" for v in a]), "float": lambda a: a * 0.5 + 0.25,
+               "object": lambda a: np.array([f"o{v}" for v in a], dtype=object),
+               "torch-float": lambda a: torch.as_tensor(a * 0.5)}[kind]  # fmt: skip
+    ref = convert(t) if kind != "torch-float" else t * 0.5
+    ours = metrics.all_scores(convert(t), convert(p))
+    sk_t, sk_p = (ref, p * 0.5) if kind == "torch-float" else (convert(t), convert(p))
+    assert ours["nmi"] == pytest.approx(skm.normalized_mutual_info_score(sk_t, sk_p), abs=1e-12)
+    assert ours["ari"] == pytest.approx(skm.adjusted_rand_score(sk_t, sk_p), abs=1e-12)
+    assert ours["completeness"] == pytest.approx(skm.completeness_score(sk_t, sk_p), abs=1e-12)
 
 
 def test_all_scores_keys():

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -74,7 +75,7 @@ def _add_common(p, data=True):
 def _covariance_list(text):
     from ..gaussian_mixture import COVARIANCE_TYPES
 
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    types = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))  # each once, in order
     bad = [t for t in types if t not in COVARIANCE_TYPES]
     if bad or not types:
         raise argparse.ArgumentTypeError(f"covariance types must be among {','.join(COVARIANCE_TYPES)}; got {text!r}")
@@ -223,7 +224,10 @@ def _load_array(path):
         if p.suffix == ".npy":
             return np.load(p, allow_pickle=False)
         if p.suffix == ".pt":
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch's "sparse CSR support is in beta" note is not the user's concern.
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                obj = torch.load(p, map_location="cpu", weights_only=True)
             if not isinstance(obj, torch.Tensor):
                 raise UsageError(f"{p}: expected a single tensor, found {type(obj).__name__}")
             return obj
@@ -564,7 +568,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as exc:
+        # TypeError too: the library raises it for input of the wrong kind (sparse data where a
+        # dense array is needed, as scikit-learn does).
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"gpuclust: error: {message or exc.__class__.__name__}", file=sys.stderr)
         return EXIT_USAGE
