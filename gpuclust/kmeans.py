@@ -20,8 +20,8 @@ from ._backends import cuml_available, require
 from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
-from ._sources import init_sample, is_out_of_core
 from .device import resolve_device
+from .sources import init_sample, is_out_of_core
 
 logger = logging.getLogger("gpuclust")
 
@@ -507,6 +507,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         """
         rows, kind = self._prepare_rows(X, "_centers")
         if not rows.out_of_core:
+            if out is not None:
+                raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
             return self._output(self._assign(rows.tensor)[0], kind)
         labels = rows.empty((rows.shape[0],), torch.int64, out)
         centers = self._centers.to(rows.dtype)

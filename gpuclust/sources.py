@@ -22,7 +22,7 @@ from ._arrays import default_dtype
 from ._comm import INIT_SAMPLE_ELEMENTS
 from .device import uses_cuda_paths
 
-__all__ = ["RowSource", "as_source", "init_sample", "is_out_of_core"]
+__all__ = ["RowSource", "as_source", "init_sample", "is_out_of_core", "with_progress"]
 
 # Rows per tile of the validation pass (column sums, norms), the same for every source and
 # for in-memory data, so that the sums it gives are identical however X is passed.
@@ -31,7 +31,7 @@ SCAN_ROWS = 1 << 16
 
 def is_out_of_core(X) -> bool:
     """Whether ``X`` is passed by reference to rows that are read tile by tile (not converted whole)."""
-    if isinstance(X, (np.memmap, os.PathLike, Callable)) and not isinstance(X, torch.Tensor):
+    if isinstance(X, (RowSource, np.memmap, os.PathLike, Callable)) and not isinstance(X, torch.Tensor):
         return True
     if isinstance(X, str):
         return X.endswith(".npy")
@@ -107,8 +107,9 @@ class RowSource:
     def tiles(self, rows_per_tile: int, device: torch.device, dtype: torch.dtype):
         """Yield ``(rows, tile)`` with ``tile`` a (m, n_features) tensor of ``dtype`` on ``device``.
 
-        On CUDA the copies run on a side stream, one tile ahead; a tile is valid until the
-        generator is resumed twice.
+        A tile may share memory with a reused buffer: it is valid until the generator is
+        resumed (on CUDA, work queued on the current stream before resuming is ordered before
+        the buffer's next copy). On CUDA the copies run on a side stream, one tile ahead.
         """
         if uses_cuda_paths(device):
             for rows, tile in _DeviceFeed(self, rows_per_tile, device):
@@ -148,7 +149,7 @@ class RowSource:
                     "remove or impute them first."
                 )
 
-    def _check_count(self, counted: int):
+    def check_count(self, counted: int):
         if self.n_rows is None:
             self.n_rows = counted
         elif counted != self.n_rows:
@@ -156,6 +157,30 @@ class RowSource:
                 f"{self.name} yielded {counted} rows on this pass but {self.n_rows} before: "
                 "the source must yield the same rows on every pass."
             )
+
+
+def with_progress(source, make_bar):
+    """``source`` (anything :func:`as_source` takes) reporting each pass: ``make_bar(n_rows)`` is called at
+    the start of a pass and must return an object with ``update(rows)`` and ``close()`` (a tqdm bar)."""
+    return _ProgressSource(as_source(source), make_bar)
+
+
+class _ProgressSource(RowSource):
+    """A source whose passes report their progress (see :func:`with_progress`)."""
+
+    def __init__(self, inner, make_bar):
+        self.inner, self.make_bar, self.name = inner, make_bar, inner.name
+        self.n_rows, self.n_features, self.dtype = inner.n_rows, inner.n_features, inner.dtype
+
+    def host_tiles(self, rows_per_tile, buffers=None):
+        bar = self.make_bar(self.inner.n_rows)
+        try:
+            for rows, host in self.inner.host_tiles(rows_per_tile, buffers):
+                yield rows, host
+                bar.update(rows.stop - rows.start)
+        finally:
+            bar.close()
+        self.n_rows = self.inner.n_rows
 
 
 class _FileSource(RowSource):
@@ -320,7 +345,7 @@ class _BlockSource(RowSource):
                     start, filled, tile_no = start + m, 0, tile_no + 1
         if filled:
             yield slice(start, start + filled), buffers[tile_no % 2][:filled]
-        self._check_count(count)
+        self.check_count(count)
 
 
 class _DeviceFeed:
@@ -427,7 +452,7 @@ def scan(source: RowSource, device: torch.device, dtype: torch.dtype):
         total_sq += sq.sum(dtype=torch.float64)
         largest = torch.maximum(largest, sq.max().to(torch.float64))
         n = rows.stop
-    source._check_count(n)
+    source.check_count(n)
     return n, col, float(total_sq), float(largest)
 
 
@@ -439,7 +464,7 @@ def column_sums(X: torch.Tensor) -> torch.Tensor:
     return col
 
 
-def init_sample(source: RowSource, weights, comm, random_state, device, dtype, max_elements=INIT_SAMPLE_ELEMENTS):
+def init_sample(source: RowSource, weights, comm, random_state, device, dtype, max_elements=None):
     """Rows to seed from, the same on every rank: all rows (in rank order) while they fit in
     ``max_elements`` values, else a uniform sample without replacement from every rank in
     proportion to its rows, drawn from ``random_state``.
@@ -447,6 +472,7 @@ def init_sample(source: RowSource, weights, comm, random_state, device, dtype, m
     Returns ``(X_sample, weights_sample)`` tensors on ``device``; ``weights`` is a host tensor or None.
     """
     n_local, d = source.n_rows, source.n_features
+    max_elements = INIT_SAMPLE_ELEMENTS if max_elements is None else max_elements
     n_global = int(comm.sum_float(n_local, "sample count"))
     limit = max(1, max_elements // d)
     if n_global > limit:
