@@ -280,3 +280,26 @@ def test_distributed_each_rank_streams_its_shard(data, npy, tmp_path):
         np.testing.assert_array_equal(got["a"], got["b"])
         np.testing.assert_array_equal(got["la"], got["lb"])
         np.testing.assert_array_equal(got["c"], got["d"])
+
+
+# ------------------------------------------------------------------------------ command line
+def test_cli_streams_a_file_larger_than_the_memory_limit(data, npy, tmp_path, capsys):
+    from gpuclust.app.cli import main
+
+    labels = tmp_path / "labels.npy"
+    args = ["cluster", "--features", npy, "--n-clusters", "5", "--device", "cpu", "--max-iter", "3"]
+    assert main([*args, "--memory-limit", "0.00001", "--save-labels", str(labels)]) == 0
+    out, err = capsys.readouterr()
+    assert "streamed from disk" in out and "3000 samples in 5 clusters" in out
+    assert "pass 1" in err  # a progress bar per pass
+    streamed = np.load(labels)
+    assert main([*args, "--save-labels", str(labels), "-q"]) == 0  # small enough: loaded whole
+    out, _ = capsys.readouterr()
+    assert "streamed" not in out
+    np.testing.assert_array_equal(streamed, np.load(labels))
+    nan = data.copy()
+    nan[5, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    code = main(["cluster", "--features", str(tmp_path / "nan.npy"), "--memory-limit", "0.00001", "-q"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "contains NaN" in err and len(err.strip().splitlines()) == 1
