@@ -10,6 +10,7 @@ tile ``i`` is computed on (see :class:`_DeviceFeed`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -368,6 +369,10 @@ class _DeviceFeed:
     def _stream(self):
         return torch.cuda.Stream(self.device) if self.cuda else _ImmediateStream()
 
+    def _on(self, stream):
+        """Make ``stream`` the current one inside the block (CUDA only)."""
+        return torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext()
+
     def _event(self):
         return torch.cuda.Event() if self.cuda else _ImmediateEvent()
 
@@ -385,7 +390,7 @@ class _DeviceFeed:
             j, n = i % 2, rows.stop - rows.start
             if not np.shares_memory(host, buffers[j]):
                 buffers[j][:n] = host
-            with side.context():  # issue tile i's copy before handing over tile i - 1
+            with self._on(side):  # issue tile i's copy before handing over tile i - 1
                 if released[j] is not None:
                     side.wait_event(released[j])
                 staged[j][:n].copy_(pinned[j][:n], non_blocking=True)
@@ -412,11 +417,6 @@ class _DeviceFeed:
 
 class _ImmediateStream:
     """CPU stand-in for a CUDA stream: work runs when issued, so waiting is a no-op."""
-
-    def context(self):
-        import contextlib
-
-        return contextlib.nullcontext()
 
     def wait_event(self, event):
         event.synchronize()
