@@ -83,6 +83,22 @@ class PassTimer:
         PassTimer.log.append(time.perf_counter() - self.t0)
 
 
+def peak_rss():
+    """This process's peak resident memory in bytes: VmHWM, the high-water mark of its own address space.
+
+    Not ``getrusage``'s ru_maxrss, which Linux carries over from the parent through fork and exec:
+    a child forked after the parent wrote the file through a memmap would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(kind, path, max_iter, threads):
     """One fit in this process; prints a JSON line with its pass times and peak RSS."""
     import torch
@@ -104,7 +120,7 @@ def child(kind, path, max_iter, threads):
         ).fit(X)
         extra = {"lower_bound": est.lower_bound_}
     total = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"kind": kind, "passes": PassTimer.log, "total_s": total, "peak_rss": peak, **extra}))
 
 
