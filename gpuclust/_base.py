@@ -11,8 +11,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names, _get_feature_names
 
-from ._arrays import as_tensor, resolve_dtype, to_output
+from ._arrays import ArrayKind, as_tensor, resolve_dtype, to_output
 from .device import resolve_device
+from .sources import SourceRows, TensorRows, as_source, is_out_of_core, scan
 
 # What gpuclust adds to scikit-learn's parameters, checked by ``_fit_context`` like the rest.
 TORCH_PARAMETER_CONSTRAINTS = {
@@ -67,6 +68,34 @@ class TorchEstimatorMixin:
             self.__dict__.pop("feature_names_in_", None)
         else:
             self.feature_names_in_ = names
+
+    def _set_fit_source(self, rows):
+        """:meth:`_set_fit_input` for out-of-core data (a :class:`gpuclust.sources.SourceRows`): outputs are NumPy."""
+        self._device, self._dtype = rows.device, rows.dtype
+        self._input_kind = ArrayKind("numpy", torch.device("cpu"))
+        self.n_features_in_ = int(rows.shape[1])
+        self.__dict__.pop("_pending_feature_names", None)
+        self.__dict__.pop("feature_names_in_", None)
+
+    def _source_rows(self, X, device, dtype):
+        """Out-of-core X as :class:`gpuclust.sources.SourceRows`, checked by one pass; also its column sums etc."""
+        source = as_source(X)
+        dtype = source.compute_dtype(device, dtype)
+        n, col_sums, total_sq, largest_sq = scan(source, device, dtype)
+        return SourceRows(source, device, dtype), (col_sums, total_sq, largest_sq)
+
+    def _prepare_rows(self, X, attribute):
+        """Input of a method after ``fit``: in-memory X as :class:`TensorRows`, out-of-core X as :class:`SourceRows`."""
+        if is_out_of_core(X):
+            self._check_is_fitted(attribute)
+            source = as_source(X)
+            if source.n_rows is None:  # a callable's rows are counted by one pass
+                source.check_count(sum(t.shape[0] for _, t in source.host_tiles(1 << 16)))
+            rows = SourceRows(source, self._device, source.compute_dtype(self._device, self._dtype))
+            self._check_n_features(rows)
+            return rows, ArrayKind("numpy", torch.device("cpu"))
+        X_t, kind = self._prepare_input(X, attribute)
+        return TensorRows(X_t), kind
 
     def _prepare_fit_input(self, X):
         X_t, kind = self._convert_fit_input(X)

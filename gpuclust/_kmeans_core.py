@@ -91,13 +91,17 @@ def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> fl
 
     ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64.
     """
-    n_local, d = X.shape
-    col_sums = column_sums(X)
+    return variance_from_sums(column_sums(X), x_sq.sum(dtype=torch.float64), X.shape[0], comm)
+
+
+def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
+    """:func:`mean_feature_variance` from this rank's column sums (float64), sum of squared norms and row count."""
+    d = col_sums.shape[0]
     totals = torch.cat(
         [
             col_sums,
-            x_sq.sum(dtype=torch.float64).reshape(1),
-            torch.tensor([float(n_local)], dtype=torch.float64, device=X.device),
+            torch.as_tensor(total_sq, dtype=torch.float64, device=col_sums.device).reshape(1),
+            torch.tensor([float(n_local)], dtype=torch.float64, device=col_sums.device),
         ]
     )
     comm.sum_(totals, "data variance")
@@ -188,13 +192,15 @@ def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, 
     ``sums`` and ``weights`` are the global statistics (identical on every rank);
     the farthest samples are chosen over all ranks.
     """
-    empty = torch.nonzero(weights == 0).flatten()
-    n_empty = int(empty.numel())
-    if n_empty == 0:
-        return
+    n_empty = int((weights == 0).sum())
+    if n_empty:
+        apply_relocations(farthest_offers(X, sample_weight, labels, distances, n_empty), sums, weights, comm)
+
+
+def farthest_offers(X, sample_weight, labels, distances, n_empty):
+    """The ``n_empty`` samples farthest from their centre as rows ``(distance, weight, old label, x...)``, float64."""
     top = torch.topk(distances, min(n_empty, distances.numel()))
-    # Each rank offers its farthest samples: (distance, weight, old label, row).
-    offers = torch.cat(
+    return torch.cat(
         [
             top.values.to(torch.float64).unsqueeze(1),
             sample_weight[top.indices].to(torch.float64).unsqueeze(1),
@@ -203,6 +209,12 @@ def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, 
         ],
         dim=1,
     )
+
+
+def apply_relocations(offers, sums, weights, comm=LOCAL):
+    """Give each empty cluster the farthest of every rank's offered samples (see :func:`farthest_offers`)."""
+    empty = torch.nonzero(weights == 0).flatten()
+    n_empty = int(empty.numel())
     offers = comm.gather_rows(offers, "empty-cluster relocation")
     chosen = offers[torch.topk(offers[:, 0], n_empty).indices]
     for new_id, offer in zip(empty.tolist(), chosen):
@@ -424,3 +436,138 @@ def kmeans_plusplus(
         indices[c] = int(candidates[best])
     centers = dense_rows(X, torch.as_tensor(indices, device=X.device)).clone()
     return centers, indices
+
+
+# ------------------------------------------------------------ streamed (out-of-core) Lloyd
+# X is not in memory: each pass reads it tile by tile from ``tiles()``. Labels live in a host
+# array; per pass the centre sums are updated with the samples that changed cluster, in the
+# same order and the same float32/float64 steps as :func:`lloyd`'s dense path, so a streamed
+# fit and an in-memory ``algorithm="lloyd"`` fit of the same data give the same centres.
+
+
+class _MovedSums:
+    """Accumulates, tile by tile, what :func:`update_cluster_sums` adds for the moved samples."""
+
+    def __init__(self, sums, weights, unit_weight):
+        self.sums, self.weights, self.unit = sums, weights, unit_weight
+        self.plus = self.minus = None
+        self.old_labels, self.old_weights, self.moved = [], [], 0
+
+    def add(self, tile, w, labels, labels_old):
+        moved = torch.nonzero(labels != labels_old).flatten()
+        if moved.numel() == 0:
+            return
+        self.moved += int(moved.numel())
+        Xm, wm, new, old = tile[moved], w[moved], labels[moved], labels_old[moved]
+        if uses_cuda_paths(tile.device):  # one-hot GEMMs, summed per tile in float64
+            _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0)
+            _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0)
+            return
+        if self.plus is None:
+            self.plus = torch.zeros(self.sums.shape, dtype=tile.dtype, device=tile.device)
+            self.minus = torch.zeros_like(self.plus)
+        values = Xm if self.unit else Xm * wm.unsqueeze(1)
+        # index_add_ adds rows serially on the CPU: tile after tile equals one call over all moved rows.
+        self.plus.index_add_(0, new, values)
+        self.minus.index_add_(0, old, values)
+        self.weights.index_add_(0, new, wm.to(torch.float64))
+        self.old_labels.append(old)
+        self.old_weights.append(wm.to(torch.float64))
+
+    def finish(self):
+        """Apply the pass's additions, then its subtractions; returns the number of moved samples."""
+        if self.plus is not None:
+            self.sums.add_(self.plus.to(torch.float64))
+            self.sums.add_(self.minus.to(torch.float64), alpha=-1.0)
+            self.weights.index_add_(0, torch.cat(self.old_labels), torch.cat(self.old_weights), alpha=-1.0)
+        return self.moved
+
+
+def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=None, comm=LOCAL, log=None):
+    """Lloyd's algorithm over data read tile by tile, with :func:`lloyd`'s stopping rule and results.
+
+    Parameters
+    ----------
+    tiles : callable
+        ``tiles()`` returns a new iterator of ``(rows, tile)`` over this rank's rows, tile on the
+        compute device; the same tiles on every call.
+    n : int
+        This rank's number of rows.
+    sample_weight : host tensor of shape (n,) or None
+        None: every sample has weight one.
+    centers : tensor of shape (k, d), on the compute device
+    labels : ndarray of shape (n,), optional
+        Host array the labels are written into (int64); a new one by default.
+
+    Returns
+    -------
+    labels (host ndarray, this rank's rows), inertia (over all ranks), centers, n_iter
+    """
+    k, d = centers.shape
+    unit = sample_weight is None
+    labels = np.empty(n, dtype=np.int64) if labels is None else labels
+    host_labels = torch.from_numpy(labels)
+
+    def weights_of(rows, tile):
+        if unit:
+            return torch.ones(tile.shape[0], dtype=tile.dtype, device=tile.device)
+        return sample_weight[rows].to(device=tile.device, dtype=tile.dtype)
+
+    def assign_pass(centers, update=None):
+        """Assign every tile; ``update(tile, w, new, old)`` sees each; returns the weighted inertia."""
+        c_sq = squared_norms(centers)
+        inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
+        for rows, tile in tiles():
+            lab, dist = nearest_center(tile, centers, c_sq, squared_norms(tile))
+            w = weights_of(rows, tile)
+            if update is not None:
+                update(tile, w, lab, host_labels[rows].to(tile.device))
+            host_labels[rows].copy_(lab)
+            inertia += (dist.to(torch.float64) * w.to(torch.float64)).sum()
+        return float(inertia)
+
+    sums = torch.zeros(k, d, dtype=torch.float64, device=centers.device)
+    weights = torch.zeros(k, dtype=torch.float64, device=centers.device)
+    inertia_i = assign_pass(centers, lambda tile, w, new, old: _add_rows(sums, weights, tile, w, new, unit))
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        changed = 0
+        if n_iter > 1:
+            moved = _MovedSums(sums, weights, unit)
+            inertia_i = assign_pass(centers, moved.add)
+            changed = moved.finish()
+        if log is not None:
+            log(f"Iteration {n_iter - 1}, inertia {comm.sum_float(inertia_i, 'inertia')}.")
+        packed = comm.sum_(
+            torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
+        )
+        step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
+        if bool((step_weights == 0).any()):
+            offers = _farthest_offers_streamed(tiles, host_labels, weights_of, centers, int((step_weights == 0).sum()))
+            apply_relocations(offers, step_sums, step_weights, comm)
+        new_centers = average_centers(step_sums, step_weights, centers)
+        delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
+        centers = new_centers
+        if n_iter > 1 and changed == 0:
+            if log is not None:
+                log(f"Converged at iteration {n_iter - 1}: strict convergence.")
+            break
+        shift = float((delta * delta).sum())
+        if shift <= tol:
+            if log is not None:
+                log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
+            break
+    inertia = comm.sum_float(assign_pass(centers), "inertia")
+    return labels, inertia, centers, n_iter
+
+
+def _farthest_offers_streamed(tiles, host_labels, weights_of, centers, n_empty):
+    """:func:`farthest_offers` over data read tile by tile (one extra pass; empty clusters are rare)."""
+    best = None
+    for rows, tile in tiles():
+        lab = host_labels[rows].to(tile.device)
+        dist = distances_to_own_center(tile, squared_norms(tile), centers, lab)
+        offers = farthest_offers(tile, weights_of(rows, tile), lab, dist, n_empty)
+        best = offers if best is None else torch.cat([best, offers])
+        best = best[torch.topk(best[:, 0], min(n_empty, best.shape[0])).indices]
+    return best

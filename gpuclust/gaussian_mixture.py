@@ -16,12 +16,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names
 
 from . import _gmm_numerics as gm
-from ._arrays import as_tensor
+from ._arrays import ArrayKind, as_tensor, resolve_dtype
 from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
-from ._chunks import chunk_slices, rows_per_chunk
+from ._chunks import rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
+from .device import resolve_device
 from .kmeans import KMeans, kmeans_plusplus
+from .sources import TensorRows, column_sums, init_sample, is_out_of_core
 
 __all__ = ["COVARIANCE_TYPES", "INIT_PARAMS", "GaussianMixture"]
 
@@ -261,14 +263,17 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     def _tiles(self, X):
         """Yield ``(rows, shifted tile)``: the data mean is subtracted one tile at a time."""
         shift = self._shift.to(X.dtype)
-        for rows in chunk_slices(X.shape[0], self._chunk_rows):
-            yield rows, X[rows] - shift
+        for rows, tile in X.tiles(self._chunk_rows):
+            yield rows, tile - shift
 
     def _map_tiles(self, X, params, reduce, out):
-        """Fill ``out[rows] = reduce(weighted log-probabilities of the tile)`` tile by tile; return ``out``."""
+        """Fill ``out[rows] = reduce(weighted log-probabilities of the tile)`` tile by tile; return ``out``.
+
+        ``out`` may live on the host while the tiles are on the device (out-of-core X).
+        """
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         for rows, Xs in self._tiles(X):
-            out[rows] = reduce(working.weighted_log_prob(Xs))
+            out[rows].copy_(reduce(working.weighted_log_prob(Xs)))
         return out
 
     # ------------------------------------------------------------------- E and M
@@ -315,15 +320,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 yield Xs.to(f64), r / r.sum(1, keepdim=True)
             return
         if self.init_params == "kmeans":
-            km = KMeans(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=X.dtype,
-                        backend="torch", distributed=self.distributed)  # fmt: skip
-            labels = km.fit(X).labels_  # a tensor on X's device, since X is one
-            for rows, Xs in self._tiles(X):
-                resp = torch.zeros(rows.stop - rows.start, K, dtype=f64, device=X.device)
-                yield Xs.to(f64), resp.scatter_(1, labels[rows].unsqueeze(1), 1.0)
+            yield from self._kmeans_resp_tiles(X, random_state)
             return
         comm = self._comm
-        X_all, ones = gather_init_sample(X, torch.ones(X.shape[0], dtype=X.dtype, device=X.device), comm, random_state)
+        if X.out_of_core:
+            X_all, _ = init_sample(X.source, None, comm, random_state, X.device, X.dtype)
+        else:
+            ones = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
+            X_all, _ = gather_init_sample(X.tensor, ones, comm, random_state)
         if self.init_params == "random_from_data":
             indices = random_state.choice(X_all.shape[0], size=K, replace=False)
         else:
@@ -333,6 +337,27 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         # alone contributes them, so the all-reduce of the statistics counts them once.
         if comm.rank == 0:
             yield (X_all[idx] - self._shift.to(X.dtype)).to(f64), torch.eye(K, dtype=f64, device=X.device)
+
+    def _kmeans_resp_tiles(self, X, random_state):
+        """Hard responsibilities from gpuclust's KMeans: on X in memory, or for out-of-core X fitted on
+        :func:`gpuclust.sources.init_sample`'s uniform sample (at most 2**25 values, all rows when X is no
+        larger), then every row labelled by the nearest of its centres."""
+        K, f64 = self.n_components, torch.float64
+        km_args = dict(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=X.dtype)
+        if not X.out_of_core:
+            km = KMeans(**km_args, backend="torch", distributed=self.distributed)
+            labels = km.fit(X.tensor).labels_  # a tensor on X's device, since X is one
+        else:
+            X_all, _ = init_sample(X.source, None, self._comm, random_state, X.device, X.dtype)
+            # The sample is the same on every rank: each fits the same KMeans on it, then labels its own rows.
+            km = KMeans(**km_args, backend="torch").fit(X_all)
+            whole = self._comm.world_size == 1 and X_all.shape[0] == X.shape[0]
+            labels = km.labels_ if whole else None
+        shift = self._shift.to(X.dtype)
+        for rows, tile in X.tiles(self._chunk_rows):
+            lab = labels[rows] if labels is not None else km.predict(tile)
+            resp = torch.zeros(rows.stop - rows.start, K, dtype=f64, device=X.device)
+            yield (tile - shift).to(f64), resp.scatter_(1, lab.unsqueeze(1), 1.0)
 
     def _initialize(self, X, random_state):
         """Initial parameters from ``init_params``, overridden by the explicit ``*_init`` arrays.
@@ -373,8 +398,15 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            numpy array, torch tensor (CPU or CUDA) or DLPack-capable array (CuPy).
+        X : array-like of shape (n_samples, n_features), or out-of-core data
+            numpy array, torch tensor (CPU or CUDA) or DLPack-capable array (CuPy). Out of
+            core: a NumPy memmap, a path to a 2-d ``.npy`` file, a list of 2-d row blocks, or a
+            callable returning a new iterator of row blocks on every call; every E-step reads it
+            tile by tile (the same tiles and sums as in memory, so the same result). The
+            ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` initializations then draw
+            from a uniform sample of at most 2**25 values (``2**25 // n_features`` rows, all rows
+            when X is no larger), drawn from ``random_state``; ``"kmeans"`` fits KMeans on that
+            sample and labels every row by its nearest centre.
         y : None
             Ignored; present for API consistency.
 
@@ -387,23 +419,28 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, out=None):
         """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or out-of-core data (see ``fit``)
             Training data.
         y : None
             Ignored.
+        out : ndarray of shape (n_samples,), optional
+            For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
 
         Returns
         -------
         labels : array of shape (n_samples,)
-            Component of each sample, in the input's array type.
+            Component of each sample, in the input's array type (NumPy for out-of-core X).
         """
+        if out is not None and not is_out_of_core(X):
+            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
         X_t, kind = self._fit(X)
-        return self._output(self._labels(X_t), kind)
+        labels = self._labels(X_t, out)
+        return out if out is not None else self._output(labels, kind)
 
     def _fit(self, X):
         X_t, kind, warm = self._start_fit(X)
@@ -445,38 +482,55 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return _Run(params, lower_bound, n_iter, bounds, converged)
 
     def _start_fit(self, X):
-        """Validate everything, then set the state a fit needs; a failure leaves the estimator as it was."""
+        """Validate everything, then set the state a fit needs; a failure leaves the estimator as it was.
+
+        Returns ``(rows, kind, warm)``: ``rows`` is the data as the passes read it (in memory, or
+        out of core, checked by one pass that also gives the column sums).
+        """
         warm = self.warm_start and hasattr(self, "converged_")
+        out_of_core = is_out_of_core(X)
         if warm:
             self._check_is_fitted("_params")
-            _check_feature_names(self, X, reset=False)
-            X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
+            if out_of_core:
+                X_t, (col_sums, _, _) = self._source_rows(X, self._device, self._dtype)
+                kind = ArrayKind("numpy", torch.device("cpu"))
+            else:
+                _check_feature_names(self, X, reset=False)
+                X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
             self._check_n_features(X_t)
             if self.covariance_type != self._fitted_covariance_type:
                 raise ValueError(
                     f"warm_start=True cannot continue a fit with covariance_type={self._fitted_covariance_type!r} "
                     f"as covariance_type={self.covariance_type!r}; set warm_start=False to start afresh."
                 )
+        elif out_of_core:
+            X_t, (col_sums, _, _) = self._source_rows(X, resolve_device(self.device), resolve_dtype(self.dtype))
+            kind = ArrayKind("numpy", torch.device("cpu"))
         else:
             X_t, kind = self._convert_fit_input(X)
+        if not out_of_core:
+            col_sums = column_sums(X_t)  # in float64, in the tiles an out-of-core scan uses
         comm = make_comm(self.distributed)
         n_local, d = X_t.shape
-        col_sums = (torch.ones(1, n_local, dtype=X_t.dtype, device=X_t.device) @ X_t).to(torch.float64)[0]
         if not bool(torch.isfinite(col_sums).all()):
             raise ValueError("The column sums of X overflow its dtype: scale the data or pass float64.")
         totals = comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
         n_global = int(totals[-1])
         K = self._check_params(n_global, d, X_t.device)
         # Every check has passed: from here on the estimator's state changes.
+        rows = X_t if out_of_core else TensorRows(X_t)
         if not warm:
-            self._set_fit_input(X_t, kind)
+            if out_of_core:
+                self._set_fit_source(rows)
+            else:
+                self._set_fit_input(X_t, kind)
             self._shift = totals[:-1] / n_global
             self._fitted_covariance_type = self.covariance_type
         self._input_kind = kind
         self._comm, self._n_global = comm, n_global
         self._chunk_rows = self._chunk(n_local, d, K)
-        self._xtx = self._scatter(X_t) if self.covariance_type == "tied" else None
-        return X_t, kind, warm
+        self._xtx = self._scatter(rows) if self.covariance_type == "tied" else None
+        return rows, kind, warm
 
     def _scatter(self, X):
         """sum_i (x_i - shift)(x_i - shift)^T in float64, tile by tile (for tied covariance)."""
@@ -521,33 +575,38 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------- inference
     def _prepare(self, X):
-        X_t, kind = self._prepare_input(X, "_params")
+        X_t, kind = self._prepare_rows(X, "_params")
         self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._params.means.shape[0])
         return X_t, kind
 
-    def _labels(self, X):
+    def _labels(self, X, out=None):
         """Most probable component per sample, tile by tile (never an (n, K) array)."""
-        out = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
-        return self._map_tiles(X, self._params, lambda wlp: wlp.argmax(1), out)
+        labels = X.empty((X.shape[0],), torch.int64, out)
+        return self._map_tiles(X, self._params, lambda wlp: wlp.argmax(1), labels)
 
     def _score_samples(self, X):
-        out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+        out = X.empty((X.shape[0],), X.dtype)
         return self._map_tiles(X, self._params, lambda wlp: torch.logsumexp(wlp, dim=1), out)
 
-    def predict(self, X):
+    def predict(self, X, out=None):
         """Most probable component of each sample.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or out-of-core data (see ``fit``)
+        out : ndarray of shape (n_samples,), optional
+            For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
 
         Returns
         -------
         labels : array of shape (n_samples,)
-            In the input's array type.
+            In the input's array type; ``out`` if given, a NumPy array for out-of-core X.
         """
         X_t, kind = self._prepare(X)
-        return self._output(self._labels(X_t), kind)
+        if out is not None and not X_t.out_of_core:
+            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+        labels = self._labels(X_t, out)
+        return out if out is not None else self._output(labels, kind)
 
     def predict_proba(self, X):
         """Posterior probability of each component; rows sum to one.
@@ -561,7 +620,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         proba : array of shape (n_samples, n_components)
         """
         X_t, kind = self._prepare(X)
-        out = torch.empty(X_t.shape[0], self._params.means.shape[0], dtype=X_t.dtype, device=X_t.device)
+        out = X_t.empty((X_t.shape[0], self._params.means.shape[0]), X_t.dtype)
         self._map_tiles(X_t, self._params, lambda wlp: torch.softmax(wlp, dim=1), out)
         return self._output(out, kind)
 

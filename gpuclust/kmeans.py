@@ -15,12 +15,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import _kmeans_core as core
-from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, to_output
+from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, resolve_dtype, to_output
 from ._backends import cuml_available, require
 from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from .device import resolve_device
+from .sources import init_sample, is_out_of_core
 
 logger = logging.getLogger("gpuclust")
 
@@ -249,9 +250,16 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features), or out-of-core data
             numpy array, pandas DataFrame, torch tensor (CPU or CUDA), DLPack-capable array
             (CuPy), scipy sparse matrix/array or torch sparse CSR tensor (never densified).
+            Out of core: a NumPy memmap, a path to a 2-d ``.npy`` file, a list of 2-d row
+            blocks, or a callable returning a new iterator of row blocks on every call. Such
+            data is read tile by tile in every pass (Lloyd without Hamerly's per-sample bounds;
+            the centres equal an in-memory ``algorithm="lloyd"`` fit's) and ``labels_`` is a
+            NumPy array. k-means++ and ``"random"`` seed from a uniform sample of at most
+            ``INIT_SAMPLE_ELEMENTS`` (2**25) values, i.e. ``2**25 // n_features`` rows, drawn
+            from ``random_state`` (all rows, in order, when the data is no larger).
         y : ignored
         sample_weight : array-like of shape (n_samples,) or float, optional
             Weights of the samples; also the probabilities of ``init="random"``'s draws.
@@ -260,8 +268,13 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         -------
         self : KMeans
         """
+        return self._fit_keeping_state(X, sample_weight)
+
+    def _fit_keeping_state(self, X, sample_weight, out=None):
         state = dict(self.__dict__)
         try:
+            if is_out_of_core(X):
+                return self._fit_source(X, sample_weight, out)
             return self._fit(X, sample_weight)
         except BaseException:
             # A failed fit (bad input, overflow, interruption) leaves a fitted estimator as it was.
@@ -293,14 +306,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             result = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
         centers, labels, inertia, n_iter = result
         sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
-        n_distinct = int((sizes > 0).sum())
-        if n_distinct < k:
-            warnings.warn(
-                f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
-                "Possibly due to duplicate points in X.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
         self._set_fit_input(X_t, kind)
         self.backend_ = backend
         self._centers = centers
@@ -310,6 +316,71 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
         return self
+
+    def _fit_source(self, X, sample_weight, out):
+        """Fit on out-of-core X: every pass reads it tile by tile (see ``fit``)."""
+        device = resolve_device(self.device)
+        rows, (col_sums, total_sq, largest_sq) = self._source_rows(X, device, resolve_dtype(self.dtype))
+        self._device, self._dtype = rows.device, rows.dtype
+        n, d = rows.shape
+        self._comm = comm = make_comm(self.distributed)
+        k, n_init = self._check_params(n)
+        if self.backend not in ("auto", "torch"):
+            raise ValueError(f"backend={self.backend!r} needs X in memory; out-of-core data runs backend='torch'.")
+        if callable(self.init):
+            raise ValueError("A callable init needs X in memory; pass 'k-means++', 'random' or an array of centres.")
+        _check_no_overflow(torch.tensor([largest_sq], dtype=rows.dtype))
+        w = None
+        if sample_weight is not None:
+            w = as_sample_weight(sample_weight, n, device=torch.device("cpu"), dtype=rows.dtype)
+        labels_out = None if out is None else rows.empty((n,), torch.int64, out).numpy()
+        init_t = None
+        if not isinstance(self.init, str):
+            init_t = self._check_centers(self.init, "init", k, d)
+        rs = check_random_state(self.random_state)
+        tol = 0.0 if self.tol == 0 else core.variance_from_sums(col_sums, total_sq, n, comm) * self.tol
+        chunk = self._chunk(n, d, k)
+        if init_t is None:
+            X_all, w_all = init_sample(rows.source, w, comm, rs, device, rows.dtype)
+            sq_all = core.squared_norms(X_all)
+        log = print if self.verbose else None
+        best = None
+        for _ in range(n_init):
+            centers = init_t.clone() if init_t is not None else self._initial_centers(X_all, sq_all, w_all, k, rs, None)
+            comm.broadcast_(centers, 0, "initial centres")
+            if log is not None:
+                log("Initialization complete")
+            labels = labels_out if (labels_out is not None and n_init == 1) else None
+            result = core.lloyd_streamed(
+                lambda: rows.tiles(chunk), n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
+                comm=comm, log=log,
+            )  # fmt: skip
+            if best is None or result[1] < best[1]:
+                best = result
+        labels, inertia, centers, n_iter = best
+        if labels_out is not None and labels is not labels_out:
+            labels_out[...] = labels
+            labels = labels_out
+        sizes = comm.sum_(torch.from_numpy(np.bincount(labels, minlength=k)).to(torch.float64), "cluster sizes")
+        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
+        self._set_fit_source(rows)
+        self.backend_ = "torch"
+        self._centers = centers
+        self._n_features_out = k
+        self.cluster_centers_ = centers.cpu().numpy()
+        self.labels_ = labels if out is None else out
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        return self
+
+    def _warn_if_few_clusters(self, n_distinct, k):
+        if n_distinct < k:
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
+                "Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
 
     def _chunk(self, n, d, k):
         itemsize = torch.finfo(self._dtype).bits // 8
@@ -420,14 +491,40 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         chunk = self._chunk(X.shape[0], X.shape[1], centers.shape[0])
         return core.assign(X, x_sq, centers, chunk)
 
-    def predict(self, X):
-        """Index of the nearest centre for each sample, as an array of the input's type."""
-        X_t, kind = self._prepare_input(X, "_centers")
-        return self._output(self._assign(X_t)[0], kind)
+    def predict(self, X, out=None):
+        """Index of the nearest centre for each sample, as an array of the input's type.
 
-    def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit and return ``labels_``."""
-        return self.fit(X, sample_weight=sample_weight).labels_
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or out-of-core data (see ``fit``)
+        out : ndarray of shape (n_samples,), optional
+            For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
+
+        Returns
+        -------
+        labels : array of shape (n_samples,)
+            ``out`` if given; a NumPy array for out-of-core X.
+        """
+        rows, kind = self._prepare_rows(X, "_centers")
+        if not rows.out_of_core:
+            if out is not None:
+                raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+            return self._output(self._assign(rows.tensor)[0], kind)
+        labels = rows.empty((rows.shape[0],), torch.int64, out)
+        centers = self._centers.to(rows.dtype)
+        c_sq = core.squared_norms(centers)
+        for r, tile in rows.tiles(self._chunk(rows.shape[0], rows.shape[1], centers.shape[0])):
+            x_sq = core.squared_norms(tile)
+            _check_no_overflow(x_sq)
+            labels[r].copy_(core.nearest_center(tile, centers, c_sq, x_sq)[0])
+        return labels.numpy() if out is None else out
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_predict(self, X, y=None, sample_weight=None, out=None):
+        """Fit and return ``labels_`` (for out-of-core X written into ``out`` if given, see ``predict``)."""
+        if out is not None and not is_out_of_core(X):
+            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+        return self._fit_keeping_state(X, sample_weight, out).labels_
 
     def transform(self, X):
         """Euclidean distances to every centre, shape (n_samples, n_clusters).
@@ -436,19 +533,21 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         runs in float64, one tile at a time, and the distances it cannot resolve (those small
         against the norms, where it cancels) are recomputed from the differences, so a
         centre's distance to itself is 0 and float32 results carry float32's precision.
+        For out-of-core X the result is a NumPy array.
         """
-        X_t, kind = self._prepare_input(X, "_centers")
+        rows, kind = self._prepare_rows(X, "_centers")
         centers = self._centers.to(torch.float64)
         c_sq = core.squared_norms(centers)
-        out = torch.empty(X_t.shape[0], centers.shape[0], dtype=X_t.dtype, device=X_t.device)
-        chunk = self._chunk(X_t.shape[0], X_t.shape[1], 2 * centers.shape[0])
-        for rows in chunk_slices(X_t.shape[0], chunk):
-            tile = core.rows_of(X_t, rows).to(torch.float64)
-            x_sq = core.squared_norms(tile)
-            scale = c_sq.unsqueeze(0) + x_sq.unsqueeze(1)
-            d2 = torch.addmm(scale, tile, centers.T, alpha=-2.0).clamp_min_(0)
-            _refine_small_distances(d2, scale, tile, centers)
-            out[rows] = d2.sqrt_()
+        n, d = rows.shape
+        out = rows.empty((n, centers.shape[0]), rows.dtype)
+        chunk = self._chunk(n, d, 2 * centers.shape[0])
+        if rows.out_of_core:
+            for r, tile in rows.tiles(chunk):
+                out[r].copy_(_distances(tile, centers, c_sq))
+            return out.numpy()
+        X_t = rows.tensor
+        for r in chunk_slices(n, chunk):
+            out[r] = _distances(core.rows_of(X_t, r), centers, c_sq)
         return self._output(out, kind)
 
     def fit_transform(self, X, y=None, sample_weight=None):
@@ -457,11 +556,34 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
-        X_t, _ = self._prepare_input(X, "_centers")
-        _check_no_overflow(core.squared_norms(X_t))
-        w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
-        _, distances = self._assign(X_t)
-        return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
+        rows, _ = self._prepare_rows(X, "_centers")
+        if not rows.out_of_core:
+            X_t = rows.tensor
+            _check_no_overflow(core.squared_norms(X_t))
+            w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
+            _, distances = self._assign(X_t)
+            return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
+        n = rows.shape[0]
+        w = as_sample_weight(sample_weight, n, device=torch.device("cpu"), dtype=torch.float64)
+        centers = self._centers.to(rows.dtype)
+        c_sq = core.squared_norms(centers)
+        total = torch.zeros((), dtype=torch.float64, device=self._device)
+        for r, tile in rows.tiles(self._chunk(n, rows.shape[1], centers.shape[0])):
+            x_sq = core.squared_norms(tile)
+            _check_no_overflow(x_sq)
+            distances = core.nearest_center(tile, centers, c_sq, x_sq)[1]
+            total += (distances.to(torch.float64) * w[r].to(self._device)).sum()
+        return -float(total)
+
+
+def _distances(tile, centers, c_sq):
+    """Euclidean distances of a tile's rows to float64 ``centers`` (see ``KMeans.transform``), float64."""
+    tile = tile.to(torch.float64)
+    x_sq = core.squared_norms(tile)
+    scale = c_sq.unsqueeze(0) + x_sq.unsqueeze(1)
+    d2 = torch.addmm(scale, tile, centers.T, alpha=-2.0).clamp_min_(0)
+    _refine_small_distances(d2, scale, tile, centers)
+    return d2.sqrt_()
 
 
 def _refine_small_distances(d2, scale, tile, centers, rel=1e-6, pairs=4096):

@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="diag")
     cl.add_argument("--features", metavar="FILE", help=".npy or .pt array of shape (n, d); default: training pixels")
     cl.add_argument("--labels", metavar="FILE", help=".npy labels for the features, to score the clustering")
+    cl.add_argument(
+        "--memory-limit",
+        type=positive_float,
+        metavar="GIB",
+        help="a --features .npy file larger than this is streamed from disk, tile by tile, in every pass "
+        "(default: a quarter of the physical memory)",
+    )
     cl.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto")
     cl.add_argument("--max-iter", type=positive_int)
     cl.add_argument("--save-labels", metavar="FILE", help="write the cluster labels (.npy or .pt)")
@@ -400,6 +407,8 @@ def cmd_cluster(args, say):
     _check_array_file(args.save_labels, "--save-labels")
     if args.labels and not args.features:
         raise UsageError("--labels scores --features; without --features the pixels' own labels are used")
+    if args.features and _streams(args):
+        return _cluster_streamed(args)
     if args.features:
         X = _load_array(args.features)
         if getattr(X, "ndim", 0) != 2:
@@ -413,6 +422,50 @@ def cmd_cluster(args, say):
     est = make_cluster_estimator(args, args.device)
     labels = est.fit_predict(X)
     report_clustering(args, labels, y, est.n_iter_)
+    return 0
+
+
+def _memory_limit_bytes(args):
+    if args.memory_limit is not None:
+        return int(args.memory_limit * (1 << 30))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _streams(args):
+    """Whether ``cluster --features`` reads the file tile by tile: a .npy file larger than the memory limit."""
+    path = Path(args.features)
+    return path.suffix == ".npy" and path.is_file() and path.stat().st_size > _memory_limit_bytes(args)
+
+
+def _cluster_streamed(args):
+    """``cluster`` on a .npy file too large for memory: every pass reads it from disk, with a progress bar."""
+    import numpy as np
+
+    from ..sources import with_progress
+
+    if args.distributed:
+        # Each rank streams its own row range of the memory-mapped file.
+        X = np.load(args.features, mmap_mode="r")
+        if X.ndim != 2:
+            raise UsageError(f"{args.features}: features must be 2-d (n_samples, n_features), got shape {X.shape}")
+        y = _check_labels(_load_array(args.labels), X.shape[0], args.labels) if args.labels else None
+        return _cluster_distributed(args, X, y)
+    passes = []
+
+    def make_bar(n_rows):
+        from tqdm.auto import tqdm
+
+        passes.append(n_rows)
+        return tqdm(total=n_rows, unit="rows", unit_scale=True, desc=f"pass {len(passes)}", disable=args.quiet)
+
+    X = with_progress(args.features, make_bar)
+    y = _check_labels(_load_array(args.labels), X.n_rows, args.labels) if args.labels else None
+    est = make_cluster_estimator(args, args.device)
+    labels = est.fit_predict(X)
+    report_clustering(args, labels, y, est.n_iter_, where=f" (streamed from disk, {len(passes)} passes)")
     return 0
 
 

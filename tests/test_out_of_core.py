@@ -1,0 +1,305 @@
+"""Out-of-core input (memmap, .npy path, row blocks, callable): same tiles, same sums, same results as in memory."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import COVARIANCE_TYPES
+
+import gpuclust.sources as sources
+from gpuclust import GaussianMixture, KMeans
+from gpuclust.device import force_cuda_paths
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(5, 6))
+    X = (centres[rng.integers(0, 5, 3000)] + rng.standard_normal((3000, 6))).astype(np.float32)
+    return X
+
+
+@pytest.fixture
+def npy(tmp_path, data):
+    path = tmp_path / "X.npy"
+    np.save(path, data)
+    return str(path)
+
+
+def as_blocks(X, sizes=(1000, 1, 777)):
+    cuts = np.cumsum(sizes)
+    return np.split(X, cuts)
+
+
+def every_form(X, path):
+    """The out-of-core forms of X: a memmap, a path, a list of blocks, a callable."""
+    return {
+        "memmap": np.load(path, mmap_mode="r"),
+        "path": path,
+        "blocks": as_blocks(X),
+        "callable": lambda: iter(as_blocks(X, (500, 2500))),
+    }
+
+
+KM = dict(n_clusters=5, random_state=0, device="cpu", chunk_size=700, tol=0, max_iter=30)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "auto"])
+def test_kmeans_out_of_core_equals_in_memory(data, npy, algorithm):
+    ref = KMeans(algorithm=algorithm, **KM).fit(data)
+    for form, X in every_form(data, npy).items():
+        est = KMeans(algorithm=algorithm, **KM).fit(X)
+        np.testing.assert_array_equal(est.cluster_centers_, ref.cluster_centers_, err_msg=form)
+        np.testing.assert_array_equal(est.labels_, ref.labels_, err_msg=form)
+        assert isinstance(est.labels_, np.ndarray) and est.n_iter_ == ref.n_iter_
+        assert est.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+    mm = np.load(npy, mmap_mode="r")
+    np.testing.assert_array_equal(ref.predict(mm), ref.predict(data))
+    np.testing.assert_array_equal(ref.transform(npy), ref.transform(data))
+    assert ref.score(mm) == pytest.approx(ref.score(data), rel=1e-12)
+
+
+def test_kmeans_out_of_core_weights_float64_and_empty_clusters(data, tmp_path):
+    X = data.astype(np.float64)
+    X[:40] = X[0]  # duplicates: with random init some clusters empty out and are re-seeded
+    path = tmp_path / "X64.npy"
+    np.save(path, X)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, X.shape[0])
+    kw = dict(KM, n_clusters=12, init="random", n_init=2, algorithm="lloyd")
+    ref = KMeans(**kw).fit(X, sample_weight=w)
+    est = KMeans(**kw).fit(np.load(path, mmap_mode="r"), sample_weight=w)
+    np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(est.labels_, ref.labels_)
+    assert est.cluster_centers_.dtype == np.float64
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random"])
+def test_gmm_out_of_core_equals_in_memory(data, npy, covariance_type, init_params):
+    kw = dict(n_components=4, covariance_type=covariance_type, init_params=init_params, random_state=0,
+              device="cpu", chunk_size=700, max_iter=5, tol=0)  # fmt: skip
+    with pytest.warns(Warning):
+        ref = GaussianMixture(**kw).fit(data)
+    for form, X in every_form(data, npy).items():
+        with pytest.warns(Warning):
+            est = GaussianMixture(**kw).fit(X)
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            np.testing.assert_array_equal(getattr(est, name), getattr(ref, name), err_msg=f"{form} {name}")
+        assert est.lower_bound_ == ref.lower_bound_
+    mm = np.load(npy, mmap_mode="r")
+    np.testing.assert_array_equal(ref.predict(mm), ref.predict(data))
+    np.testing.assert_array_equal(ref.predict_proba(npy), ref.predict_proba(data))
+    np.testing.assert_array_equal(ref.score_samples(mm), ref.score_samples(data))
+    assert ref.score(mm) == ref.score(data)
+
+
+def test_labels_written_into_callers_memmap(data, npy, tmp_path):
+    out = np.lib.format.open_memmap(tmp_path / "labels.npy", mode="w+", dtype=np.int64, shape=(data.shape[0],))
+    km = KMeans(**KM)
+    assert km.fit_predict(npy, out=out) is out
+    np.testing.assert_array_equal(out, KMeans(**KM).fit(data).labels_)
+    out2 = np.lib.format.open_memmap(tmp_path / "labels2.npy", mode="w+", dtype=np.int32, shape=(data.shape[0],))
+    assert km.predict(npy, out=out2) is out2
+    np.testing.assert_array_equal(out2, out)
+    gm = GaussianMixture(3, random_state=0, device="cpu")
+    out3 = np.zeros(data.shape[0], dtype=np.int64)
+    assert gm.fit_predict(npy, out=out3) is out3
+    np.testing.assert_array_equal(out3, gm.predict(data))
+    with pytest.raises(ValueError, match="shape"):
+        km.predict(npy, out=np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="out-of-core"):
+        km.predict(data, out=out)
+
+
+def test_memmap_row_range_and_strided_view(data, npy):
+    mm = np.load(npy, mmap_mode="r")
+    ref = KMeans(**KM).fit(data[700:2900])
+    np.testing.assert_array_equal(KMeans(**KM).fit(mm[700:2900]).cluster_centers_, ref.cluster_centers_)
+    strided = KMeans(**KM).fit(mm[:, ::2])  # not one contiguous region of the file: read through the map
+    np.testing.assert_array_equal(strided.cluster_centers_, KMeans(**KM).fit(data[:, ::2]).cluster_centers_)
+
+
+def test_init_sample_is_bounded_and_reproducible(data, npy, monkeypatch):
+    monkeypatch.setattr(sources, "INIT_SAMPLE_ELEMENTS", 600 * data.shape[1])
+    taken = []
+    real_rows = sources.RowSource.rows
+
+    def spy(self, indices):
+        taken.append(len(indices))
+        return real_rows(self, indices)
+
+    monkeypatch.setattr(sources.RowSource, "rows", spy)
+    a = KMeans(**KM).fit(npy)
+    b = KMeans(**KM).fit(np.load(npy, mmap_mode="r"))
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert taken == [600, 600]  # 600 of the 3000 rows: the bound, not the data
+    c = KMeans(**dict(KM, random_state=1)).fit(npy)
+    assert not np.array_equal(a.cluster_centers_, c.cluster_centers_)
+    g1 = GaussianMixture(5, covariance_type="diag", random_state=0, device="cpu").fit(npy)
+    g2 = GaussianMixture(5, covariance_type="diag", random_state=0, device="cpu").fit(npy)
+    np.testing.assert_array_equal(g1.means_, g2.means_)
+    assert taken[3:] == [600, 600]
+    # the sample still finds the clusters: close to the in-memory fit's
+    full = KMeans(**dict(KM, tol=1e-4)).fit(data)
+    assert a.inertia_ == pytest.approx(full.inertia_, rel=0.01)
+
+
+def test_cuda_feed_logic_on_the_cpu(data, npy):
+    """The pinned-buffer/side-stream rotation, with the CPU stand-ins for streams and events."""
+    source = sources.as_source(npy)
+    for dtype in (torch.float32, torch.float64):
+        tiles = [(r, t.clone()) for r, t in sources._DeviceFeed(source, 700, torch.device("cpu"))]
+        assert [r.start for r, _ in tiles] == list(range(0, data.shape[0], 700))
+        np.testing.assert_array_equal(torch.cat([t for _, t in tiles]).numpy(), data)
+        with force_cuda_paths():
+            got = torch.cat([t.clone() for _, t in source.tiles(700, torch.device("cpu"), dtype)])
+        assert got.dtype == dtype and torch.equal(got, torch.from_numpy(data).to(dtype))
+    # the double buffer across block boundaries, with a last partial tile
+    feed = sources._DeviceFeed(sources.as_source(as_blocks(data)), 700, torch.device("cpu"))
+    np.testing.assert_array_equal(torch.cat([t.clone() for _, t in feed]).numpy(), data)
+    with force_cuda_paths():  # the CUDA branches end to end (one-hot centre sums per tile)
+        est = KMeans(**KM).fit(npy)
+        ref = KMeans(algorithm="lloyd", **KM).fit(data)
+    np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=1e-5, atol=1e-5)
+
+
+def test_immediate_event_must_be_recorded():
+    with pytest.raises(RuntimeError, match="never recorded"):
+        sources._ImmediateEvent().synchronize()
+
+
+# ------------------------------------------------------------------------------ bad input
+def fitted(data):
+    km = KMeans(**KM).fit(data)
+    gm = GaussianMixture(2, random_state=0, device="cpu").fit(data)
+    return km, gm, km.cluster_centers_.copy(), gm.means_.copy()
+
+
+def bad_inputs(data, tmp_path):
+    np.save(tmp_path / "one_d.npy", data[:, 0])
+    np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
+    (tmp_path / "junk.npy").write_bytes(b"not a numpy file")
+    nan = data.copy()
+    nan[1234, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    widths = [data[:100], data[100:200, :5]]
+    nan_blocks = [data[:1000], nan[1000:2000]]
+
+    def generator():
+        yield data
+
+    return [
+        (str(tmp_path / "one_d.npy"), "2-d"),
+        (str(tmp_path / "text.npy"), "numeric"),
+        (str(tmp_path / "junk.npy"), "not a readable .npy"),
+        (str(tmp_path / "missing.npy"), "no such file"),
+        (str(tmp_path / "nan.npy"), r"rows 0-2999 contains NaN .*row 1234"),
+        (np.load(tmp_path / "nan.npy", mmap_mode="r"), r"rows 0-2999 contains NaN"),
+        (widths, r"block 1 \(rows 100-199\) has 5 features"),
+        (nan_blocks, r"block 1 \(rows 1000-1999\) contains NaN .*row 234"),
+        (generator(), "iterated only once"),
+        (lambda: iter([]), "no blocks"),
+    ]
+
+
+def test_bad_input_raises_and_leaves_fitted_estimators_unchanged(data, tmp_path):
+    km, gm, centres, means = fitted(data)
+    for X, message in bad_inputs(data, tmp_path):
+        for est in (km, gm):
+            with pytest.raises(ValueError, match=message):
+                est.fit(X)
+        np.testing.assert_array_equal(km.cluster_centers_, centres)
+        np.testing.assert_array_equal(gm.means_, means)
+        assert isinstance(km.labels_, np.ndarray) and km.labels_.shape == (data.shape[0],)
+    with pytest.raises(ValueError, match="the same rows on every pass"):
+        calls = []
+
+        def changing():
+            calls.append(1)
+            return iter([data[: 10 * (1 + len(calls) % 2)]])
+
+        KMeans(2, device="cpu").fit(changing)
+    with pytest.raises(ValueError, match="callable"):
+        KMeans(2, device="cpu", init=lambda X, k, random_state: X[:k]).fit([data])
+    with pytest.raises(ValueError, match="needs X in memory"):
+        KMeans(2, device="cpu", backend="sklearn").fit([data])
+
+
+# ------------------------------------------------------------------------------ distributed
+WORKER = textwrap.dedent(
+    """
+    import sys, numpy as np, torch.distributed as dist
+    from gpuclust import KMeans, GaussianMixture
+    rank, world, port, path, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    mm = np.load(path, mmap_mode="r")
+    n = mm.shape[0]
+    shard = slice(rank * n // world, (rank + 1) * n // world)
+    kw = dict(n_clusters=5, random_state=0, device="cpu", chunk_size=300, tol=0, max_iter=20, algorithm="lloyd",
+              distributed=True)
+    a = KMeans(**kw).fit(np.ascontiguousarray(mm[shard]))
+    b = KMeans(**kw).fit(mm[shard])
+    gkw = dict(n_components=3, covariance_type="full", init_params="k-means++", random_state=0, device="cpu",
+               max_iter=5, tol=0, distributed=True)
+    c = GaussianMixture(**gkw).fit(np.ascontiguousarray(mm[shard]))
+    d = GaussianMixture(**gkw).fit(mm[shard])
+    np.savez(out, a=a.cluster_centers_, b=b.cluster_centers_, la=a.labels_, lb=np.asarray(b.labels_),
+             c=c.means_, d=d.means_)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_distributed_each_rank_streams_its_shard(data, npy, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), "2", port, npy, str(tmp_path / f"r{r}.npz")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        output, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, output
+    for r in range(2):
+        got = np.load(tmp_path / f"r{r}.npz")
+        np.testing.assert_array_equal(got["a"], got["b"])
+        np.testing.assert_array_equal(got["la"], got["lb"])
+        np.testing.assert_array_equal(got["c"], got["d"])
+
+
+# ------------------------------------------------------------------------------ command line
+def test_cli_streams_a_file_larger_than_the_memory_limit(data, npy, tmp_path, capsys):
+    from gpuclust.app.cli import main
+
+    labels = tmp_path / "labels.npy"
+    args = ["cluster", "--features", npy, "--n-clusters", "5", "--device", "cpu", "--max-iter", "3"]
+    assert main([*args, "--memory-limit", "0.00001", "--save-labels", str(labels)]) == 0
+    out, err = capsys.readouterr()
+    assert "streamed from disk" in out and "3000 samples in 5 clusters" in out
+    assert "pass 1" in err  # a progress bar per pass
+    streamed = np.load(labels)
+    assert main([*args, "--save-labels", str(labels), "-q"]) == 0  # small enough: loaded whole
+    out, _ = capsys.readouterr()
+    assert "streamed" not in out
+    np.testing.assert_array_equal(streamed, np.load(labels))
+    nan = data.copy()
+    nan[5, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    code = main(["cluster", "--features", str(tmp_path / "nan.npy"), "--memory-limit", "0.00001", "-q"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "contains NaN" in err and len(err.strip().splitlines()) == 1
