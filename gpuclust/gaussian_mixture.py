@@ -443,12 +443,23 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return out if out is not None else self._output(labels, kind)
 
     def _fit(self, X):
+        state = dict(self.__dict__)
+        try:
+            return self._fit_all_inits(X)
+        except BaseException:
+            # A fit that fails anywhere (validation, initialization, EM, an interruption) leaves a
+            # fitted estimator as it was.
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
+    def _fit_all_inits(self, X):
         X_t, kind, warm = self._start_fit(X)
         random_state = check_random_state(self.random_state)
         best = None
         for init in range(1 if warm else self.n_init):
             self._verbose_init_begins(init)
-            params = self._params if warm else self._initialize(X_t, random_state)
+            params = self._current_params() if warm else self._initialize(X_t, random_state)
             run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf)
             self._verbose_init_ends(run)
             if best is None or run.lower_bound > best.lower_bound:
@@ -548,6 +559,27 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self.covariances_ = out(p.covariances)
         self.precisions_cholesky_ = out(p.precisions_cholesky)
         self.precisions_ = out(gm.precisions_from_cholesky(p.precisions_cholesky, ct))
+        self._published = (self.weights_, self.means_, self.precisions_cholesky_)
+
+    def _current_params(self):
+        """The parameters inference uses: the fitted ones, or those a user assigned to the attributes.
+
+        As in scikit-learn, ``weights_``, ``means_`` and ``precisions_cholesky_`` are the model:
+        assigning new arrays to them changes what predict, score and warm starts use.
+        """
+        public = (self.weights_, self.means_, self.precisions_cholesky_)
+        if all(a is b for a, b in zip(public, getattr(self, "_published", ()))):
+            return self._params
+        K, d = self._params.means.shape
+        shapes = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
+        weights = self._as_param(self.weights_, "weights_", (K,), self._device)
+        means = self._as_param(self.means_, "means_", (K, d), self._device) - self._shift
+        prec_chol = self._as_param(self.precisions_cholesky_, "precisions_cholesky_", shapes[self.covariance_type],
+                                   self._device)  # fmt: skip
+        cov = gm.covariances_from_precision_cholesky(prec_chol, self.covariance_type)
+        self._params = gm.MixtureParameters(weights, means, cov, prec_chol)
+        self._published = public
+        return self._params
 
     # ----------------------------------------------------------- verbose (as scikit-learn prints it)
     def _verbose_init_begins(self, init):
@@ -576,17 +608,17 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     # ------------------------------------------------------------- inference
     def _prepare(self, X):
         X_t, kind = self._prepare_rows(X, "_params")
-        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._params.means.shape[0])
+        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._current_params().means.shape[0])
         return X_t, kind
 
     def _labels(self, X, out=None):
         """Most probable component per sample, tile by tile (never an (n, K) array)."""
         labels = X.empty((X.shape[0],), torch.int64, out)
-        return self._map_tiles(X, self._params, lambda wlp: wlp.argmax(1), labels)
+        return self._map_tiles(X, self._current_params(), lambda wlp: wlp.argmax(1), labels)
 
     def _score_samples(self, X):
         out = X.empty((X.shape[0],), X.dtype)
-        return self._map_tiles(X, self._params, lambda wlp: torch.logsumexp(wlp, dim=1), out)
+        return self._map_tiles(X, self._current_params(), lambda wlp: torch.logsumexp(wlp, dim=1), out)
 
     def predict(self, X, out=None):
         """Most probable component of each sample.
@@ -621,7 +653,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         X_t, kind = self._prepare(X)
         out = X_t.empty((X_t.shape[0], self._params.means.shape[0]), X_t.dtype)
-        self._map_tiles(X_t, self._params, lambda wlp: torch.softmax(wlp, dim=1), out)
+        self._map_tiles(X_t, self._current_params(), lambda wlp: torch.softmax(wlp, dim=1), out)
         return self._output(out, kind)
 
     def score_samples(self, X):
@@ -706,7 +738,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._check_is_fitted("_params")
         n_samples = check_positive_int(n_samples, "n_samples")
         rs = check_random_state(self.random_state)
-        p = self._params
+        p = self._current_params()
         d = p.means.shape[1]
         counts = rs.multinomial(n_samples, p.weights.cpu().numpy() / float(p.weights.sum()))
         means = p.means + self._shift

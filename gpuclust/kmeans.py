@@ -19,7 +19,7 @@ from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, resolve_d
 from ._backends import cuml_available, require
 from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
 from ._chunks import chunk_slices, rows_per_chunk
-from ._comm import gather_init_sample, make_comm
+from ._comm import LOCAL, gather_init_sample, make_comm
 from .device import resolve_device
 from .sources import init_sample, is_out_of_core
 
@@ -50,7 +50,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         ``"k-means++"``: greedy k-means++ seeding (:func:`kmeans_plusplus`);
         ``"random"``: ``n_clusters`` distinct samples drawn with probability proportional
         to ``sample_weight``; a callable ``init(X, n_clusters, random_state=rs)`` returning
-        the centres (X in the array type passed to ``fit``); an array: the initial centres.
+        the centres (X validated, as an array of the input's type: NumPy for NumPy arrays, lists and
+        DataFrames); an array: the initial centres.
     n_init : "auto" or int, default="auto"
         Runs with different seeds, keeping the lowest inertia; ``"auto"`` is 1 for
         k-means++ and array init, 10 for random.
@@ -298,8 +299,20 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if self.distributed and backend != "torch":
             raise ValueError(f"distributed=True needs backend='torch' (got {backend!r}).")
         if backend == "torch":
-            user_X = X if callable(self.init) else None
-            result = self._fit_torch(X_t, x_sq, w, k, n_init, init_t, sample_weight is None, user_X)
+            # A callable init gets X validated, in the array type of the input (numpy for lists and DataFrames).
+            user_X = to_output(X_t, kind) if callable(self.init) else None
+            shift = None if is_sparse(X_t) else _centring_shift(X_t, x_sq, self._comm)
+            if shift is None:
+                result = self._fit_torch(X_t, x_sq, w, k, n_init, init_t, sample_weight is None, user_X, None)
+            else:
+                # Distances as |x|^2 - 2 x.c + |c|^2 lose every digit to rounding when the data sit
+                # far from the origin: fit on centred data, as scikit-learn does with every dense X.
+                X_c = X_t - shift.to(X_t.dtype)
+                init_c = None if init_t is None else init_t - shift.to(X_t.dtype)
+                result = self._fit_torch(X_c, core.squared_norms(X_c), w, k, n_init, init_c, sample_weight is None,
+                                         user_X, shift)  # fmt: skip
+                del X_c
+                result = ((result[0].to(torch.float64) + shift).to(X_t.dtype),) + tuple(result[1:])
         elif backend == "sklearn":
             result = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
         else:
@@ -311,7 +324,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         self.backend_ = backend
         self._centers = centers
         self._n_features_out = k
-        self.cluster_centers_ = self._output(centers, kind)
+        self.cluster_centers_ = self._published_centers = self._output(centers, kind)
         self.labels_ = self._output(labels, kind)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
@@ -367,11 +380,24 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         self.backend_ = "torch"
         self._centers = centers
         self._n_features_out = k
-        self.cluster_centers_ = centers.cpu().numpy()
+        self.cluster_centers_ = self._published_centers = centers.cpu().numpy()
         self.labels_ = labels if out is None else out
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
         return self
+
+    def _current_centers(self):
+        """The centres inference uses: the fitted ones, or those a user assigned to ``cluster_centers_``.
+
+        As in scikit-learn, ``cluster_centers_`` is the model: assigning a new array to it changes
+        what predict, transform and score use.
+        """
+        public = self.cluster_centers_
+        if public is not getattr(self, "_published_centers", None):
+            k, d = self._centers.shape
+            self._centers = self._check_centers(public, "cluster_centers_", k, d)
+            self._published_centers = public
+        return self._centers
 
     def _warn_if_few_clusters(self, n_distinct, k):
         if n_distinct < k:
@@ -387,7 +413,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         # per row: the (k,) scores, and on a GPU the (k,) one-hot of the centre-sum GEMM
         return rows_per_chunk(n, (2 * k + 2) * itemsize, self._device, self.chunk_size, self.memory_budget)
 
-    def _initial_centers(self, X, x_sq, w, k, rs, user_X):
+    def _initial_centers(self, X, x_sq, w, k, rs, user_X, shift=None):
         """One run's starting centres (on the rows every rank shares under torch.distributed)."""
         if self.init == "k-means++":
             centers, _ = core.kmeans_plusplus(X, k, w, x_sq, rs)
@@ -398,9 +424,11 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             centers = core.dense_rows(X, torch.as_tensor(seeds, device=X.device))
         else:
             centers = self._check_centers(self.init(user_X, k, random_state=rs), "init(X) result", k, X.shape[1])
+            if shift is not None:  # the callable saw the caller's X; the fit runs on centred data
+                centers = centers - shift.to(centers.dtype)
         return centers.clone()
 
-    def _fit_torch(self, X, x_sq, w, k, n_init, init_t, unit_weight, user_X):
+    def _fit_torch(self, X, x_sq, w, k, n_init, init_t, unit_weight, user_X, shift):
         n, d = X.shape
         rs = check_random_state(self.random_state)
         comm = self._comm
@@ -420,7 +448,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             if init_t is not None:
                 centers = init_t.clone()
             else:
-                centers = self._initial_centers(X_all, sq_all, w_all, k, rs, user_X)
+                centers = self._initial_centers(X_all, sq_all, w_all, k, rs, user_X, shift)
             comm.broadcast_(centers, 0, "initial centres")
             if log is not None:
                 log("Initialization complete")
@@ -485,7 +513,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
     # --------------------------------------------------------------- inference
     def _assign(self, X):
-        centers = self._centers.to(X.dtype)
+        centers = self._current_centers().to(X.dtype)
         x_sq = core.squared_norms(X)
         _check_no_overflow(x_sq)
         chunk = self._chunk(X.shape[0], X.shape[1], centers.shape[0])
@@ -511,7 +539,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
             return self._output(self._assign(rows.tensor)[0], kind)
         labels = rows.empty((rows.shape[0],), torch.int64, out)
-        centers = self._centers.to(rows.dtype)
+        centers = self._current_centers().to(rows.dtype)
         c_sq = core.squared_norms(centers)
         for r, tile in rows.tiles(self._chunk(rows.shape[0], rows.shape[1], centers.shape[0])):
             x_sq = core.squared_norms(tile)
@@ -536,7 +564,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         For out-of-core X the result is a NumPy array.
         """
         rows, kind = self._prepare_rows(X, "_centers")
-        centers = self._centers.to(torch.float64)
+        centers = self._current_centers().to(torch.float64)
         c_sq = core.squared_norms(centers)
         n, d = rows.shape
         out = rows.empty((n, centers.shape[0]), rows.dtype)
@@ -565,7 +593,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
         n = rows.shape[0]
         w = as_sample_weight(sample_weight, n, device=torch.device("cpu"), dtype=torch.float64)
-        centers = self._centers.to(rows.dtype)
+        centers = self._current_centers().to(rows.dtype)
         c_sq = core.squared_norms(centers)
         total = torch.zeros((), dtype=torch.float64, device=self._device)
         for r, tile in rows.tiles(self._chunk(n, rows.shape[1], centers.shape[0])):
@@ -599,6 +627,23 @@ def _refine_small_distances(d2, scale, tile, centers, rel=1e-6, pairs=4096):
         d2[ii, jj] = (diff * diff).sum(1)
 
 
+def _centring_shift(X, x_sq, comm):
+    """The data mean (float64) when it is farther from the origin than the data's spread, else None.
+
+    Where the offset dominates, the expanded distances need centring to keep their digits; where
+    it does not, centring would only cost a copy of X.
+    """
+    n_local = X.shape[0]
+    col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
+    extra = torch.tensor([x_sq.sum(dtype=torch.float64), n_local], dtype=torch.float64, device=X.device)
+    totals = comm.sum_(torch.cat([col_sums, extra]), "data mean")
+    n = float(totals[-1])
+    mean = totals[:-2] / n
+    offset = float(mean @ mean)
+    spread = float(totals[-2]) / n - offset
+    return mean if offset > spread else None
+
+
 def _check_no_overflow(x_sq):
     """Squared distances are formed from squared norms: refuse data whose norms overflow the dtype."""
     largest = float(x_sq.max()) if x_sq.numel() else 0.0
@@ -607,7 +652,8 @@ def _check_no_overflow(x_sq):
         raise ValueError(
             f"The squared norms of the samples overflow {str(x_sq.dtype).replace('torch.', '')} "
             f"(largest {largest:.3g}, limit {limit:.3g}): scale the data (e.g. divide it by its largest "
-            "absolute value, or use sklearn.preprocessing.StandardScaler) or pass float64."
+            "absolute value, or use sklearn.preprocessing.StandardScaler)"
+            + (" or pass float64." if x_sq.dtype != torch.float64 else ".")
         )
 
 
@@ -653,7 +699,12 @@ def kmeans_plusplus(
     >>> centers.shape, sorted(X[indices, 0].tolist())
     ((2, 2), [1.0, 10.0])
     """
-    target = as_torch(X).device if device is None else resolve_device(device)
+    if device is not None:
+        target = resolve_device(device)
+    elif isinstance(X, torch.Tensor) or (hasattr(X, "__dlpack__") and not is_sparse(X)):
+        target = as_torch(X).device
+    else:
+        target = torch.device("cpu")  # numpy, lists, scipy sparse
     X_t, kind = as_tensor(X, device=target, accept_sparse=True)
     n = X_t.shape[0]
     k = check_positive_int(n_clusters, "n_clusters")
@@ -668,5 +719,9 @@ def kmeans_plusplus(
         x_sq, _ = as_tensor(x_squared_norms, device=target, dtype=X_t.dtype, name="x_squared_norms", ndim=1)
         if x_sq.shape[0] != n:
             raise ValueError(f"x_squared_norms has {x_sq.shape[0]} entries but X has {n} samples.")
-    centers, indices = core.kmeans_plusplus(X_t, k, w, x_sq, check_random_state(random_state), n_local_trials)
-    return to_output(centers, kind), indices
+    X_seed, shift = X_t, None if is_sparse(X_t) else _centring_shift(X_t, x_sq, LOCAL)
+    if shift is not None:  # the same draws, on distances that keep their digits
+        X_seed = X_t - shift.to(X_t.dtype)
+        x_sq = core.squared_norms(X_seed)
+    _, indices = core.kmeans_plusplus(X_seed, k, w, x_sq, check_random_state(random_state), n_local_trials)
+    return to_output(core.dense_rows(X_t, torch.as_tensor(indices, device=target)), kind), indices
