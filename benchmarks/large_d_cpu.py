@@ -15,10 +15,10 @@ measured float32/float64 GEMM rates. Writes benchmarks/results/large_d_cpu.md.
 from __future__ import annotations
 
 import argparse
-import warnings
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np

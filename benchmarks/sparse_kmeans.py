@@ -49,7 +49,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "sparse_kmeans_cpu.md"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both libraries (torch and scikit-learn's OpenMP); 1 gives figures that "
+                             "other processes on a shared machine cannot distort")  # fmt: skip
     args = parser.parse_args()
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     n = args.iters
     makers = {
         "gpuclust (torch, CSR)": lambda init, it: KMeans(
@@ -69,6 +77,7 @@ def main():
                     per_iter = (tn - t1) / n
                     rows.append((name, norm or "none", np.dtype(dtype).name, k, est.n_iter_, per_iter * 1e3, t1 * 1e3))
                     print(rows[-1], flush=True)
+    sk_threads = "its default threads" if args.threads is None else f"{args.threads} thread(s)"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# Sparse KMeans on the CPU: time per iteration",
@@ -77,11 +86,12 @@ def main():
         f"{X.nnz} stored values (density {X.nnz / (X.shape[0] * X.shape[1]):.4f}); sublinear tf, "
         "English stop words removed, min_df=2.",
         f"Same k-means++ centres for both, tol=0; per iteration = (T(1+{n}) - T(1)) / {n}, "
-        f"median of {args.repeats} repeats. Made by `python benchmarks/sparse_kmeans.py`.",
+        f"median of {args.repeats} repeats. Made by `python benchmarks/sparse_kmeans.py"
+        f"{'' if args.threads is None else f' --threads {args.threads}'}`.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible "
         f"(shared), torch {torch.__version__} ({torch.get_num_threads()} threads), scikit-learn "
-        f"{sklearn.__version__}, numpy {np.__version__}, Python {platform.python_version()}, commit {commit}.",
+        f"{sklearn.__version__} ({sk_threads}), numpy {np.__version__}, Python {platform.python_version()}, commit {commit}.",
         "",
         f"A row whose 'iterations run' is below {1 + n} stopped by strict convergence; its figure is not valid.",
         "",
