@@ -91,7 +91,8 @@ def main():
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs visible "
         f"(shared), torch {torch.__version__} ({torch.get_num_threads()} threads), scikit-learn "
-        f"{sklearn.__version__} ({sk_threads}), numpy {np.__version__}, Python {platform.python_version()}, commit {commit}.",
+        f"{sklearn.__version__} ({sk_threads}), numpy {np.__version__}, Python {platform.python_version()}, "
+        f"commit {commit}.",
         "",
         f"A row whose 'iterations run' is below {1 + n} stopped by strict convergence; its figure is not valid.",
         "",
