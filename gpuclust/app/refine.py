@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,9 +205,28 @@ def umap_embed(X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: 
     rows, cols, w = rows[keep], cols[keep], w[keep]
     a, b = umap_ab(config.min_dist)
     Y = _pca_init(X, config.n_components)
-    n = X.shape[0]
     p = w / w.max()
     g = torch.Generator(device=device).manual_seed(seed)
+    with _deterministic():
+        _optimize(Y, rows, cols, p, a, b, config, g)
+    return Y
+
+
+@contextmanager
+def _deterministic():
+    # CUDA's index_add_ accumulates with atomics (order varies run to run) unless deterministic
+    # algorithms are on; the CPU path is deterministic already. Restores the caller's setting.
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+
+
+def _optimize(Y, rows, cols, p, a, b, config, g):
+    # UMAP's epochs, updating Y in place.
+    device, n = Y.device, Y.shape[0]
     for epoch in range(config.embed_epochs):
         lr = 1.0 - epoch / config.embed_epochs
         active = torch.rand(p.shape, generator=g, device=device) < p
@@ -224,7 +244,6 @@ def umap_embed(X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: 
         grad = torch.where(d2 > 0, coef * diff, torch.zeros_like(diff)).clamp(-4.0, 4.0) * lr
         step.index_add_(0, ii, grad)
         Y += step
-    return Y
 
 
 def cluster_embedding(Y: torch.Tensor, n_clusters: int, config: RefineConfig, seed: int) -> torch.Tensor:
