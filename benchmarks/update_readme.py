@@ -64,6 +64,14 @@ def main_job_section():
                 f"{'' if ref is None else f'{100 * ref:.2f}%'} | {r['nmi']:.3f} | {r['ari']:.3f} | "
                 f"{r['cluster_accuracy']:.3f} | {r['fit_seconds']:.2f} |"
             )
+        if any("protocol" in r for r in run["results"]):
+            lines += [
+                "",
+                "task4 (issue 17): the codes embedded by a UMAP-style neighbour graph in torch, then a Gaussian "
+                "mixture. *inductive*: training codes only, each test image labelled by a vote of its nearest "
+                "training codes (the seed's protocol). *transductive*: training and test codes embedded and "
+                "clustered together, labels used only to score (N2D's protocol, not comparable with the seed's).",
+            ]
         lines.append("")
     return lines
 

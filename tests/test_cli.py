@@ -45,7 +45,14 @@ def test_run_end_to_end_on_a_slice(fashion_train, tmp_path, capsys):
     assert "task1_kmeans_pixels" in stdout and "completeness" in stdout
     results = json.loads((out / "results.json").read_text())
     tasks = [r["task"] for r in results["results"]]
-    assert tasks == ["task1_kmeans_pixels", "task2_ae_kmeans", "task3_ae_gmm_diag", "task3_ae_gmm_full"]
+    assert tasks == [
+        "task1_kmeans_pixels",
+        "task2_ae_kmeans",
+        "task3_ae_gmm_diag",
+        "task3_ae_gmm_full",
+        "task4_umap_gmm_inductive",
+        "task4_umap_gmm_transductive",
+    ]
     for row in results["results"]:
         for key in (
             "completeness",
