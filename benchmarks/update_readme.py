@@ -67,7 +67,7 @@ def main_job_section():
         if any("protocol" in r for r in run["results"]):
             lines += [
                 "",
-                "task4 (issue 17): the codes embedded by a UMAP-style neighbour graph in torch, then a Gaussian "
+                "task4: the codes embedded by a UMAP-style neighbour graph in torch, then a Gaussian "
                 "mixture. *inductive*: training codes only, each test image labelled by a vote of its nearest "
                 "training codes (the seed's protocol). *transductive*: training and test codes embedded and "
                 "clustered together, labels used only to score (N2D's protocol, not comparable with the seed's).",
@@ -188,7 +188,9 @@ def tradeoff_section(cpu):
 
 
 def render():
-    cpu, mem, gpu = _jsonl("cpu.jsonl"), _jsonl("cpu-memory.jsonl"), _jsonl("gpu_h100.jsonl")
+    cpu, mem = _jsonl("cpu.jsonl"), _jsonl("cpu-memory.jsonl")
+    # The GPU check names its results after the card (gpu_nvidia_h100.jsonl, gpu_nvidia_h200.jsonl, ...).
+    gpu_files = sorted(p.name for p in RESULTS.glob("gpu_*.jsonl"))
     lines = [
         START,
         "## Results",
@@ -202,10 +204,12 @@ def render():
     lines += gmm_section(cpu, "this 2-core CPU", "converged")
     lines += gmm_section(mem, "memory case on the CPU", "per_iter")
     lines += tradeoff_section(cpu)
-    if gpu:
-        lines += kmeans_section(gpu, "GPU")
-        lines += gmm_section(gpu, "GPU", "per_iter")
-    else:
+    for name in gpu_files:
+        gpu = _jsonl(name)
+        card = next((r["environment"].get("device_name") for r in gpu if r.get("environment")), None) or name
+        lines += kmeans_section(gpu, card)
+        lines += gmm_section(gpu, card, "per_iter")
+    if not gpu_files:
         lines += [
             "No GPU results are committed yet: `benchmarks/gpu_check.sh` is ready for the first session with a GPU.",
             "",
