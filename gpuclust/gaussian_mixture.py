@@ -438,8 +438,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         if out is not None and not is_out_of_core(X):
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        X_t, kind = self._fit(X)
-        labels = self._labels(X_t, out)
+        state = dict(self.__dict__)
+        try:
+            X_t, kind = self._fit(X)
+            labels = self._labels(X_t, out)
+        except BaseException:  # the labelling pass can fail too (a bad out, an unreadable file)
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
         return out if out is not None else self._output(labels, kind)
 
     def _fit(self, X):

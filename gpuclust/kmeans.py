@@ -353,9 +353,19 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         rs = check_random_state(self.random_state)
         tol = 0.0 if self.tol == 0 else core.variance_from_sums(col_sums, total_sq, n, comm) * self.tol
         chunk = self._chunk(n, d, k)
+        # As in memory: data far from the origin are centred (tile by tile here) before the
+        # distances are expanded, or float32 loses every digit of them.
+        shift = _centring_shift_from_sums(col_sums, total_sq, n, comm)
+        shift_t = None if shift is None else shift.to(device=rows.device, dtype=rows.dtype)
         if init_t is None:
             X_all, w_all = init_sample(rows.source, w, comm, rs, device, rows.dtype)
+            if shift_t is not None:
+                X_all = X_all - shift_t
             sq_all = core.squared_norms(X_all)
+        elif shift_t is not None:
+            init_t = init_t - shift_t
+        tiles = (lambda: rows.tiles(chunk)) if shift_t is None else (
+            lambda: ((r, tile - shift_t) for r, tile in rows.tiles(chunk)))  # fmt: skip
         log = print if self.verbose else None
         best = None
         for _ in range(n_init):
@@ -363,14 +373,18 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             comm.broadcast_(centers, 0, "initial centres")
             if log is not None:
                 log("Initialization complete")
-            labels = labels_out if (labels_out is not None and n_init == 1) else None
+            # The caller's array doubles as the working labels only when it is int64 (Lloyd indexes with it).
+            direct = labels_out is not None and n_init == 1 and labels_out.dtype == np.int64
+            labels = labels_out if direct else None
             result = core.lloyd_streamed(
-                lambda: rows.tiles(chunk), n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
+                tiles, n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
                 comm=comm, log=log,
             )  # fmt: skip
             if best is None or result[1] < best[1]:
                 best = result
         labels, inertia, centers, n_iter = best
+        if shift is not None:
+            centers = (centers.to(torch.float64) + shift.to(centers.device)).to(rows.dtype)
         if labels_out is not None and labels is not labels_out:
             labels_out[...] = labels
             labels = labels_out
@@ -410,8 +424,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
     def _chunk(self, n, d, k):
         itemsize = torch.finfo(self._dtype).bits // 8
-        # per row: the (k,) scores, and on a GPU the (k,) one-hot of the centre-sum GEMM
-        return rows_per_chunk(n, (2 * k + 2) * itemsize, self._device, self.chunk_size, self.memory_budget)
+        # per row: the (k,) scores, on a GPU the (k,) one-hot of the centre-sum GEMM, and the row
+        # itself, which a tile copies when it is read from disk, centred or densified
+        return rows_per_chunk(n, (2 * k + 2 + d) * itemsize, self._device, self.chunk_size, self.memory_budget)
 
     def _initial_centers(self, X, x_sq, w, k, rs, user_X, shift=None):
         """One run's starting centres (on the rows every rank shares under torch.distributed)."""
@@ -635,7 +650,13 @@ def _centring_shift(X, x_sq, comm):
     """
     n_local = X.shape[0]
     col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
-    extra = torch.tensor([x_sq.sum(dtype=torch.float64), n_local], dtype=torch.float64, device=X.device)
+    return _centring_shift_from_sums(col_sums, x_sq.sum(dtype=torch.float64), n_local, comm)
+
+
+def _centring_shift_from_sums(col_sums, total_sq, n_local, comm):
+    """:func:`_centring_shift` from this rank's column sums, sum of squared norms and row count."""
+    col_sums = torch.as_tensor(col_sums, dtype=torch.float64)
+    extra = torch.tensor([float(total_sq), float(n_local)], dtype=torch.float64, device=col_sums.device)
     totals = comm.sum_(torch.cat([col_sums, extra]), "data mean")
     n = float(totals[-1])
     mean = totals[:-2] / n

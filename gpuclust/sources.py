@@ -72,6 +72,12 @@ def as_source(X, name: str = "X") -> RowSource:
     raise TypeError(f"{name} of type {type(X).__name__} is not an out-of-core source.")
 
 
+def _native(dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order (torch takes no other)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.byteorder in ("=", "|") else dtype.newbyteorder("=")
+
+
 class RowSource:
     """Rows of a 2-d array read in order, a tile at a time.
 
@@ -96,7 +102,7 @@ class RowSource:
         """The dtype the tiles are computed in (as :func:`gpuclust._arrays.as_tensor` decides)."""
         if dtype is not None:
             return dtype
-        return default_dtype(torch.from_numpy(np.empty(0, dtype=self.dtype)).dtype, device)
+        return default_dtype(torch.from_numpy(np.empty(0, dtype=_native(self.dtype))).dtype, device)
 
     def host_tiles(self, rows_per_tile: int, buffers: list[np.ndarray] | None = None):
         """Yield ``(rows, array)``: consecutive tiles of ``rows_per_tile`` rows, checked.
@@ -117,11 +123,13 @@ class RowSource:
                 yield rows, tile.to(dtype)
             return
         for rows, host in self.host_tiles(rows_per_tile):
+            if host.dtype.byteorder not in ("=", "|"):  # big-endian files and blocks
+                host = host.astype(_native(host.dtype))
             yield rows, torch.from_numpy(host).to(device=device, dtype=dtype)
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The rows at sorted ``indices``, in one pass."""
-        out = np.empty((len(indices), self.n_features), dtype=self.dtype)
+        out = np.empty((len(indices), self.n_features), dtype=_native(self.dtype))
         lo = 0
         for rows, host in self.host_tiles(SCAN_ROWS):
             hi = int(np.searchsorted(indices, rows.stop, side="left"))
@@ -377,7 +385,7 @@ class _DeviceFeed:
         return torch.cuda.Event() if self.cuda else _ImmediateEvent()
 
     def __iter__(self):
-        d, raw = self.source.n_features, torch.from_numpy(np.empty(0, dtype=self.source.dtype)).dtype
+        d, raw = self.source.n_features, torch.from_numpy(np.empty(0, dtype=_native(self.source.dtype))).dtype
         pinned = [torch.empty((self.m, d), dtype=raw, pin_memory=self.cuda) for _ in range(2)]
         staged = [torch.empty((self.m, d), dtype=raw, device=self.device) for _ in range(2)]
         buffers = [p.numpy() for p in pinned]
@@ -535,6 +543,16 @@ class SourceRows:
                 f"out must be a NumPy array (or memmap) of shape {tuple(shape)}, got "
                 f"{type(out).__name__} of shape {getattr(out, 'shape', None)}."
             )
-        if not out.flags.writeable or out.dtype.kind not in "iuf" or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a writable, C-contiguous numeric array; got dtype {out.dtype}.")
+        want = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+        # Labels fit in any native integer of 32 bits or more (a narrower one would wrap them
+        # silently); other results need their own dtype.
+        fits = out.dtype == want or (
+            want.kind == "i" and out.dtype.kind in "iu" and out.dtype.itemsize >= 4 and out.dtype.isnative
+        )
+        if not out.flags.writeable or not out.flags.c_contiguous or not fits:
+            what = "an integer dtype of 32 bits or more" if want.kind == "i" else f"dtype {want}"
+            raise ValueError(
+                f"out must be a writable, C-contiguous array of {what} (native byte order); "
+                f"got dtype {out.dtype}{'' if out.flags.writeable else ', read-only'}."
+            )
         return torch.from_numpy(out)

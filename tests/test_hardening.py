@@ -440,3 +440,14 @@ def test_cli_sparse_features_where_dense_are_needed_is_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_save_labels_never_overwrites_an_input(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.RandomState(0).rand(50, 3))
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "gpuclust", "cluster", "--features", str(path), "--save-labels",
+                           str(path), "-q"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "one of the inputs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == before

@@ -303,3 +303,44 @@ def test_cli_streams_a_file_larger_than_the_memory_limit(data, npy, tmp_path, ca
     code = main(["cluster", "--features", str(tmp_path / "nan.npy"), "--memory-limit", "0.00001", "-q"])
     _, err = capsys.readouterr()
     assert code == 2 and "contains NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_far_from_the_origin_streams_as_in_memory(tmp_path):
+    # Float32 data with a large offset: the streamed fit centres tile by tile, as the in-memory one does.
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(6000, centers=3, n_features=2, cluster_std=1.0, random_state=0)
+    X = (X + 45000.0).astype(np.float32)
+    path = tmp_path / "far.npy"
+    np.save(path, X)
+    mem = KMeans(3, random_state=0, n_init=1, algorithm="lloyd", device="cpu").fit(X)
+    streamed = KMeans(3, random_state=0, n_init=1, algorithm="lloyd", device="cpu").fit(str(path))
+    np.testing.assert_array_equal(streamed.labels_, mem.labels_)
+    assert streamed.inertia_ == pytest.approx(mem.inertia_, rel=1e-5)
+
+
+def test_big_endian_files_stream(tmp_path):
+    X = np.random.RandomState(0).rand(500, 4)
+    path = tmp_path / "be.npy"
+    np.save(path, X.astype(">f8"))
+    mem = KMeans(3, random_state=0, n_init=1, device="cpu").fit(X)
+    streamed = KMeans(3, random_state=0, n_init=1, device="cpu").fit(str(path))
+    np.testing.assert_array_equal(streamed.labels_, mem.labels_)
+
+
+def test_out_must_have_the_results_dtype(tmp_path):
+    X = np.random.RandomState(0).rand(400, 3)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    km = KMeans(3, random_state=0, n_init=1, device="cpu").fit(str(path))
+    with pytest.raises(ValueError, match="32 bits or more"):
+        km.predict(str(path), out=np.empty(400, np.uint8))
+    out = np.empty(400, np.int32)  # fit_predict works on its own int64 labels and copies them over
+    assert km.fit_predict(str(path), out=out) is out
+    np.testing.assert_array_equal(out, km.labels_)
+
+
+def test_streamed_tiles_respect_the_memory_budget(tmp_path):
+    X = np.random.RandomState(0).rand(4000, 256).astype(np.float32)
+    km = KMeans(2, device="cpu", memory_budget=1 << 20).fit(X[:50])
+    assert km._chunk(4000, 256, 2) * 256 * 4 <= 1 << 20

@@ -405,6 +405,9 @@ def cmd_cluster(args, say):
     from ..datasets import flatten_pixels
 
     _check_array_file(args.save_labels, "--save-labels")
+    inputs = [Path(f).resolve() for f in (args.features, args.labels) if f]
+    if args.save_labels and Path(args.save_labels).resolve() in inputs:
+        raise UsageError(f"--save-labels {args.save_labels} is one of the inputs; name another file")
     if args.labels and not args.features:
         raise UsageError("--labels scores --features; without --features the pixels' own labels are used")
     if args.features and _streams(args):
