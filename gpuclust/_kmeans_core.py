@@ -232,6 +232,26 @@ def average_centers(sums, weights, old_centers):
     return torch.where((weights > 0).unsqueeze(1), new, old_centers)
 
 
+def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
+    """New centres from the sums, how far each moved, and whether Lloyd has converged.
+
+    scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
+    total squared centre shift within ``tol``; ``log`` prints its verbose lines.
+    """
+    new_centers = average_centers(sums, weights, centers)
+    delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
+    if n_iter > 1 and changed == 0:
+        if log is not None:
+            log(f"Converged at iteration {n_iter - 1}: strict convergence.")
+        return new_centers, delta, True
+    shift = float((delta * delta).sum())
+    if shift <= tol:
+        if log is not None:
+            log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
+        return new_centers, delta, True
+    return new_centers, delta, False
+
+
 def assign_top2(X, x_sq, centers, chunk, rows_subset=None):
     """Nearest centre, and squared distances to the nearest and second-nearest, tile by tile.
 
@@ -370,17 +390,8 @@ def lloyd(
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
             distances = distances_to_own_center(X, x_sq, centers, labels)
             relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
-        new_centers = average_centers(step_sums, step_weights, centers)
-        delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
-        centers = new_centers
-        if n_iter > 1 and changed == 0:
-            if log is not None:
-                log(f"Converged at iteration {n_iter - 1}: strict convergence.")
-            break
-        shift = float((delta * delta).sum())
-        if shift <= tol:
-            if log is not None:
-                log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
+        centers, delta, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
+        if converged:
             break
         if prune:
             bounds.centers_moved(delta)
@@ -545,17 +556,8 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
         if bool((step_weights == 0).any()):
             offers = _farthest_offers_streamed(tiles, host_labels, weights_of, centers, int((step_weights == 0).sum()))
             apply_relocations(offers, step_sums, step_weights, comm)
-        new_centers = average_centers(step_sums, step_weights, centers)
-        delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
-        centers = new_centers
-        if n_iter > 1 and changed == 0:
-            if log is not None:
-                log(f"Converged at iteration {n_iter - 1}: strict convergence.")
-            break
-        shift = float((delta * delta).sum())
-        if shift <= tol:
-            if log is not None:
-                log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
+        centers, _, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
+        if converged:
             break
     inertia = comm.sum_float(assign_pass(centers), "inertia")
     return labels, inertia, centers, n_iter
