@@ -14,6 +14,7 @@ import torch
 from ._arrays import sparse_csr
 from ._chunks import chunk_slices
 from ._comm import LOCAL
+from ._linear import linear
 from .device import uses_cuda_paths
 
 # ----------------------------------------------------------------- sparse X
@@ -111,18 +112,29 @@ def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
     return max(total, 0.0) / (n * d)
 
 
-def nearest_center(Xc: torch.Tensor, centers: torch.Tensor, c_sq: torch.Tensor, x_sq: torch.Tensor):
+def nearest_center(Xc, centers, c_sq, x_sq, out=None):
     """Label and squared distance to the nearest centre for one tile of rows.
 
-    ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile, never an (n, k, d) tensor.
+    ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile (:func:`gpuclust._linear.linear`), never
+    an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into.
     """
-    scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
-    min_scores, labels = scores.min(dim=1)
-    return labels, (min_scores + x_sq).clamp_min_(0)
+    if is_sparse(Xc):
+        scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
+    else:
+        # -2 C is exact, so this is ``addmm(c_sq, Xc, C.T, alpha=-2)`` on the faster path.
+        scores = linear(Xc, centers * -2.0, c_sq)
+    if out is None:
+        min_scores, labels = scores.min(dim=1)
+    else:
+        labels, min_scores = out
+        torch.min(scores, dim=1, out=(min_scores, labels))
+    return labels, min_scores.add_(x_sq).clamp_min_(0)
 
 
-def assign(X, x_sq, centers, chunk):
+def assign(X, x_sq, centers, chunk, out=None):
     """Nearest centre and squared distance to it for every sample, tile by tile.
+
+    ``out``: (labels, distances) tensors to write into (reused across Lloyd iterations).
 
     Returns
     -------
@@ -131,10 +143,11 @@ def assign(X, x_sq, centers, chunk):
     """
     n = X.shape[0]
     c_sq = squared_norms(centers)
-    labels = torch.empty(n, dtype=torch.int64, device=X.device)
-    distances = torch.empty(n, dtype=X.dtype, device=X.device)
+    if out is None:
+        out = (torch.empty(n, dtype=torch.int64, device=X.device), torch.empty(n, dtype=X.dtype, device=X.device))
+    labels, distances = out
     for rows in chunk_slices(n, chunk):
-        labels[rows], distances[rows] = nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows])
+        nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], distances[rows]))
     return labels, distances
 
 
@@ -170,20 +183,31 @@ def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
     return sums, weights
 
 
-def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False):
+def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None):
     """Move the samples whose label changed from their old cluster's sums to their new one's.
 
     After the first iterations few labels change, so this touches a small part of X
     instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
+    ``buffer`` (a (rows, d) tensor, CPU) is where the moved rows are gathered, block by block,
+    instead of into a fresh tensor per iteration, whose page faults cost as much as the adds.
     Returns the number of samples that moved.
     """
     moved = torch.nonzero(labels != labels_old).flatten()
     if moved.numel() == 0:
         return 0
-    Xm, wm = X[moved], w[moved]
-    _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
-    _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
-    return int(moved.numel())
+    if buffer is None or uses_cuda_paths(X.device):
+        Xm, wm = X[moved], w[moved]
+        _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
+        _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
+        return int(moved.numel())
+    # The same float32 adds, in the same order, as one call over all moved rows (index_add_ is
+    # serial on the CPU), so the result does not depend on the buffer's size.
+    update = _MovedSums(sums, weights, unit_weight)
+    for block in chunk_slices(moved.numel(), buffer.shape[0]):
+        rows = moved[block]
+        Xm = torch.index_select(X, 0, rows, out=buffer[: rows.numel()])
+        update.add_moved(Xm, w[rows], labels[rows], labels_old[rows])
+    return update.finish()
 
 
 def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, comm=LOCAL):
@@ -252,12 +276,13 @@ def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
     return new_centers, delta, False
 
 
-def assign_top2(X, x_sq, centers, chunk, rows_subset=None):
+def assign_top2(X, x_sq, centers, chunk, rows_subset=None, buffer=None):
     """Nearest centre, and squared distances to the nearest and second-nearest, tile by tile.
 
     With ``rows_subset`` (an index tensor), only those samples are assigned: each
     tile of them is gathered into one reused buffer (a fresh (m, d) gather would
-    spend more time on page faults than on the GEMM).
+    spend more time on page faults than on the GEMM); ``buffer``, when given, is that
+    buffer (the caller keeps it from one iteration to the next), and its rows set the tile.
     """
     k = centers.shape[0]
     m = X.shape[0] if rows_subset is None else rows_subset.numel()
@@ -265,20 +290,24 @@ def assign_top2(X, x_sq, centers, chunk, rows_subset=None):
     labels = torch.zeros(m, dtype=torch.int64, device=X.device)
     first = torch.empty(m, dtype=X.dtype, device=X.device)
     second = torch.full((m,), float("inf"), dtype=X.dtype, device=X.device)
-    buffer = None if rows_subset is None else torch.empty(min(chunk, m), X.shape[1], dtype=X.dtype, device=X.device)
+    if rows_subset is not None and buffer is None:
+        buffer = torch.empty(min(chunk, m), X.shape[1], dtype=X.dtype, device=X.device)
+    if buffer is not None:
+        chunk = buffer.shape[0]
     for rows in chunk_slices(m, chunk):
         if rows_subset is None:
             tile = X[rows]
         else:
             tile = buffer[: rows.stop - rows.start]
             torch.index_select(X, 0, rows_subset[rows], out=tile)
-        scores = torch.addmm(c_sq, tile, centers.T, alpha=-2.0)
+        scores = linear(tile, centers * -2.0, c_sq[0])
         if k == 1:
             first[rows] = scores[:, 0]
         else:
-            top = torch.topk(scores, 2, dim=1, largest=False, sorted=True)
-            labels[rows] = top.indices[:, 0]
-            first[rows], second[rows] = top.values[:, 0], top.values[:, 1]
+            # Two minima instead of topk(2): a third of the time, and ties broken as in Lloyd's min.
+            lab = labels[rows]
+            torch.min(scores, dim=1, out=(first[rows], lab))
+            second[rows] = scores.scatter_(1, lab.unsqueeze(1), float("inf")).min(dim=1).values
     xs = x_sq if rows_subset is None else x_sq[rows_subset]
     return labels, (first + xs).clamp_min_(0), (second + xs).clamp_min_(0)
 
@@ -352,7 +381,16 @@ def lloyd(
         bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
     else:
         labels, _ = assign(X, x_sq, centers, chunk)
+        # Two label buffers used in turn and one for the distances: no allocation per iteration.
+        spare = (torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device))
     sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
+    gather = []  # where moved and candidate rows are gathered: made on first use, then kept
+
+    def gather_buffer():
+        if not gather:
+            gather.append(torch.empty(min(chunk, X.shape[0]), X.shape[1], dtype=X.dtype, device=X.device))
+        return gather[0]
+
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         changed = 0
@@ -367,16 +405,19 @@ def lloyd(
                 else:
                     labels = labels_old.clone()
                     if idx.numel():
-                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, min(chunk, 4096), idx)
+                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, chunk, idx, gather_buffer()[:8192])
                         labels[idx] = lab_s
                         bounds.refresh(idx, lab_s, first_s, second_s)
             else:
-                labels, _ = assign(X, x_sq, centers, chunk)
+                labels, _ = assign(X, x_sq, centers, chunk, out=spare)
+                spare = (labels_old, spare[1])
             if sparse:
                 changed = int((labels != labels_old).sum())
                 sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
             else:
-                changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight)
+                changed = update_cluster_sums(
+                    sums, weights, X, sample_weight, labels, labels_old, unit_weight, gather_buffer()
+                )
         if log is not None:
             own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
             inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
@@ -468,14 +509,17 @@ class _MovedSums:
         moved = torch.nonzero(labels != labels_old).flatten()
         if moved.numel() == 0:
             return
-        self.moved += int(moved.numel())
-        Xm, wm, new, old = tile[moved], w[moved], labels[moved], labels_old[moved]
-        if uses_cuda_paths(tile.device):  # one-hot GEMMs, summed per tile in float64
+        self.add_moved(tile[moved], w[moved], labels[moved], labels_old[moved])
+
+    def add_moved(self, Xm, wm, new, old):
+        """Rows ``Xm`` (weights ``wm``) leave clusters ``old`` for clusters ``new``."""
+        self.moved += int(Xm.shape[0])
+        if uses_cuda_paths(Xm.device):  # one-hot GEMMs, summed per tile in float64
             _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0)
             _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0)
             return
         if self.plus is None:
-            self.plus = torch.zeros(self.sums.shape, dtype=tile.dtype, device=tile.device)
+            self.plus = torch.zeros(self.sums.shape, dtype=Xm.dtype, device=Xm.device)
             self.minus = torch.zeros_like(self.plus)
         values = Xm if self.unit else Xm * wm.unsqueeze(1)
         # index_add_ adds rows serially on the CPU: tile after tile equals one call over all moved rows.

@@ -1,5 +1,6 @@
 """What would break on a GPU, proven on the CPU: CUDA's missing kernels, float32 numerics, CUDA-only branches."""
 
+import math
 import warnings
 
 import numpy as np
@@ -128,7 +129,9 @@ def test_tiles_are_sized_by_their_total_memory():
     est = GaussianMixture(10, covariance_type="full", device="cpu", memory_budget=512 << 20)
     est._dtype, est._device = torch.float32, torch.device("cpu")
     rows, per_row = est._chunk(48000, 6272, 10), gm.tile_bytes_per_row("full", 10, 6272, 4)
-    assert rows * per_row <= 512 << 20 < (rows + 1) * per_row
+    most = (512 << 20) // per_row  # the most rows the budget allows; tiles are then made equal
+    assert rows * per_row <= 512 << 20 < (most + 1) * per_row
+    assert math.ceil(48000 / rows) == math.ceil(48000 / most) and rows == math.ceil(48000 / math.ceil(48000 / most))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -1,0 +1,96 @@
+"""The assignment GEMM's CPU path (oneDNN where torch has it, addmm elsewhere) and equal row tiles."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs
+
+from gpuclust import KMeans, _linear
+from gpuclust._chunks import balanced_chunk, chunk_slices, rows_per_chunk
+
+
+@pytest.fixture
+def without_onednn(monkeypatch):
+    monkeypatch.setattr(_linear, "_onednn_ok", False)
+
+
+def _operands(m=1000, d=37, k=7, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(m, d, generator=g, dtype=dtype), torch.randn(k, d, generator=g, dtype=dtype),
+            torch.randn(k, generator=g, dtype=dtype))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_is_addmm_to_rounding(dtype):
+    X, W, b = _operands(dtype=dtype)
+    got = _linear.linear(X, W, b)
+    assert got.dtype == dtype and got.shape == (1000, 7)
+    exact = torch.addmm(b.double(), X.double(), W.double().T)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol * 10)
+
+
+def test_linear_rows_do_not_depend_on_the_tile():
+    # Predictions and out-of-core passes tile X in other ways than the fit. Tiles of a handful
+    # of rows (up to 5 here) take a matrix-vector kernel whose rounding differs; larger ones agree.
+    X, W, b = _operands(m=3001)
+    whole = _linear.linear(X, W, b)
+    for size in (16, 512, 1000, 2000):  # last tiles of 9, 441, 1 + 1000 = 1001 ... rows
+        slices = list(chunk_slices(3001, size)) if size != 1000 else [slice(0, 2000), slice(2000, 3001)]
+        parts = torch.cat([_linear.linear(X[s], W, b) for s in slices])
+        assert torch.equal(parts, whole), size
+
+
+def test_linear_takes_strided_and_empty_inputs():
+    X, W, b = _operands()
+    torch.testing.assert_close(_linear.linear(X[::3], W, b), torch.addmm(b, X[::3], W.T), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_linear.linear(X.T.contiguous().T, W, b), torch.addmm(b, X, W.T), rtol=1e-5, atol=1e-5)
+    assert _linear.linear(X[:0], W, b).shape == (0, 7)
+
+
+def test_probe_says_no_where_onednn_is_missing(monkeypatch):
+    monkeypatch.setattr(_linear, "_onednn_ok", None)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not _linear.onednn_available()
+    X, W, b = _operands()
+    assert torch.equal(_linear.linear(X, W, b), torch.addmm(b, X, W.T))
+
+
+def test_probe_says_no_when_the_operator_fails(monkeypatch):
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("no such operator")
+
+    monkeypatch.setattr(_linear, "_onednn_ok", None)
+    monkeypatch.setattr(torch.ops, "mkldnn", Broken(), raising=False)
+    assert not _linear.onednn_available()
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_kmeans_gives_the_same_fit_without_onednn(algorithm, monkeypatch):
+    X, _ = make_blobs(3000, 20, centers=6, cluster_std=3.0, random_state=0)
+    X = X.astype(np.float32)
+    init = X[:6].copy()
+    fast = KMeans(6, init=init, algorithm=algorithm, device="cpu", tol=0).fit(X)
+    monkeypatch.setattr(_linear, "_onednn_ok", False)
+    plain = KMeans(6, init=init, algorithm=algorithm, device="cpu", tol=0).fit(X)
+    ref = SkKMeans(6, init=init, n_init=1, tol=0).fit(X)
+    np.testing.assert_array_equal(fast.labels_, plain.labels_)
+    np.testing.assert_array_equal(fast.labels_, ref.labels_)
+    np.testing.assert_allclose(fast.cluster_centers_, ref.cluster_centers_, rtol=1e-5, atol=1e-5)
+    assert fast.n_iter_ == plain.n_iter_ == ref.n_iter_
+
+
+@pytest.mark.parametrize(
+    ("n", "chunk", "expected"), [(60000, 20815, 20000), (10, 3, 3), (10, 4, 4), (7, 100, 7), (1, 1, 1)]
+)
+def test_balanced_chunk_makes_equal_tiles(n, chunk, expected):
+    got = balanced_chunk(n, chunk)
+    assert got == expected
+    sizes = [s.stop - s.start for s in chunk_slices(n, got)]
+    assert max(sizes) <= chunk and len(sizes) == -(-n // chunk) and max(sizes) - min(sizes) <= len(sizes)
+
+
+def test_an_explicit_chunk_size_is_kept():
+    assert rows_per_chunk(60000, 100, torch.device("cpu"), chunk_size=20815) == 20815
