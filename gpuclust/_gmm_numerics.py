@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._linear import linear
 from .device import uses_cuda_paths
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -167,6 +168,7 @@ class WorkingParameters:
     const: torch.Tensor  # (K,): log weight + log det - D/2 log(2 pi)
     means: torch.Tensor
     matmul_precision: str = "highest"
+    stacked: torch.Tensor | None = None  # diag, spherical: (K, 2D), quad = [x, x*x] @ stacked.T + offset
 
     @classmethod
     def build(cls, params, dtype, covariance_type, matmul_precision="highest"):
@@ -186,14 +188,87 @@ class WorkingParameters:
         else:
             factor, proj = P * P, means
             offset = (means * means).sum(1)
+        stacked = None
+        if covariance_type in STACKED_TYPES:
+            # quad_k(x) = sum_d prec_kd (x_d - mean_kd)^2 = [x, x*x] . [-2 mean_k prec_k, prec_k] + offset_k
+            prec = factor if covariance_type == "diag" else factor.unsqueeze(1).expand(K, D)
+            stacked = torch.cat([-2.0 * means * prec, prec], dim=1)
+            if covariance_type == "spherical":
+                offset = offset * factor
         cast = lambda t: None if t is None else t.to(dtype)
-        return cls(covariance_type, cast(factor), cast(proj), cast(offset), cast(const), cast(means), matmul_precision)
+        return cls(
+            covariance_type,
+            *map(cast, (factor, proj, offset, const, means)),
+            matmul_precision,
+            cast(stacked),
+        )
 
     def weighted_log_prob(self, Xs):
         """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K)."""
+        if self.stacked is not None:
+            return self.weighted_log_prob_stacked(stack_squares(Xs))
         with _matmul_precision(self.matmul_precision, Xs.device):
             quad = _SQUARED_DISTANCE[self.covariance_type](self, Xs)
         return quad.mul_(-0.5).add_(self.const)
+
+    def weighted_log_prob_stacked(self, Z):
+        """:meth:`weighted_log_prob` of a diag or spherical tile given as ``Z = [x, x*x]`` (c, 2D): one GEMM."""
+        with _matmul_precision(self.matmul_precision, Z.device):
+            quad = linear(Z, self.stacked, self.offset)
+        return quad.mul_(-0.5).add_(self.const)
+
+
+# --- diag and spherical: each tile as [x, x*x] -----------------------------------------------------
+# Both the E-step's distances and the M-step's statistics of these types are products of the
+# responsibilities or the parameters with x and with x*x. Side by side in one (c, 2D) matrix they
+# take one GEMM each instead of two, x*x is formed once per tile instead of twice, and the
+# buffers are reused from tile to tile (a pass over 60000x50 float64 rows took half the time).
+
+STACKED_TYPES = ("diag", "spherical")
+
+
+def stack_squares(Xs, out=None):
+    """``[Xs, Xs * Xs]`` as one (c, 2D) tensor (``out``: a buffer with at least c rows, Xs's dtype)."""
+    c, D = Xs.shape
+    Z = torch.empty(c, 2 * D, dtype=Xs.dtype, device=Xs.device) if out is None else out[:c]
+    Z[:, :D].copy_(Xs)
+    torch.mul(Z[:, :D], Z[:, :D], out=Z[:, D:])
+    return Z
+
+
+class StackedTiles:
+    """Reused (rows, 2D) buffers for one pass: the working-dtype tile and, for float32, its float64 twin."""
+
+    def __init__(self, rows, n_features, dtype, device):
+        self.D = n_features
+        self.z = torch.empty(rows, 2 * n_features, dtype=dtype, device=device)
+        self.z64 = self.z if dtype == torch.float64 else torch.empty_like(self.z, dtype=torch.float64)
+
+    def load(self, tile, shift):
+        """``[x - shift, (x - shift)**2]`` for a tile of raw rows, without a temporary."""
+        D, z = self.D, self.z[: tile.shape[0]]
+        torch.sub(tile, shift, out=z[:, :D])
+        torch.mul(z[:, :D], z[:, :D], out=z[:, D:])
+        return z
+
+    def float64(self, z):
+        """The statistics' operand: ``z`` itself in float64, else x in float64 and its square taken in float64."""
+        if z.dtype == torch.float64:
+            return z
+        D, z64 = self.D, self.z64[: z.shape[0]]
+        z64[:, :D].copy_(z[:, :D])
+        torch.mul(z64[:, :D], z64[:, :D], out=z64[:, D:])
+        return z64
+
+
+def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor) -> None:
+    """:func:`accumulate_stats` for diag and spherical from ``Z64 = [x, x*x]`` in float64: one GEMM."""
+    resp64 = resp.to(torch.float64)
+    stats.nk += resp64.sum(0)
+    both = resp64.T @ Z64
+    D = stats.sx.shape[1]
+    stats.sx += both[:, :D]
+    stats.sxx += both[:, D:]
 
 
 @contextlib.contextmanager
@@ -229,17 +304,7 @@ def _quad_tied(w, Xs):
     return quad.add_((y * y).sum(1, keepdim=True))
 
 
-def _quad_diag(w, Xs):
-    quad = torch.addmm(w.offset.unsqueeze(0), Xs, w.proj.T, alpha=-2.0)
-    return quad.addmm_(Xs * Xs, w.factor.T)
-
-
-def _quad_spherical(w, Xs):
-    quad = torch.addmm(w.offset.unsqueeze(0), Xs, w.proj.T, alpha=-2.0)
-    return quad.add_((Xs * Xs).sum(1, keepdim=True)).mul_(w.factor.unsqueeze(0))
-
-
-_SQUARED_DISTANCE = {"full": _quad_full, "tied": _quad_tied, "diag": _quad_diag, "spherical": _quad_spherical}
+_SQUARED_DISTANCE = {"full": _quad_full, "tied": _quad_tied}  # diag and spherical: WorkingParameters.stacked
 
 
 # --- Cholesky factors ---------------------------------------------------------------------------

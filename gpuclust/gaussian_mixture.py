@@ -283,6 +283,16 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
+        if self.covariance_type in gm.STACKED_TYPES:
+            buffers = gm.StackedTiles(min(self._chunk_rows, X.shape[0]), d, self._dtype, X.device)
+            shift = self._shift.to(X.dtype)
+            for _, tile in X.tiles(self._chunk_rows):
+                Z = buffers.load(tile, shift)
+                log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
+                total += log_norm.sum(dtype=torch.float64)
+                gm.accumulate_stats_stacked(stats, buffers.float64(Z), resp)
+            stats.log_likelihood = float(total)
+            return self._reduce_stats(stats)
         for _, Xs in self._tiles(X):
             log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob(Xs))
             total += log_norm.sum(dtype=torch.float64)

@@ -320,3 +320,32 @@ def test_requires_grad_and_meta_tensors(device):
     assert all(not t.requires_grad and t.grad_fn is None for t in outputs)
     with pytest.raises(ValueError, match="'meta' device"):
         GaussianMixture(2, device=device).fit(torch.empty(10, 2, device="meta"))
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stacked_tiles_give_the_unstacked_log_probabilities(covariance_type, dtype):
+    # The E-step of diag and spherical fits works on [x, x*x]; predictions of one sample at a
+    # time and the per-type formulas must agree with it.
+    from sklearn.datasets import make_blobs
+
+    import gpuclust._gmm_numerics as gmn
+
+    X, _ = make_blobs(500, 7, centers=4, random_state=1)
+    X = X.astype(dtype)
+    est = GaussianMixture(4, covariance_type=covariance_type, device="cpu", random_state=0, chunk_size=64).fit(X)
+    params = est._current_params()
+    working = params.working(est._dtype, covariance_type)
+    Xs = torch.from_numpy(X) - est._shift.to(est._dtype)
+    stacked = working.weighted_log_prob(Xs)
+    prec = params.precisions_cholesky**2  # (K, D) or (K,)
+    prec = prec if covariance_type == "diag" else prec.unsqueeze(1).expand(4, 7)
+    diff = Xs.double().unsqueeze(1) - params.means.unsqueeze(0)  # (n, K, D)
+    plain = (-0.5 * (diff * diff * prec).sum(2) + working.const.double()).to(stacked.dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    torch.testing.assert_close(stacked, plain, rtol=tol, atol=tol)
+    buffers = gmn.StackedTiles(64, 7, est._dtype, torch.device("cpu"))
+    Z = buffers.load(torch.from_numpy(X[:50]), est._shift.to(est._dtype))
+    torch.testing.assert_close(Z[:, :7], Xs[:50])
+    torch.testing.assert_close(buffers.float64(Z)[:, 7:], Xs[:50].double() ** 2)
+    assert buffers.float64(Z).dtype == torch.float64
