@@ -175,6 +175,18 @@ def test_pycave_is_a_skipped_row_that_says_why():
         Case("kmeans", "faiss", "cuda", "synthetic", 100, 2, 2)
 
 
+def test_the_gpu_grid_has_cuda_rows_for_the_pure_python_peers():
+    cuda = {(c.backend, c.algorithm, c.data, c.covariance_type) for c in GRIDS["gpu"] if c.device == "cuda"}
+    assert ("fast-pytorch-kmeans", "kmeans", "pixels", None) in cuda
+    assert ("torchgmm", "gmm", "pca-50", "diag") in cuda
+    # Cheap cases only: the two peers come before every case at D=6272 or N=1e6.
+    order = [c.backend for c in GRIDS["gpu"]]
+    first_big = next(i for i, c in enumerate(GRIDS["gpu"]) if c.d > 1000 or c.n > 100_000)
+    assert max(order.index("fast-pytorch-kmeans"), order.index("torchgmm")) < first_big
+    # Peers the grid runs on CUDA are not moved to the GPU where they cannot go (faiss-cpu).
+    assert all(c.device == "cpu" for c in GRIDS["peers"] if c.backend in bench.CPU_ONLY_BACKENDS)
+
+
 # ------------------------------------------------------------------- tables, plot, README (rows made here)
 
 

@@ -175,8 +175,19 @@ GRIDS = {
     # Ordered cheap to expensive, so that a run stopped by its time limit has measured the most
     # cases; the two full-covariance cases (D=6272, K=10 and N=1e6, K=1024) come last.
     "gpu": (
-        _kmeans_cases(("torch", "cuml", "sklearn"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
+        _kmeans_cases(
+            ("torch", "cuml", "fast-pytorch-kmeans", "sklearn"),
+            "cuda",
+            "pixels",
+            60000,
+            784,
+            10,
+            iters=20,
+            algorithms=("lloyd",),
+        )
         + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")
+        # torchgmm on CUDA (its wheel travels in .whl/; benchmarks/README.md), the cheap case only.
+        + _gmm_cases(("torchgmm",), "cuda", "pca-50", 60000, 50, 10, covs=("diag",), dtype="float64")
         + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical", "tied"), iters=3)
         + _gmm_cases(("sklearn",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
         + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical"), iters=3)
