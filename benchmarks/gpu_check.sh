@@ -21,7 +21,9 @@
 #                       one-rank NCCL torchrun, one full EM iteration at D=6272, batched vs
 #                       looped Cholesky at D=1024/2048/6272
 #   tests       75 s    the CUDA tests (-k "cuda or cupy or gpu"), no -x
-#   bench      245 s    GRIDS["gpu"], cheap to expensive, full covariance last, --repeats 2
+#   bench      245 s    GRIDS["gpu"], cheap to expensive, full covariance last, --repeats 2; first
+#                       the peer wheels in .whl/ (benchmarks/fetch_peer_wheels.sh), when staged, are
+#                       installed into a temporary folder (--no-deps --no-index; a failure is logged)
 #   summarize   15 s    the table from the stored rows (also after a bench cut short)
 #   total      465 s    (+2 s kill grace per step: 475 s, under 480 s)
 #   run        240 s    optional (GPUCLUST_GPU_RUN=1 or --steps run): `gpuclust run --profile
@@ -30,7 +32,8 @@
 # --dry-run (or GPUCLUST_GPU_CHECK_DRY_RUN=1): every step at toy size on the CPU (the smoke
 # checks with the CUDA branches forced and gloo for NCCL, the tests collected only, the bench's
 # gpu-toy grid), in well under a minute; tests/test_gpu_check.py runs it in CI.
-# Staging the dataset and what to do with the files that come back: benchmarks/README.md.
+# Staging the dataset and the peer wheels (carry: [".data", ".whl"]) and what to do with the files
+# that come back: benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,18 +130,42 @@ for path in sorted(Path(sys.argv[1]).glob('gpu*.jsonl')):
 " "$out"
 }
 
+# with_peer_wheels CMD...: run CMD with the pure-Python peers (fast-pytorch-kmeans, torchgmm) that
+# travelled as wheels in .whl/: the GPU machine has no package index. They go into a temporary folder
+# on PYTHONPATH, not into the image; if that fails, the bench still runs and their rows are skipped rows.
+with_peer_wheels() {
+    local site rc
+    site=$(mktemp -d)
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        echo "peer wheels: $(cd .whl && echo *.whl)"
+        if "$py" -m pip install -q --no-deps --no-index --no-compile --disable-pip-version-check \
+            --target "$site" .whl/*.whl; then
+            export PYTHONPATH="$PYTHONPATH:$site"
+            echo "peer wheels installed into $site"
+        else
+            echo "peer wheels: pip install failed (rc=$?); the bench goes on, their rows will be skipped"
+        fi
+    else
+        echo "peer wheels: no .whl/ (benchmarks/fetch_peer_wheels.sh); peers the image lacks are skipped rows"
+    fi
+    "$@"
+    rc=$?
+    rm -rf "$site"
+    return "$rc"
+}
+
 export py out dry
-export -f env_info run_profile summarize_rows
+export -f env_info run_profile summarize_rows with_peer_wheels
 
 if [ "$dry" = 1 ]; then
     smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --dry-run --budget 100)
     tests=("$py" -m pytest tests -q --collect-only -p no:cacheprovider -k "(cuda or cupy or gpu) and not gpu_check")
-    bench=("$py" -m gpuclust bench --grid gpu-toy --device cpu --out "$out" --repeats 1)
+    bench=(bash -c 'with_peer_wheels "$py" -m gpuclust bench --grid gpu-toy --device cpu --out "$out" --repeats 1')
 else
     smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --budget 95)
     tests=("$py" -m pytest tests -v -rfEs --tb=short --durations=15 -p no:cacheprovider
         -k "(cuda or cupy or gpu) and not gpu_check")
-    bench=("$py" -m gpuclust bench --grid gpu --out "$out" --repeats 2)
+    bench=(bash -c 'with_peer_wheels "$py" -m gpuclust bench --grid gpu --out "$out" --repeats 2')
 fi
 
 total=0

@@ -185,38 +185,3 @@ def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
     X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))
     bench._DATA_CACHE.clear()
     assert seen == [str(tmp_path)] and X.shape == (40, 784) and len(y) == 40
-
-
-def _installed(module):
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def test_peers_run_or_are_skipped_with_the_install_hint():
-    rows = [run_case(c, repeats=1) for c in GRIDS["peers-small"]]
-    sk = {r["algorithm"]: r for r in rows if r["backend"] == "sklearn" and r["status"] == "ok"}
-    for r in rows:
-        module = {"faiss": "faiss", "faiss-all-rows": "faiss", "fast-pytorch-kmeans": "fast_pytorch_kmeans",
-                  "torchgmm": "torchgmm"}.get(r["backend"])  # fmt: skip
-        if module is None:
-            assert r["status"] == "ok"
-        elif r["backend"] == "torchgmm" and r["covariance_type"] == "tied":
-            assert r["status"] == "skipped" and "no 'tied'" in r["reason"]
-        elif not _installed(module):
-            assert r["status"] == "skipped" and "gpuclust[peers]" in r["reason"]
-        else:
-            assert r["status"] == "ok", r.get("reason")
-            assert r["device"] == "cpu" and r["completeness"] > 0.5
-            if r["algorithm"] == "kmeans":  # same centres, same data: the same partition as scikit-learn
-                assert r["ari"] == pytest.approx(sk["kmeans"]["ari"], abs=0.05)
-    assert all("torchgmm's own" in r["init"] for r in rows if r["backend"] == "torchgmm")
-
-
-def test_a_missing_peer_is_a_skipped_row(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
-    row = run_case(Case("kmeans", "faiss", "cpu", "synthetic", 100, 2, 2), repeats=1)
-    assert row["status"] == "skipped" and "faiss is not installed" in row["reason"]
-    assert "gpuclust[peers]" in row["reason"]
-    with pytest.raises(ValueError, match="faiss runs on the CPU"):
-        Case("kmeans", "faiss", "cuda", "synthetic", 100, 2, 2)

@@ -18,6 +18,15 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STEPS = ["env", "smoke", "tests", "bench", "summarize"]
 
 
+PEER_MODULES = {"fast-pytorch-kmeans": "fast_pytorch_kmeans", "torchgmm": "torchgmm"}
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _fashion_mnist_available():
     from gpuclust.datasets import load_fashion_mnist
 
@@ -87,10 +96,16 @@ def test_bench_rows_are_the_toy_grid_in_order(dry_run):
     for r in rows:
         if r["backend"] == "cuml":
             assert r["status"] == "skipped"
+        elif r["backend"] in PEER_MODULES and r["status"] == "skipped":
+            # Neither installed here nor brought as a wheel in .whl/ (benchmarks/fetch_peer_wheels.sh).
+            assert not _installed(PEER_MODULES[r["backend"]]) and "gpuclust[peers]" in r["reason"]
         elif r["data"] == "synthetic" or _fashion_mnist_available():
             assert r["status"] == "ok", r.get("reason")
         assert r["device"] == ("cuda" if r["backend"] == "cuml" else "cpu")
     assert "vs scikit-learn" in (out / "gpu-toy.md").read_text()
+    assert {"fast-pytorch-kmeans", "torchgmm"} <= {r["backend"] for r in rows}
+    bench_log = (out / "check.log").read_text().split("===== bench (")[1]
+    assert "peer wheels" in bench_log.split("===== bench:")[0]  # the wheels step said what it did
 
 
 def test_a_failing_step_does_not_stop_the_next(tmp_path):

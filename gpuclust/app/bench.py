@@ -46,7 +46,7 @@ from .environment import device_name, environment
 @dataclass(frozen=True)
 class Case:
     algorithm: str  # "kmeans" or "gmm"
-    backend: str  # "torch", "sklearn", "cuml", or a peer: "faiss", "faiss-all-rows", "fast-pytorch-kmeans", "torchgmm"
+    backend: str  # "torch", "sklearn", "cuml", or a peer (PEER_KMEANS, PEER_GMM): "faiss", "torchgmm", ...
     device: str  # "cpu" or "cuda"
     data: str  # "synthetic", "pixels", "pca-<d>", "ae-<preset>-<epochs>"
     n: int
@@ -81,10 +81,22 @@ def _device_for(backend, device):
 
 
 def _kmeans_cases(
-    backends, device, data, n, d, k, dtype="float32", iters=20, algorithms=("auto",), sklearn_algorithms=("lloyd",)
+    backends,
+    device,
+    data,
+    n,
+    d,
+    k,
+    dtype="float32",
+    iters=20,
+    algorithms=("auto",),
+    sklearn_algorithms=("lloyd",),
+    mode="per_iter",
 ):
     return [
-        Case("kmeans", b, _device_for(b, device), data, n, d, k, dtype=dtype, iters=iters, kmeans_algorithm=a)
+        Case(
+            "kmeans", b, _device_for(b, device), data, n, d, k, dtype=dtype, mode=mode, iters=iters, kmeans_algorithm=a
+        )
         for b in backends
         for a in (sklearn_algorithms if b == "sklearn" else algorithms)
     ]
@@ -109,7 +121,30 @@ def _gmm_cases(
     ]
 
 
-PEER_KMEANS = ("faiss", "faiss-all-rows", "fast-pytorch-kmeans")
+PEER_KMEANS = ("faiss", "faiss-all-rows", "fast-pytorch-kmeans", "pycave")
+PEER_GMM = ("torchgmm", "pycave")
+# Converged fits get room to converge: scikit-learn's default max_iter for KMeans, and 100 for GMM.
+MAX_ITER = {"kmeans": 300, "gmm": 100}
+
+
+def _peer_cases(kmeans=(), gmm=(), device="cpu"):
+    """Every library on the same data, per iteration and then to a converged fit, case by case.
+
+    ``kmeans`` holds ``(data, n, d, k, iters)``, ``gmm`` holds ``(data, n, d, k, covs, iters)``;
+    ``iters`` is the per-iteration count, converged fits run up to ``MAX_ITER``.
+    """
+    km = PEER_KMEANS + ("torch", "sklearn")
+    cases = []
+    for data, n, d, k, iters in kmeans:
+        for mode, it in (("per_iter", iters), ("converged", MAX_ITER["kmeans"])):
+            cases += _kmeans_cases(
+                km, device, data, n, d, k, iters=it, sklearn_algorithms=("lloyd", "elkan"), mode=mode
+            )
+    for data, n, d, k, covs, iters in gmm:
+        for mode, it in (("per_iter", iters), ("converged", MAX_ITER["gmm"])):
+            cases += _gmm_cases(("torch",) + PEER_GMM + ("sklearn",), device, data, n, d, k, covs, iters=it, mode=mode)
+    return cases
+
 
 GRIDS = {
     # Seconds: what the tests run.
@@ -140,8 +175,19 @@ GRIDS = {
     # Ordered cheap to expensive, so that a run stopped by its time limit has measured the most
     # cases; the two full-covariance cases (D=6272, K=10 and N=1e6, K=1024) come last.
     "gpu": (
-        _kmeans_cases(("torch", "cuml", "sklearn"), "cuda", "pixels", 60000, 784, 10, iters=20, algorithms=("lloyd",))
+        _kmeans_cases(
+            ("torch", "cuml", "fast-pytorch-kmeans", "sklearn"),
+            "cuda",
+            "pixels",
+            60000,
+            784,
+            10,
+            iters=20,
+            algorithms=("lloyd",),
+        )
         + _gmm_cases(("torch", "sklearn"), "cuda", "pca-50", 60000, 50, 10, dtype="float64")
+        # torchgmm on CUDA (its wheel travels in .whl/; benchmarks/README.md), the cheap case only.
+        + _gmm_cases(("torchgmm",), "cuda", "pca-50", 60000, 50, 10, covs=("diag",), dtype="float64")
         + _gmm_cases(("torch",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical", "tied"), iters=3)
         + _gmm_cases(("sklearn",), "cuda", "ae-seed-3", 48000, 6272, 10, covs=("diag", "spherical"), iters=2)
         + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("diag", "spherical"), iters=3)
@@ -149,26 +195,13 @@ GRIDS = {
         + _gmm_cases(("torch",), "cuda", "synthetic", 1_000_000, 128, 1024, covs=("full",), iters=3)
     ),
     # What users could pick instead (issue 16; the `peers` extra), same data and centres where
-    # they accept them. Seconds: what the tests run.
-    "peers-small": (
-        _kmeans_cases(PEER_KMEANS + ("sklearn",), "cpu", "synthetic", 2000, 8, 5, iters=5)
-        + _gmm_cases(("torchgmm", "sklearn"), "cpu", "synthetic", 2000, 8, 5, covs=("diag", "tied"), iters=3)
+    # they accept them, per iteration and to a converged fit. Seconds: what the tests run.
+    "peers-small": _peer_cases(
+        kmeans=[("synthetic", 2000, 8, 5, 5)], gmm=[("synthetic", 2000, 8, 5, ("diag", "tied"), 3)]
     ),
-    "peers": (
-        _kmeans_cases(
-            PEER_KMEANS + ("torch", "sklearn"),
-            "cpu",
-            "pixels",
-            60000,
-            784,
-            10,
-            iters=20,
-            sklearn_algorithms=("lloyd", "elkan"),
-        )  # fmt: skip
-        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "pca-50", 60000, 50, 10, iters=20)
-        + _kmeans_cases(PEER_KMEANS + ("torch", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, iters=5)
-        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "pca-50", 60000, 50, 10)
-        + _gmm_cases(("torch", "torchgmm", "sklearn"), "cpu", "synthetic", 1_000_000, 32, 256, covs=("diag",), iters=2)
+    "peers": _peer_cases(
+        kmeans=[("pixels", 60000, 784, 10, 20), ("pca-50", 60000, 50, 10, 20), ("synthetic", 1_000_000, 32, 256, 5)],
+        gmm=[("pca-50", 60000, 50, 10, COVARIANCE_TYPES, 5), ("synthetic", 1_000_000, 32, 256, ("diag",), 2)],
     ),
 }
 
@@ -413,7 +446,7 @@ def work_per_iteration(case) -> dict:
 
 
 def _check_runnable(case):
-    if case.backend in PEERS:
+    if case.backend in _PEER_ALGORITHMS:
         _check_peer(case)
     if case.backend == "cuml":
         if not case.device.startswith("cuda"):
@@ -425,32 +458,82 @@ def _check_runnable(case):
         raise _Skipped("no CUDA GPU (torch.cuda.is_available() is False)")
 
 
+@dataclass(frozen=True)
+class Stopping:
+    """How a case's timed fit stops: at most ``max_iter`` iterations, and ``tol`` under ``rule``."""
+
+    max_iter: int
+    tol: float | None
+    rule: str
+
+
+_SKLEARN_KMEANS_RULE = "squared centre shift summed <= tol x mean feature variance, or labels unchanged"
+_SKLEARN_GMM_RULE = "gain of the lower bound (mean log-likelihood) < tol"
+_FAISS_RULE = "at most niter=25 (its default), earlier once the objective is unchanged (early_stop_threshold=0)"
+# Converged fits stop where each library stops by default, so "time to a converged answer" is what
+# its users get; ours is scikit-learn's rule and tolerance (a drop-in). {(algorithm, backend): (tol, rule)}
+DEFAULT_STOPPING = {
+    ("kmeans", "torch"): (1e-4, f"scikit-learn's: {_SKLEARN_KMEANS_RULE}"),
+    ("kmeans", "sklearn"): (1e-4, _SKLEARN_KMEANS_RULE),
+    ("kmeans", "cuml"): (1e-4, "cuML's default tol"),
+    ("kmeans", "faiss"): (0.0, _FAISS_RULE),
+    ("kmeans", "faiss-all-rows"): (0.0, _FAISS_RULE),
+    ("kmeans", "fast-pytorch-kmeans"): (1e-4, "squared centre shift summed <= tol, absolute (its default tol)"),
+    ("gmm", "torch"): (1e-3, f"scikit-learn's: {_SKLEARN_GMM_RULE}"),
+    ("gmm", "sklearn"): (1e-3, _SKLEARN_GMM_RULE),
+    ("gmm", "torchgmm"): (1e-3, "mean NLL improves by < tol for one epoch (its default convergence_tolerance)"),
+}
+FAISS_NITER = 25  # faiss.Kmeans' default (most) iterations
+
+
+def stopping(case: Case) -> Stopping:
+    """The timed fit's stopping rule: tol=0 per iteration, each library's own default when converged.
+
+    Per iteration, the long fit runs ``1 + case.iters`` iterations with ``tol=0``. Converged fits run
+    up to ``case.iters`` iterations (faiss: its default niter) at the library's default tolerance.
+    """
+    if case.mode == "per_iter":
+        return Stopping(1 + case.iters, 0.0, "tol=0: a fixed count, differential")
+    tol, rule = DEFAULT_STOPPING.get((case.algorithm, case.backend), (None, "not applicable"))
+    return Stopping(FAISS_NITER if case.backend in ("faiss", "faiss-all-rows") else case.iters, tol, rule)
+
+
+def _iterations(est, asked):
+    """The iterations a fit ran as the library reports them; ``asked`` only where it cannot say."""
+    n = getattr(est, "n_iter_", None)
+    return asked if n is None else int(n)
+
+
 def _measure(case, repeats, seed):
     X_np, labels = make_data(case, seed)
     X = _to_backend(case, X_np)
     init = _initial_params(case, X_np, seed)
+    stop = stopping(case)
     _timed_fit(case, X, init, 2, 0.0)  # warm-up (kernels, allocator, thread pools); freed at once
     times, peaks, befores = [], [], []
     for _ in range(repeats):
         fit = None  # the previous repeat's estimator must not count in this repeat's peak
         if case.mode == "per_iter":
             first = _timed_fit(case, X, init, 1, 0.0)
-            t_1, n_1 = first.seconds, first.est.n_iter_
+            t_1, n_1 = first.seconds, _iterations(first.est, 1)
             del first
-            fit = _timed_fit(case, X, init, 1 + case.iters, 0.0)
-            times.append((fit.seconds - t_1) / max(1, fit.est.n_iter_ - n_1))
+            fit = _timed_fit(case, X, init, stop.max_iter, 0.0)
+            times.append((fit.seconds - t_1) / max(1, _iterations(fit.est, stop.max_iter) - n_1))
         else:
-            fit = _timed_fit(case, X, init, case.iters, 1e-4 if case.algorithm == "kmeans" else 1e-3)
+            fit = _timed_fit(case, X, init, stop.max_iter, stop.tol)
             times.append(fit.seconds)
         peaks.append(fit.peak)
         befores.append(fit.before)
+    n_iter = getattr(fit.est, "n_iter_", None)
     return {
         "status": "ok",
         "seconds_median": statistics.median(times),
         "seconds_min": min(times),
         "seconds_max": max(times),
         "repeats": repeats,
-        "n_iter": int(fit.est.n_iter_),
+        # None where the library does not say (the row's n_iter_note says so); never a guess.
+        "n_iter": None if n_iter is None else int(n_iter),
+        **({"n_iter_note": "not reported by the library"} if n_iter is None else {}),
         "peak_memory_bytes": max(peaks),
         "memory_before_fit_bytes": max(befores),
         **_quality(case, fit.est, X, labels),
@@ -465,6 +548,8 @@ def run_case(case: Case, repeats: int = 3, seed: int = 0, environment=None) -> d
     """
     row = {**asdict(case), "label": case.label, **work_per_iteration(case), "environment": environment}
     row["init"] = _INIT_NOTES.get(case.backend, "shared")  # the start every backend is given, or what differs
+    stop = stopping(case)
+    row.update(max_iter=stop.max_iter, tol=stop.tol, stopping_rule=stop.rule)
     t0 = time.perf_counter()
     try:
         _check_runnable(case)
@@ -496,16 +581,31 @@ _PEER_MODULES = {
     "faiss-all-rows": "faiss",
     "fast-pytorch-kmeans": "fast_pytorch_kmeans",
     "torchgmm": "torchgmm",
+    "pycave": "pycave",
 }
 _INIT_NOTES = {"torchgmm": "shared means; torchgmm's own weights and covariances"}
-_PEER_ALGORITHMS = {"faiss": "kmeans", "faiss-all-rows": "kmeans", "fast-pytorch-kmeans": "kmeans", "torchgmm": "gmm"}
+_PEER_ALGORITHMS = {
+    "faiss": ("kmeans",),
+    "faiss-all-rows": ("kmeans",),
+    "fast-pytorch-kmeans": ("kmeans",),
+    "torchgmm": ("gmm",),
+    "pycave": ("kmeans", "gmm"),
+}
+# Checked with pip on torch 2.13 (benchmarks/README.md): what stops pycave, for every case.
+PYCAVE_REASON = (
+    "pycave does not install with torch 2: every release (1.0.5 to 3.0.1, the latest) requires torch<2.0, "
+    "and 3.0.1 also pytorch-lightning<1.5, torchmetrics<0.6 and numpy<2, so pip cannot resolve it; installed "
+    "with --no-deps, its import fails on pytorch-lightning 2 (no DataParallelPlugin). torchgmm is its fork"
+)
 
 
 def _check_peer(case):
     import importlib
 
-    if _PEER_ALGORITHMS[case.backend] != case.algorithm:
+    if case.algorithm not in _PEER_ALGORITHMS[case.backend]:
         raise _Skipped(f"{case.backend} has no {case.algorithm}")
+    if case.backend == "pycave":
+        raise _Skipped(PYCAVE_REASON)
     if case.backend == "torchgmm" and case.covariance_type == "tied":
         raise _Skipped("torchgmm has no 'tied' covariance (full, diag and spherical only)")
     try:
@@ -515,7 +615,10 @@ def _check_peer(case):
 
 
 class _FaissKMeans:
-    """``faiss.Kmeans`` on the CPU from the shared centres. faiss runs exactly ``niter`` iterations.
+    """``faiss.Kmeans`` on the CPU from the shared centres, for ``niter`` iterations at most.
+
+    faiss stops earlier once the objective is unchanged (its default ``early_stop_threshold=0``),
+    and ignores ``tol``; ``n_iter_`` counts its per-iteration objectives (``obj``).
 
     By default faiss trains on at most 256 rows per centroid (a sample); ``all_rows`` lifts the
     cap so that it sees every row like the others ("faiss-all-rows").
@@ -533,7 +636,7 @@ class _FaissKMeans:
             kw["max_points_per_centroid"] = len(X)
         self._km = faiss.Kmeans(X.shape[1], self.k, **kw)
         self._km.train(X, init_centroids=np.ascontiguousarray(self.init, dtype=np.float32))
-        self.n_iter_ = self.max_iter
+        self.n_iter_ = len(self._km.obj)
         self.cluster_centers_ = self._km.centroids
         self._X = X
         return self
@@ -549,20 +652,25 @@ class _FaissKMeans:
 class _FastPytorchKMeans:
     """fast-pytorch-kmeans (torch, CPU or CUDA) from the shared centres.
 
-    It keeps no iteration count: ``n_iter_`` is ``max_iter`` (it stops earlier only when the
-    centres stop moving exactly).
+    It keeps no iteration count; with ``verbose=1`` it prints one line at the end of a fit,
+    "used N iterations (...)", which is read for ``n_iter_`` (None if the line is not there).
     """
 
     def __init__(self, case, max_iter, init, tol):
         self.k, self.max_iter, self.tol, self.init = case.k, max_iter, tol, init["init"]
 
     def fit(self, X):
+        import contextlib
+        import io
+
         from fast_pytorch_kmeans import KMeans as FastKMeans
 
-        self._km = FastKMeans(self.k, max_iter=self.max_iter, tol=self.tol, verbose=0, mode="euclidean")
+        self._km = FastKMeans(self.k, max_iter=self.max_iter, tol=self.tol, verbose=1, mode="euclidean")
         start = torch.as_tensor(self.init, dtype=X.dtype, device=X.device)
-        self._labels = self._km.fit_predict(X, centroids=start)
-        self.n_iter_ = self.max_iter
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self._labels = self._km.fit_predict(X, centroids=start)
+        self.n_iter_ = _fast_kmeans_iterations(printed.getvalue())
         self.cluster_centers_ = self._km.centroids
         self._X = X
         return self
@@ -574,6 +682,12 @@ class _FastPytorchKMeans:
     def inertia_(self):
         c = self._km.centroids
         return float(((self._X - c[self._labels]) ** 2).sum())
+
+
+def _fast_kmeans_iterations(printed):
+    """N from fast-pytorch-kmeans' closing line "used N iterations (...)", or None."""
+    found = re.search(r"used (\d+) iterations", printed)
+    return int(found.group(1)) if found else None
 
 
 class _TorchGMM:
@@ -606,6 +720,7 @@ class _TorchGMM:
                 "enable_model_summary": False,
                 "enable_checkpointing": False,
                 "logger": False,
+                "precision": 64 if X.dtype == torch.float64 else 32,  # it refuses float64 data otherwise
             },
         )
         with warnings.catch_warnings():
@@ -715,7 +830,11 @@ def _peer_key(row):
 
 
 def summarize(rows, markdown_path, plot_prefix):
-    """Markdown table with ratios to scikit-learn from the same run, and the plots (unless ``plot_prefix`` is None)."""
+    """Markdown tables and plots from rows of the same run (no plots when ``plot_prefix`` is None).
+
+    The first table has every row with its ratio to scikit-learn; the second (:func:`peer_table`)
+    gpuclust against every other library; ``<prefix>_peers.png`` is :func:`plot_peers`.
+    """
     ok = [r for r in rows if r["status"] == "ok"]
     # The peer is scikit-learn's default algorithm (lloyd for KMeans), measured in the same run.
     sk = {_peer_key(r): r for r in ok if r["backend"] == "sklearn" and r["kmeans_algorithm"] in ("auto", "lloyd")}
@@ -725,35 +844,179 @@ def summarize(rows, markdown_path, plot_prefix):
         f"threads; torch {env.get('torch', '?')}, scikit-learn {env.get('sklearn', '?')}; commit "
         f"{env.get('git_commit', '?')}.",
         "",
-        "| case | mode | time (median) | spread | vs scikit-learn | peak memory | GB/s of X | GFLOP/s | "
-        "completeness | NMI | ARI |",
-        "|" + "---|" * 11,
+        "| case | mode | time (median) | spread | vs scikit-learn | iterations | inertia / mean log-lik. | "
+        "stopping | peak memory | GB/s of X | GFLOP/s | completeness | NMI | ARI |",
+        "|" + "---|" * 14,
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['label']} | {r['mode']} | {r['status']}: {r['reason'][:80]} |" + " |" * 8)
+            lines.append(f"| {r['label']} | {r['mode']} | {r['status']}: {r['reason'][:80]} |" + " |" * 11)
             continue
         per = r["mode"] == "per_iter"
         t = r["seconds_median"]
         peer = sk.get(_peer_key(r))
-        ratio = (
-            ""
-            if peer is None or r["backend"] == "sklearn"
-            else f"{peer['seconds_median'] / t:.2f}x faster"
-            if peer["seconds_median"] >= t
-            else f"{t / peer['seconds_median']:.2f}x slower"
-        )
+        ratio = "" if peer is None or r["backend"] == "sklearn" else _faster(peer["seconds_median"], t)
         bw = f"{r['bytes_per_iter'] / t / 1e9:.1f}" if per else ""
         gf = f"{r['flops_per_iter'] / t / 1e9:.1f}" if per else ""
         lines.append(
             f"| {r['label']} | {'per iteration' if per else 'converged fit'} | "
             f"{1e3 * t:.2f} ms | {1e3 * r['seconds_min']:.2f}-{1e3 * r['seconds_max']:.2f} | {ratio} | "
+            f"{_n_iter(r)} | {_objective(r)} | {_stopping_cell(r)} | "
             f"{r['peak_memory_bytes'] / 2**20:.0f} MiB | {bw} | {gf} | {r['completeness']:.3f} | "
             f"{r['nmi']:.3f} | {r['ari']:.3f} |"
         )
+    peers = peer_table(rows)
+    if peers:
+        lines += ["", "### gpuclust against every other library in this run", ""] + peers
     atomic_write_text(markdown_path, "\n".join(lines) + "\n")
     if ok and plot_prefix is not None:
         _plot(ok, plot_prefix)
+        if peer_points(ok):
+            plot_peers(ok, f"{plot_prefix}_peers.png")
+
+
+def _faster(peer_seconds, our_seconds):
+    """gpuclust against a peer: "2.10x faster" when it takes less time, else "1.30x slower".
+
+    A differential time at or below zero (noise larger than the work, on tiny cases) has no ratio.
+    """
+    if min(peer_seconds, our_seconds) <= 0:
+        return "no ratio: a time <= 0"
+    if peer_seconds >= our_seconds:
+        return f"{peer_seconds / our_seconds:.2f}x faster"
+    return f"{our_seconds / peer_seconds:.2f}x slower"
+
+
+def _duration(seconds):
+    return f"{seconds:.2f} s" if abs(seconds) >= 1 else f"{1e3 * seconds:.2f} ms"
+
+
+def _n_iter(r):
+    return "unknown" if r.get("n_iter") is None else str(r["n_iter"])
+
+
+def _objective(r):
+    if r.get("log_likelihood") is not None:
+        return f"{r['log_likelihood']:.4f}"
+    return f"{r['inertia']:.6g}" if r.get("inertia") is not None else ""
+
+
+def _stopping_cell(r):
+    """tol=0 per iteration; converged: the library's tolerance (faiss: its iteration count)."""
+    if r["mode"] == "per_iter" or r.get("tol") is None:
+        return "tol=0" if r["mode"] == "per_iter" else ""
+    return f"niter={r['max_iter']}" if r["backend"].startswith("faiss") else f"tol={r['tol']:g}"
+
+
+def library(r) -> str:
+    """What a user would pick, with the device it ran on: "gpuclust/cuda", "sklearn-elkan/cpu", "faiss/cpu"."""
+    name = "gpuclust" if r["backend"] == "torch" else r["backend"]
+    if r["algorithm"] == "kmeans" and r["kmeans_algorithm"] not in ("auto", "lloyd"):
+        name += f"-{r['kmeans_algorithm']}"
+    return f"{name}/{r['device']}"
+
+
+def _case_title(r):
+    alg = "KMeans" if r["algorithm"] == "kmeans" else f"GMM {r['covariance_type']}"
+    return f"{alg} {r['data']} {r['n']}x{r['d']} K={r['k']} {r['dtype']}"
+
+
+def _by_case(rows):
+    """{case key: {library: row}}, in the rows' order; a case's first row of a library is kept."""
+    cases = {}
+    for r in rows:
+        cases.setdefault(_peer_key(r), {}).setdefault(library(r), r)
+    return cases
+
+
+def _time_cell(r, ours):
+    """A peer's time (converged: with its iterations) and gpuclust's ratio to it; its status if it did not run."""
+    if r is None:
+        return ""
+    if r["status"] != "ok":
+        return r["status"]
+    t = _duration(r["seconds_median"]) + ("" if r["mode"] == "per_iter" else f", {_n_iter(r)} it.")
+    if ours is None or ours["status"] != "ok" or r is ours:
+        return t
+    ratio = _faster(r["seconds_median"], ours["seconds_median"])
+    return f"{t}: {ratio}" if ratio.startswith("no ratio") else f"{t}: ours {ratio}"
+
+
+def peer_table(rows) -> list:
+    """gpuclust against every other library, per algorithm: a line per case and gpuclust variant.
+
+    A case is the same data, n, d, k, dtype, algorithm, covariance type and mode. Each cell is a
+    library's median time (converged fits: with its iteration count) and how much faster or slower
+    gpuclust is than it; a library that did not run says "skipped" or "error" (the reason is in the
+    rows). Empty when no case has gpuclust and another library.
+    """
+    lines = []
+    for algorithm, title in (("kmeans", "KMeans"), ("gmm", "GaussianMixture")):
+        cases = _by_case(r for r in rows if r["algorithm"] == algorithm)
+        others = list(dict.fromkeys(lib for v in cases.values() for lib in v if not lib.startswith("gpuclust")))
+        if not others or not any(lib.startswith("gpuclust") for v in cases.values() for lib in v):
+            continue
+        lines += [
+            f"| {title} case | mode | gpuclust | " + " | ".join(others) + " |",
+            "|" + "---|" * (3 + len(others)),
+        ]
+        for by_lib in cases.values():
+            for ours_lib, ours in ((k, v) for k, v in by_lib.items() if k.startswith("gpuclust")):
+                cells = [_time_cell(by_lib.get(lib), ours) for lib in others]
+                mode = "per iteration" if ours["mode"] == "per_iter" else "converged fit"
+                head = f"| {_case_title(ours)} | {mode} | {ours_lib}: {_time_cell(ours, ours)} | "
+                lines.append(head + " | ".join(cells) + " |")
+        lines.append("")
+    if lines:
+        lines.append(
+            "Converged fits stop by each library's own default rule (the rows' `tol` and `stopping_rule`): "
+            "gpuclust and scikit-learn at tol=1e-4 (KMeans) and 1e-3 (GMM), faiss after its default 25 "
+            "iterations (earlier once its objective is unchanged), fast-pytorch-kmeans at its absolute "
+            "tol=1e-4, torchgmm at its convergence_tolerance=1e-3."
+        )
+    return lines
+
+
+def peer_points(rows) -> dict:
+    """{case title: [(library, seconds, completeness)]} for converged cases that two libraries or more ran."""
+    points = {}
+    for by_lib in _by_case(r for r in rows if r["status"] == "ok" and r["mode"] == "converged").values():
+        if len(by_lib) > 1:
+            first = next(iter(by_lib.values()))
+            points[_case_title(first)] = [(lib, r["seconds_median"], r["completeness"]) for lib, r in by_lib.items()]
+    return points
+
+
+def plot_peers(rows, path):
+    """Completeness against seconds to a converged fit, one panel per case, a labelled point per library."""
+    plt = pyplot()
+    points = peer_points(rows)
+    cols = min(3, len(points))
+    nrows = -(-len(points) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (title, pts) in zip(axes.flat, points.items()):
+        for i, (lib, seconds, completeness) in enumerate(sorted(pts, key=lambda pt: pt[1])):
+            style = (
+                {"color": "tab:red", "marker": "o"}
+                if lib.startswith("gpuclust")
+                else {"color": "tab:blue", "marker": "x"}
+            )
+            ax.scatter(seconds, completeness, s=45, **style)
+            # Neighbours in time alternate above and below: libraries with the same partition share a height.
+            offset = (4, 4 if i % 2 == 0 else -10)
+            ax.annotate(lib, (seconds, completeness), fontsize=7, xytext=offset, textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("seconds to a converged fit (log)", fontsize=7)
+        ax.set_ylabel("completeness", fontsize=7)
+        ax.margins(x=0.3, y=0.15)
+    for ax in list(axes.flat)[len(points) :]:
+        ax.set_visible(False)
+    fig.suptitle("Time against quality, each library at its own default stopping rule: up and left is better")
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 _COLORS = {"kmeans": "tab:gray", "full": "tab:red", "tied": "tab:purple", "diag": "tab:blue", "spherical": "tab:green"}
@@ -828,7 +1091,7 @@ def default_tag(grid, cases) -> str:
 def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None, fresh=True):
     """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path.
 
-    scikit-learn cases stay on the CPU and cuML cases on CUDA whatever ``device`` says. The
+    scikit-learn and faiss cases stay on the CPU and cuML cases on CUDA whatever ``device`` says. The
     default ``tag`` is the grid's name, with the card's appended when the grid runs on a GPU.
     """
     if grid not in GRIDS:
@@ -837,7 +1100,7 @@ def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto",
         raise ValueError(f"repeats={repeats} must be at least 1")
     cases = GRIDS[grid]
     if device != "auto":
-        cases = [replace(c, device=device) if c.backend not in ("sklearn", "cuml") else c for c in cases]
+        cases = [replace(c, device=device) if c.backend not in CPU_ONLY_BACKENDS + ("cuml",) else c for c in cases]
     tag = tag or default_tag(grid, cases)
     rows = run_grid(cases, out_dir, tag, repeats=repeats, seed=seed, say=say, fresh=fresh)
     return rows, Path(out_dir) / f"{tag}.jsonl"
