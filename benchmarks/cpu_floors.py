@@ -85,6 +85,11 @@ def assignment_variants(X, C):
     return variants
 
 
+def _ratio(reference, t):
+    """``reference / t`` as "1.50x faster" or "1.20x slower"."""
+    return f"{reference / t:.2f}x faster" if t <= reference else f"{t / reference:.2f}x slower"
+
+
 def per_iteration(make, X, iters, repeats):
     """(T(1 + iters) - T(1)) / iters, median of ``repeats``; the first fit warms up."""
     make(2).fit(X)
@@ -130,7 +135,8 @@ def main(argv=None):
             "f32": square_gemm_rate(torch.float32, repeats),
             "f64": square_gemm_rate(torch.float64, repeats),
         }
-    lines += ["## Machine rates", "", "| threads | read X (GB/s) | float32 GEMM 1024^3 (GFLOP/s) | float64 GEMM (GFLOP/s) |",
+    lines += ["## Machine rates", "",
+              "| threads | read X (GB/s) | float32 GEMM 1024^3 (GFLOP/s) | float64 GEMM (GFLOP/s) |",
               "|---|---|---|---|"]  # fmt: skip
     for threads, r in rates.items():
         lines.append(f"| {threads} | {r['read_GBps']:.1f} | {r['f32'] / 1e9:.0f} | {r['f64'] / 1e9:.0f} |")
@@ -139,7 +145,8 @@ def main(argv=None):
     flops = 2 * n * d * k
     lines += ["", f"## KMeans assignment, {km_case.data} {n}x{d} float32, K={k}", "",
               f"Per pass: {Xk.nbytes / 1e6:.0f} MB of X, {flops / 1e9:.2f} GFLOP.", "",
-              "| threads | product | ms | x bytes floor | x FLOP floor (square-GEMM rate) |", "|---|---|---|---|---|"]  # fmt: skip
+              "| threads | product | ms | x bytes floor | x FLOP floor (square-GEMM rate) |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for threads in thread_counts:
         torch.set_num_threads(threads)
         bytes_floor = Xk.nbytes / (rates[threads]["read_GBps"] * 1e9)
@@ -150,8 +157,9 @@ def main(argv=None):
             lines.append(f"| {threads} | {name} | {1e3 * t:.2f} | {t / bytes_floor:.2f} | {t / flop_floor:.2f} |")
         print(f"KMeans products at {threads} thread(s) done", file=sys.stderr)
     torch.set_num_threads(threads_all)
-    lines += ["", f"Whole iteration ({threads_all} threads; per iteration over {iters} iterations from the same centres):",
-              "", "| estimator | ms per iteration | x bytes floor | vs scikit-learn lloyd |", "|---|---|---|---|"]  # fmt: skip
+    lines += ["", f"Whole iteration ({threads_all} threads; per iteration over {iters} iterations from the same "
+              "centres):", "", "| estimator | ms per iteration | x bytes floor | vs scikit-learn lloyd |",
+              "|---|---|---|---|"]  # fmt: skip
     bytes_floor = Xk.nbytes / (rates[threads_all]["read_GBps"] * 1e9)
     timings = {}
     for algorithm in ("lloyd", "hamerly"):
@@ -161,8 +169,7 @@ def main(argv=None):
         make = lambda it, a=algorithm: SkKMeans(k, init=init, n_init=1, max_iter=it, tol=0.0, algorithm=a)
         timings[f"scikit-learn {algorithm}"] = per_iteration(make, Xk_np, iters, repeats)
     for name, t in timings.items():
-        ratio = timings["scikit-learn lloyd"] / t
-        lines.append(f"| {name} | {1e3 * t:.2f} | {t / bytes_floor:.2f} | {ratio:.2f}x faster |")
+        lines.append(f"| {name} | {1e3 * t:.2f} | {t / bytes_floor:.2f} | {_ratio(timings['scikit-learn lloyd'], t)} |")
     print("KMeans iterations done", file=sys.stderr)
 
     # ------------------------------------------------------------- GaussianMixture
@@ -183,14 +190,15 @@ def main(argv=None):
               f"Floors: bytes {1e3 * bytes_floor:.2f} ms; FLOPs {1e3 * gmm_flops / rates[threads_all]['f64']:.2f} ms "
               f"at the square-GEMM rate, {1e3 * gmm_flops / shape_rate:.2f} ms at the rate of these shapes "
               f"({shape_rate / 1e9:.0f} GFLOP/s, one call over all rows).", "",
-              "| covariance | estimator | ms per iteration | x bytes floor | vs scikit-learn |", "|---|---|---|---|---|"]  # fmt: skip
+              "| covariance | estimator | ms per iteration | x bytes floor | vs scikit-learn |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for cov in ("diag", "spherical"):
         start = _initial_params(Case("gmm", "torch", "cpu", g_case.data, n, d, k, covariance_type=cov), Xg_np, 0)
         kw = dict(covariance_type=cov, tol=0.0, reg_covar=1e-4, **start)
         ours = per_iteration(lambda it: GaussianMixture(k, max_iter=it, device="cpu", **kw), Xg, iters, repeats)
         with threadpool_limits(threads_all):
             theirs = per_iteration(lambda it: SkGMM(k, max_iter=it, **kw), Xg_np, iters, repeats)
-        lines.append(f"| {cov} | gpuclust | {1e3 * ours:.2f} | {ours / bytes_floor:.1f} | {theirs / ours:.2f}x faster |")
+        lines.append(f"| {cov} | gpuclust | {1e3 * ours:.2f} | {ours / bytes_floor:.1f} | {_ratio(theirs, ours)} |")
         lines.append(f"| {cov} | scikit-learn | {1e3 * theirs:.2f} | {theirs / bytes_floor:.1f} | |")
     print("GaussianMixture done", file=sys.stderr)
     text = "\n".join(lines) + "\n"

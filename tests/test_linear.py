@@ -94,3 +94,21 @@ def test_balanced_chunk_makes_equal_tiles(n, chunk, expected):
 
 def test_an_explicit_chunk_size_is_kept():
     assert rows_per_chunk(60000, 100, torch.device("cpu"), chunk_size=20815) == 20815
+
+
+def test_cpu_floors_script_writes_its_tables(tmp_path):
+    # benchmarks/cpu_floors.py at toy size: the floors, every product layout and both estimators' rows.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "floors.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_floors.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    for needle in ("## Machine rates", "floors: bytes", "addmm (MKL), one call", "gpuclust lloyd", "gpuclust hamerly",
+                   "scikit-learn elkan", "| diag | gpuclust |", "| spherical | scikit-learn |"):  # fmt: skip
+        assert needle in text, needle
+    assert ("oneDNN linear, one call" in text) == _linear.onednn_available()
+    assert not list(tmp_path.glob("*.tmp"))
