@@ -185,3 +185,19 @@ def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
     X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))
     bench._DATA_CACHE.clear()
     assert seen == [str(tmp_path)] and X.shape == (40, 784) and len(y) == 40
+
+
+def test_converged_fits_predicted_over_the_limit_are_skipped_saying_why(tmp_path):
+    from dataclasses import replace
+
+    per_iter = [c for c in GRIDS["cpu-small"] if c.algorithm == "kmeans" and c.backend == "torch"][0]
+    converged = replace(per_iter, mode="converged", iters=300)
+    other = replace(converged, backend="sklearn", kmeans_algorithm="lloyd")  # no per-iteration row of its own
+    rows = run_grid([per_iter, converged, other], tmp_path, "limit", repeats=1, converged_limit=1e-9)
+    assert [r["status"] for r in rows] == ["ok", "skipped", "ok"]
+    reason = rows[1]["reason"]
+    assert reason.startswith("not run:") and "up to 300 iterations" in reason and "predicted" in reason
+    assert rows[1]["tol"] is not None and rows[1]["label"] == converged.label
+    # Without a limit (or under it) the same case runs.
+    again = run_grid([per_iter, converged], tmp_path, "nolimit", repeats=1, converged_limit=None)
+    assert [r["status"] for r in again] == ["ok", "ok"]

@@ -466,3 +466,23 @@ def test_requires_grad_input_is_accepted_and_outputs_carry_no_graph(device):
     km = KMeans(3, random_state=0, device=device).fit(X)
     outputs = [km.cluster_centers_, km.labels_, km.predict(X), km.transform(X), km.fit_transform(X)]
     assert all(not t.requires_grad and t.grad_fn is None for t in outputs)
+
+
+@pytest.mark.parametrize(("d", "k", "pruned"), [(8, 10, False), (50, 10, False), (32, 64, True), (784, 10, True)])
+def test_auto_uses_hamerly_on_the_cpu_only_where_the_gemm_is_wide(d, k, pruned, monkeypatch):
+    import gpuclust._kmeans_core as core
+
+    seen = []
+    real = core.lloyd
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["prune"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "lloyd", spy)
+    X = np.random.default_rng(0).normal(size=(3 * k, d)).astype(np.float32)
+    KMeans(k, n_init=1, max_iter=2, random_state=0, device="cpu").fit(X)
+    assert seen == [pruned]
+    seen.clear()
+    KMeans(k, n_init=1, max_iter=2, random_state=0, device="cpu", algorithm="hamerly").fit(X)
+    assert seen == [True]
