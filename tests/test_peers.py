@@ -257,18 +257,20 @@ def test_peer_table_gives_ours_against_every_library_of_the_same_case():
     header = _line(table, "KMeans case")
     assert header[2:] == ["gpuclust", "faiss/cpu", "fast-pytorch-kmeans/cpu", "pycave/cpu", "sklearn-elkan/cpu"]
     line = dict(zip(header, _line(table, "converged fit", "KMeans synthetic")))
-    assert line["gpuclust"] == "gpuclust/cpu: 2.00 s, 12 it."
-    assert line["faiss/cpu"] == "4.00 s, 25 it.: ours 2.00x faster"
-    assert line["fast-pytorch-kmeans/cpu"] == "1.00 s, 40 it.: ours 2.00x slower"
+    # Converged fits carry their completeness: a faster fit is only worth it at the same quality.
+    assert line["gpuclust"] == "gpuclust/cpu: 2.00 s, 12 it., compl. 0.950"
+    assert line["faiss/cpu"] == "4.00 s, 25 it., compl. 0.900: ours 2.00x faster"
+    assert line["fast-pytorch-kmeans/cpu"] == "1.00 s, 40 it., compl. 0.900: ours 2.00x slower"
     assert line["pycave/cpu"] == "skipped"
-    assert line["sklearn-elkan/cpu"] == "3.00 s, 12 it.: ours 1.50x faster"
+    assert line["sklearn-elkan/cpu"] == "3.00 s, 12 it., compl. 0.950: ours 1.50x faster"
     per_iter = dict(zip(header, _line(table, "KMeans synthetic", "per iteration")))
     assert per_iter["gpuclust"] == "gpuclust/cpu: 2.00 ms" and per_iter["faiss/cpu"] == "1.00 ms: ours 2.00x slower"
     assert per_iter["fast-pytorch-kmeans/cpu"] == ""
     assert not any("pixels" in line for line in table)  # no gpuclust row for it: nothing to compare
     gmm_header = _line(table, "GaussianMixture case")
     gmm = dict(zip(gmm_header, _line(table, "GMM diag")))
-    assert gmm_header[2:] == ["gpuclust", "torchgmm/cpu"] and gmm["torchgmm/cpu"] == "1.50 s, 5 it.: ours 3.00x faster"
+    assert gmm_header[2:] == ["gpuclust", "torchgmm/cpu"]
+    assert gmm["torchgmm/cpu"] == "1.50 s, 5 it., compl. 0.800: ours 3.00x faster"
     assert peer_table([_row("torch", 1.0), _row("torch", 1.0, algorithm="gmm", covariance_type="full")]) == []
 
 
@@ -277,7 +279,7 @@ def test_summarize_writes_the_peers_table_and_one_point_per_library(tmp_path):
     summarize(rows, tmp_path / "t.md", tmp_path / "t")
     md = (tmp_path / "t.md").read_text()
     assert "### gpuclust against every other library in this run" in md
-    assert "4.00 s, 25 it.: ours 2.00x faster" in md
+    assert "4.00 s, 25 it., compl. 0.900: ours 2.00x faster" in md
     main = _line(md.splitlines(), "| kmeans fast-pytorch-kmeans synthetic |")
     assert "40" in main and "123" in main and "tol=0.0001" in main  # iterations, inertia, its tolerance
     png = tmp_path / "t_peers.png"
@@ -314,7 +316,8 @@ def test_update_readme_shows_a_peers_result(tmp_path):
     assert update.main(args) == 0 and update.main([*args, "--check-only"]) == 0
     text = readme.read_text()
     assert "### Against other libraries, Test CPU (`peers.jsonl`)" in text
-    assert "4.00 s, 25 it.: ours 2.00x faster" in text and "1.50 s, 5 it.: ours 3.00x faster" in text
+    assert "4.00 s, 25 it., compl. 0.900: ours 2.00x faster" in text
+    assert "1.50 s, 5 it., compl. 0.800: ours 3.00x faster" in text
     assert "](benchmarks/results/peers_peers.png)" in text
     assert "- pycave skipped: pycave is not installed (test)" in text
     assert text.endswith("<!-- results:end -->\n\nafter\n")

@@ -983,6 +983,9 @@ def _time_cell(r, ours):
     if r["status"] != "ok":
         return r["status"]
     t = _duration(r["seconds_median"]) + ("" if r["mode"] == "per_iter" else f", {_n_iter(r)} it.")
+    if r["mode"] != "per_iter" and r.get("completeness") is not None:
+        # A faster fit is only worth its time at the same quality (faiss samples rows by default).
+        t += f", compl. {r['completeness']:.3f}"
     if ours is None or ours["status"] != "ok" or r is ours:
         return t
     ratio = _faster(r["seconds_median"], ours["seconds_median"])
@@ -993,7 +996,7 @@ def peer_table(rows) -> list:
     """gpuclust against every other library, per algorithm: a line per case and gpuclust variant.
 
     A case is the same data, n, d, k, dtype, algorithm, covariance type and mode. Each cell is a
-    library's median time (converged fits: with its iteration count) and how much faster or slower
+    library's median time (converged fits: with its iteration count and completeness) and how much faster or slower
     gpuclust is than it; a library that did not run says "skipped" or "error" (the reason is in the
     rows). Empty when no case has gpuclust and another library.
     """
