@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -33,17 +32,10 @@ from gpuclust._linear import linear, onednn_available
 from gpuclust.app.bench import Case, _initial_params, make_data
 from gpuclust.app.environment import environment
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_seconds
+
 OUT = Path(__file__).resolve().parent / "results" / "cpu_floors.md"
-
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def square_gemm_rate(dtype, repeats, size=1024):

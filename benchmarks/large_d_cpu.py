@@ -15,9 +15,7 @@ measured float32/float64 GEMM rates. Writes benchmarks/results/large_d_cpu.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,17 +26,10 @@ import gpuclust._gmm_numerics as gm
 from gpuclust import GaussianMixture
 from gpuclust.app.environment import environment
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_seconds
+
 OUT = Path(__file__).resolve().parent / "results" / "large_d_cpu.md"
-
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def old_statistics(Xs, resp, K):
