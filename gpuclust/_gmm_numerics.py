@@ -43,7 +43,7 @@ def new_stats(n_components, n_features, covariance_type, device) -> SufficientSt
         "full": lambda: torch.zeros(K, D, D, **f64),
         "tied": lambda: None,
         "diag": lambda: torch.zeros(K, D, **f64),
-        "spherical": lambda: torch.zeros(K, D, **f64),
+        "spherical": lambda: torch.zeros(K, 1, **f64),  # sum over features of the second moments
     }[covariance_type]()
     return SufficientStats(torch.zeros(K, **f64), torch.zeros(K, D, **f64), sxx)
 
@@ -65,8 +65,10 @@ def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tenso
     if covariance_type == "full":
         weighted = resp64.T.unsqueeze(2) * Xs64.unsqueeze(0)  # (K, c, D)
         stats.sxx.baddbmm_(weighted.transpose(1, 2), Xs64.expand(weighted.shape[0], -1, -1))
-    elif covariance_type != "tied":
+    elif covariance_type == "diag":
         stats.sxx.addmm_(resp64.T, Xs64 * Xs64)
+    elif covariance_type == "spherical":
+        stats.sxx.addmm_(resp64.T, (Xs64 * Xs64).sum(1, keepdim=True))
 
 
 def tile_bytes_per_row(covariance_type, n_components, n_features, itemsize):
@@ -99,7 +101,9 @@ def _covariances_diag(stats, means, reg_covar, xtx):
 
 
 def _covariances_spherical(stats, means, reg_covar, xtx):
-    return _covariances_diag(stats, means, reg_covar, xtx).mean(1)
+    # The mean over features of the diagonal covariance; sxx holds the second moments' sum over features.
+    D = means.shape[1]
+    return stats.sxx[:, 0] / (D * stats.nk) - (means * means).mean(1) + reg_covar
 
 
 _COVARIANCE_ESTIMATORS = {
@@ -168,7 +172,7 @@ class WorkingParameters:
     const: torch.Tensor  # (K,): log weight + log det - D/2 log(2 pi)
     means: torch.Tensor
     matmul_precision: str = "highest"
-    stacked: torch.Tensor | None = None  # diag, spherical: (K, 2D), quad = [x, x*x] @ stacked.T + offset
+    stacked: torch.Tensor | None = None  # diag (K, 2D), spherical (K, D + 1): quad = stacked tile @ stacked.T + offset
 
     @classmethod
     def build(cls, params, dtype, covariance_type, matmul_precision="highest"):
@@ -189,12 +193,13 @@ class WorkingParameters:
             factor, proj = P * P, means
             offset = (means * means).sum(1)
         stacked = None
-        if covariance_type in STACKED_TYPES:
+        if covariance_type == "diag":
             # quad_k(x) = sum_d prec_kd (x_d - mean_kd)^2 = [x, x*x] . [-2 mean_k prec_k, prec_k] + offset_k
-            prec = factor if covariance_type == "diag" else factor.unsqueeze(1).expand(K, D)
-            stacked = torch.cat([-2.0 * means * prec, prec], dim=1)
-            if covariance_type == "spherical":
-                offset = offset * factor
+            stacked = torch.cat([-2.0 * proj, factor], dim=1)
+        elif covariance_type == "spherical":
+            # quad_k(x) = prec_k ||x - mean_k||^2 = [x, ||x||^2] . [-2 prec_k mean_k, prec_k] + prec_k ||mean_k||^2
+            stacked = torch.cat([-2.0 * factor.unsqueeze(1) * means, factor.unsqueeze(1)], dim=1)
+            offset = offset * factor
         cast = lambda t: None if t is None else t.to(dtype)
         return cls(
             covariance_type,
@@ -206,63 +211,79 @@ class WorkingParameters:
     def weighted_log_prob(self, Xs):
         """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K)."""
         if self.stacked is not None:
-            return self.weighted_log_prob_stacked(stack_squares(Xs))
+            return self.weighted_log_prob_stacked(stack_squares(Xs, self.covariance_type))
         with _matmul_precision(self.matmul_precision, Xs.device):
             quad = _SQUARED_DISTANCE[self.covariance_type](self, Xs)
         return quad.mul_(-0.5).add_(self.const)
 
     def weighted_log_prob_stacked(self, Z):
-        """:meth:`weighted_log_prob` of a diag or spherical tile given as ``Z = [x, x*x]`` (c, 2D): one GEMM."""
+        """:meth:`weighted_log_prob` of a diag or spherical tile given stacked (:func:`stack_squares`): one GEMM."""
         with _matmul_precision(self.matmul_precision, Z.device):
             quad = linear(Z, self.stacked, self.offset)
         return quad.mul_(-0.5).add_(self.const)
 
 
-# --- diag and spherical: each tile as [x, x*x] -----------------------------------------------------
+# --- diag and spherical: each tile as [x, x*x] (diag) or [x, ||x||^2] (spherical) -------------------
 # Both the E-step's distances and the M-step's statistics of these types are products of the
-# responsibilities or the parameters with x and with x*x. Side by side in one (c, 2D) matrix they
-# take one GEMM each instead of two, x*x is formed once per tile instead of twice, and the
+# responsibilities or the parameters with x and with its squares. Side by side in one matrix they
+# take one GEMM each instead of two, the squares are formed once per tile instead of twice, and the
 # buffers are reused from tile to tile (a pass over 60000x50 float64 rows took half the time).
+# Spherical needs only the squared norm: D + 1 columns, not 2D.
 
 STACKED_TYPES = ("diag", "spherical")
 
 
-def stack_squares(Xs, out=None):
-    """``[Xs, Xs * Xs]`` as one (c, 2D) tensor (``out``: a buffer with at least c rows, Xs's dtype)."""
-    c, D = Xs.shape
-    Z = torch.empty(c, 2 * D, dtype=Xs.dtype, device=Xs.device) if out is None else out[:c]
-    Z[:, :D].copy_(Xs)
-    torch.mul(Z[:, :D], Z[:, :D], out=Z[:, D:])
+def _square_columns(covariance_type, n_features):
+    return n_features if covariance_type == "diag" else 1
+
+
+def _fill_squares(Z, D):
+    """Z[:, D:] = the squares of Z[:, :D] (diag: elementwise; spherical: the row's sum)."""
+    if Z.shape[1] == 2 * D:
+        torch.mul(Z[:, :D], Z[:, :D], out=Z[:, D:])
+    else:
+        torch.sum(Z[:, :D].square(), dim=1, keepdim=True, out=Z[:, D:])
     return Z
 
 
-class StackedTiles:
-    """Reused (rows, 2D) buffers for one pass: the working-dtype tile and, for float32, its float64 twin."""
+def stack_squares(Xs, covariance_type, out=None):
+    """``[Xs, Xs * Xs]`` (diag) or ``[Xs, ||Xs||^2]`` (spherical) as one tensor.
 
-    def __init__(self, rows, n_features, dtype, device):
+    ``out``: a buffer with at least as many rows as Xs.
+    """
+    c, D = Xs.shape
+    width = D + _square_columns(covariance_type, D)
+    Z = torch.empty(c, width, dtype=Xs.dtype, device=Xs.device) if out is None else out[:c]
+    Z[:, :D].copy_(Xs)
+    return _fill_squares(Z, D)
+
+
+class StackedTiles:
+    """Reused buffers for one pass: the working-dtype tile and, for float32, its float64 twin."""
+
+    def __init__(self, rows, n_features, covariance_type, dtype, device):
         self.D = n_features
-        self.z = torch.empty(rows, 2 * n_features, dtype=dtype, device=device)
+        width = n_features + _square_columns(covariance_type, n_features)
+        self.z = torch.empty(rows, width, dtype=dtype, device=device)
         self.z64 = self.z if dtype == torch.float64 else torch.empty_like(self.z, dtype=torch.float64)
 
     def load(self, tile, shift):
-        """``[x - shift, (x - shift)**2]`` for a tile of raw rows, without a temporary."""
+        """The stacked tile of ``x - shift`` for a tile of raw rows, without a temporary."""
         D, z = self.D, self.z[: tile.shape[0]]
         torch.sub(tile, shift, out=z[:, :D])
-        torch.mul(z[:, :D], z[:, :D], out=z[:, D:])
-        return z
+        return _fill_squares(z, D)
 
     def float64(self, z):
-        """The statistics' operand: ``z`` itself in float64, else x in float64 and its square taken in float64."""
+        """The statistics' operand: ``z`` itself in float64, else x in float64 and its squares taken in float64."""
         if z.dtype == torch.float64:
             return z
         D, z64 = self.D, self.z64[: z.shape[0]]
         z64[:, :D].copy_(z[:, :D])
-        torch.mul(z64[:, :D], z64[:, :D], out=z64[:, D:])
-        return z64
+        return _fill_squares(z64, D)
 
 
 def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor) -> None:
-    """:func:`accumulate_stats` for diag and spherical from ``Z64 = [x, x*x]`` in float64: one GEMM."""
+    """:func:`accumulate_stats` for diag and spherical from the stacked tile in float64: one GEMM."""
     resp64 = resp.to(torch.float64)
     stats.nk += resp64.sum(0)
     both = resp64.T @ Z64

@@ -415,9 +415,9 @@ def lloyd(
                 changed = int((labels != labels_old).sum())
                 sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
             else:
-                changed = update_cluster_sums(
-                    sums, weights, X, sample_weight, labels, labels_old, unit_weight, gather_buffer()
-                )
+                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size).
+                buffer = None if uses_cuda_paths(X.device) else gather_buffer()
+                changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer)
         if log is not None:
             own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
             inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")

@@ -6,9 +6,9 @@ against 10 centres ran at about twice the time of reading X once (14 ms against 
 2 Xeon cores); oneDNN's inner-product primitive, which torch exposes as the operator
 ``torch.ops.mkldnn._linear_pointwise`` (what ``torch.compile`` emits for a CPU linear layer),
 ran the same product in 9.7 ms, in full float32, and gives every row the same bits whatever
-the thread count and the tile it is in (except tiles of a handful of rows, which take a
-matrix-vector kernel). The operator is not public API: it is probed once and
-``addmm`` is used wherever it is missing or disagrees.
+the thread count and the tile it is in (except one-row tiles, which take a matrix-vector
+kernel). The operator is not public API: it is probed once and ``addmm`` is used wherever it
+is missing or disagrees.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ def _probe_onednn() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        g = torch.Generator().manual_seed(0)
-        A = torch.randn(37, 19, generator=g)
-        W = torch.randn(5, 19, generator=g)
-        b = torch.randn(5, generator=g)
-        got = torch.ops.mkldnn._linear_pointwise(A, W, b, "none", [None], "")
-        ref = torch.addmm(b, A, W.T)
+        # float32 on the CPU whatever the caller's default dtype, and outside any autocast region:
+        # the answer is cached for the process, so it must not depend on where it was first asked.
+        with torch.autocast("cpu", enabled=False):
+            g = torch.Generator().manual_seed(0)
+            f32 = dict(generator=g, dtype=torch.float32, device="cpu")
+            A, W, b = torch.randn(37, 19, **f32), torch.randn(5, 19, **f32), torch.randn(5, **f32)
+            got = torch.ops.mkldnn._linear_pointwise(A, W, b, "none", [None], "")
+            ref = torch.addmm(b, A, W.T)
         same = got.shape == ref.shape and got.dtype == ref.dtype
         return same and bool(torch.allclose(got, ref, rtol=1e-5, atol=1e-5))
     except Exception:  # a torch without the operator, a build without oneDNN, a CPU it refuses

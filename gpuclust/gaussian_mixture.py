@@ -284,7 +284,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         if self.covariance_type in gm.STACKED_TYPES:
-            buffers = gm.StackedTiles(min(self._chunk_rows, X.shape[0]), d, self._dtype, X.device)
+            buffers = gm.StackedTiles(min(self._chunk_rows, X.shape[0]), d, self.covariance_type, self._dtype, X.device)
             shift = self._shift.to(X.dtype)
             for _, tile in X.tiles(self._chunk_rows):
                 Z = buffers.load(tile, shift)

@@ -32,9 +32,11 @@ ALGORITHMS = ("auto", "lloyd", "elkan", "hamerly")
 # What backend="auto" picks on a CPU: the faster one in benchmarks/results/cpu.md
 # (ours ran 60000x784, k=10 at a lower time per iteration than scikit-learn's lloyd).
 CPU_AUTO_BACKEND = "torch"
-# algorithm="auto" on the CPU: Hamerly's bounds from this n_features * n_clusters on. Per iteration
-# on 2 Xeon cores (60000 rows), lloyd / hamerly in ms: d*k = 80: 1.31 / 1.78; 500: 1.80 / 2.70;
-# 1000: 3.22 / 4.13; 2000: 3.32 / 3.46; 2048 (32x64): 4.31 / 3.01; 7840 (pixels): 14.1 / 12.0.
+# algorithm="auto" on the CPU: Hamerly's bounds from this n_features * n_clusters on, a heuristic.
+# Per iteration on 2 Xeon cores (60000 rows of blobs or Fashion-MNIST), lloyd / hamerly in ms:
+# d*k = 80: 1.31 / 1.78; 500: 1.80 / 2.70; 1000: 3.22 / 4.13; 2000: 3.32 / 3.46; 2048 (32x64):
+# 4.31 / 3.01; 7840 (pixels): 14.1 / 12.0. On overlapping blobs at d*k = 2048 Lloyd was twice as
+# fast (few samples keep their bounds): the pruning pays only where clusters are apart.
 HAMERLY_FROM_GEMM_WIDTH = 2048
 
 
@@ -78,7 +80,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         ``"elkan"`` (scikit-learn's name for its bounds-based variant) runs ``"hamerly"``.
         ``"auto"``: hamerly on the CPU when ``n_features * n_clusters >= 2048`` (where the
         distance GEMM it saves dominates), lloyd otherwise and on a GPU (where the bounds'
-        bookkeeping costs more than the GEMM it saves). Sparse X always runs plain Lloyd.
+        bookkeeping costs more than the GEMM it saves). The threshold is a heuristic from
+        well-separated data; where clusters overlap, few samples can be skipped and
+        ``"lloyd"`` can be faster. Sparse X always runs plain Lloyd.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Where the computation runs; ``"auto"`` picks CUDA when a GPU is available.
     dtype : {None, "float32", "float64"}, default=None

@@ -344,8 +344,11 @@ def test_stacked_tiles_give_the_unstacked_log_probabilities(covariance_type, dty
     plain = (-0.5 * (diff * diff * prec).sum(2) + working.const.double()).to(stacked.dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     torch.testing.assert_close(stacked, plain, rtol=tol, atol=tol)
-    buffers = gmn.StackedTiles(64, 7, est._dtype, torch.device("cpu"))
+    buffers = gmn.StackedTiles(64, 7, covariance_type, est._dtype, torch.device("cpu"))
     Z = buffers.load(torch.from_numpy(X[:50]), est._shift.to(est._dtype))
     torch.testing.assert_close(Z[:, :7], Xs[:50])
-    torch.testing.assert_close(buffers.float64(Z)[:, 7:], Xs[:50].double() ** 2)
-    assert buffers.float64(Z).dtype == torch.float64
+    squares = Xs[:50].double() ** 2
+    # diag: every square; spherical: only their sum (D + 1 columns, not 2D)
+    squares = squares if covariance_type == "diag" else squares.sum(1, keepdim=True)
+    torch.testing.assert_close(buffers.float64(Z)[:, 7:], squares)
+    assert buffers.float64(Z).dtype == torch.float64 and Z.shape[1] == 7 + squares.shape[1]

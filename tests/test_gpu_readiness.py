@@ -191,3 +191,26 @@ def test_any_dlpack_producer_round_trips(estimator):
     labels = est.fit(_Producer(X, None)).predict(_Producer(X, None))
     assert isinstance(labels, torch.Tensor)
     np.testing.assert_array_equal(labels.numpy(), est.predict(X))
+
+
+def test_forced_cuda_lloyd_keeps_no_gather_buffer(monkeypatch):
+    # On a GPU the moved rows are summed by one-hot GEMMs: a gather buffer would be a second X.
+    import gpuclust._kmeans_core as core
+
+    buffers = []
+    real = core.update_cluster_sums
+
+    def spy(*args):
+        buffers.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(core, "update_cluster_sums", spy)
+    X, _ = make_blobs(600, 5, centers=4, random_state=0)
+    X = torch.as_tensor(X, dtype=torch.float32)
+    w = torch.ones(600)
+    with force_cuda_paths():
+        core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), max_iter=5, tol=0.0, chunk=256, prune=False)
+    assert buffers and all(b is None for b in buffers)
+    buffers.clear()
+    core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), max_iter=5, tol=0.0, chunk=256, prune=False)
+    assert buffers and all(b is not None and b.shape == (256, 5) for b in buffers)

@@ -112,3 +112,22 @@ def test_cpu_floors_script_writes_its_tables(tmp_path):
         assert needle in text, needle
     assert ("oneDNN linear, one call" in text) == _linear.onednn_available()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("context", ["float64 default dtype", "bfloat16 autocast"])
+def test_probe_does_not_depend_on_where_it_is_first_asked(context, monkeypatch):
+    # The answer is cached for the process: a caller's default dtype or autocast region must not
+    # switch the fast path off for everyone after it.
+    monkeypatch.setattr(_linear, "_onednn_ok", None)
+    expected = _linear._probe_onednn()
+    monkeypatch.setattr(_linear, "_onednn_ok", None)
+    if context == "float64 default dtype":
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            assert _linear.onednn_available() == expected
+        finally:
+            torch.set_default_dtype(previous)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _linear.onednn_available() == expected

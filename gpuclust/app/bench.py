@@ -65,7 +65,7 @@ class Case:
     @property
     def label(self):
         if self.algorithm == "kmeans":
-            # gpuclust's "auto" is hamerly on the CPU and lloyd on a GPU; the peers run their own Lloyd.
+            # gpuclust's "auto" picks lloyd or hamerly (KMeans' docstring); the peers run their own Lloyd.
             auto = "auto" if self.backend == "torch" else "lloyd"
             alg = f"kmeans-{self.kmeans_algorithm if self.kmeans_algorithm != 'auto' else auto}"
         else:
@@ -812,11 +812,12 @@ def _too_long(case, rows, repeats, limit):
     per_iter = _same_case_per_iteration(case, rows)
     if per_iter is None:
         return None
-    predicted = per_iter * (case.iters * repeats + 2)
+    predicted = per_iter * (stopping(case).max_iter * repeats + 2)  # faiss: its own iteration count
     if predicted <= limit:
         return None
     return (
-        f"not run: {per_iter:.1f} s per iteration (this grid's per-iteration row) x up to {case.iters} iterations "
+        f"not run: {per_iter:.1f} s per iteration (this grid's per-iteration row) x up to "
+        f"{stopping(case).max_iter} iterations "
         f"x {repeats} repeats = {predicted / 60:.0f} min predicted, over the limit of {limit / 60:.0f} min"
     )
 
