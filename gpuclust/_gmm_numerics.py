@@ -262,7 +262,7 @@ class StackedTiles:
     """Reused buffers for one pass: the working-dtype tile and, for float32, its float64 twin."""
 
     def __init__(self, rows, n_features, covariance_type, dtype, device):
-        self.D = n_features
+        self.D, self.covariance_type = n_features, covariance_type
         width = n_features + _square_columns(covariance_type, n_features)
         self.z = torch.empty(rows, width, dtype=dtype, device=device)
         self.z64 = self.z if dtype == torch.float64 else torch.empty_like(self.z, dtype=torch.float64)
@@ -277,9 +277,7 @@ class StackedTiles:
         """The statistics' operand: ``z`` itself in float64, else x in float64 and its squares taken in float64."""
         if z.dtype == torch.float64:
             return z
-        D, z64 = self.D, self.z64[: z.shape[0]]
-        z64[:, :D].copy_(z[:, :D])
-        return _fill_squares(z64, D)
+        return stack_squares(z[:, : self.D], self.covariance_type, self.z64)
 
 
 def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor) -> None:

@@ -356,6 +356,12 @@ class _HamerlyBounds:
             self.lower -= other
 
 
+# Hamerly's candidates are gathered and assigned this many rows at a time. On 60000x784 pixels,
+# K=10, per iteration: 2048 rows 13.3 ms, 4096 12.4, 8192 13.2 (within the noise of one another),
+# 16384 24 ms when the buffer was allocated per call.
+CANDIDATE_TILE_ROWS = 8192
+
+
 def lloyd(
     X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL, log=None
 ):
@@ -405,7 +411,8 @@ def lloyd(
                 else:
                     labels = labels_old.clone()
                     if idx.numel():
-                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, chunk, idx, gather_buffer()[:8192])
+                        tile = gather_buffer()[:CANDIDATE_TILE_ROWS]
+                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, chunk, idx, tile)
                         labels[idx] = lab_s
                         bounds.refresh(idx, lab_s, first_s, second_s)
             else:
