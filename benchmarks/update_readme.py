@@ -23,6 +23,11 @@ def _jsonl(name, results=RESULTS):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _is_bench_rows(rows):
+    """True for a file of ``gpuclust bench`` rows (each names its algorithm), not a log kept beside them."""
+    return bool(rows) and all("algorithm" in r for r in rows)
+
+
 def _env_line(rows):
     env = next((r["environment"] for r in rows if r.get("environment")), None)
     if not env:
@@ -224,8 +229,9 @@ def peers_section(rows, path, readme_dir):
 def render(results=RESULTS, readme_dir=ROOT):
     results = Path(results)
     cpu, mem = _jsonl("cpu.jsonl", results), _jsonl("cpu-memory.jsonl", results)
-    # The GPU check names its results after the card (gpu_nvidia_h100.jsonl, gpu_nvidia_h200.jsonl, ...).
-    gpu_files = sorted(p.name for p in results.glob("gpu_*.jsonl"))
+    # The GPU check names its results after the card (gpu_nvidia_h100.jsonl, gpu_nvidia_h200.jsonl, ...);
+    # the smoke and step logs kept beside them (gpu_<card>_smoke.jsonl, ..._steps.jsonl) are not bench rows.
+    gpu_files = sorted(p.name for p in results.glob("gpu_*.jsonl") if _is_bench_rows(_jsonl(p.name, results)))
     lines = [
         START,
         "## Results",

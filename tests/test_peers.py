@@ -322,3 +322,17 @@ def test_update_readme_shows_a_peers_result(tmp_path):
     assert "- pycave skipped: pycave is not installed (test)" in text
     assert text.endswith("<!-- results:end -->\n\nafter\n")
     assert len(read_jsonl(results / "peers.jsonl")) == len(_rows())
+
+
+def test_update_readme_skips_the_gpu_checks_logs_kept_beside_its_rows(tmp_path):
+    # benchmarks/README.md keeps gpu_<card>_smoke.jsonl and _steps.jsonl next to gpu_<card>.jsonl.
+    results = tmp_path / "results"
+    results.mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    write_jsonl(results / "gpu_test_card.jsonl", _rows())
+    write_jsonl(results / "gpu_test_card_smoke.jsonl", [{"check": "kmeans cuda", "status": "ok"}])
+    write_jsonl(results / "gpu_test_card_steps.jsonl", [{"step": "env", "rc": 0}])
+    assert _update_readme().main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "gpu_test_card.jsonl" in text and "_smoke" not in text and "_steps" not in text
