@@ -253,3 +253,39 @@ def test_forced_cuda_paths_train_with_bf16_channels_last_and_resume_bit_exact(tm
     assert h_plain.train_loss != h_straight.train_loss  # the forced path did run bf16 autocast
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# --- shift augmentation (issue 17) ----------------------------------------------------------------
+
+
+def test_shift_images_moves_each_image_by_its_own_offsets_filling_zeros():
+    from gpuclust.app.training import shift_images
+
+    x = torch.arange(2 * 25, dtype=torch.float32).reshape(2, 1, 5, 5) + 1
+    out = shift_images(x, torch.tensor([[1, 0], [-2, 2]]), 2)
+    assert torch.equal(out[0, 0, 1:], x[0, 0, :-1]) and not out[0, 0, 0].any()  # one row down
+    assert torch.equal(out[1, 0, :3, 2:], x[1, 0, 2:, :3])  # two rows up, two columns right
+    assert not out[1, 0, 3:].any() and not out[1, 0, :, :2].any()
+    assert torch.equal(shift_images(x, torch.zeros(2, 2, dtype=torch.long), 0), x)
+
+
+def test_shift_augmentation_trains_deterministically_and_resumes_exactly(tmp_path):
+    images = tiny_images()
+    kw = dict(preset="dense10", batch_size=32, progress=False, device="cpu", seed=1, patience=50, augment_shift=2)
+    straight, h_straight = train_autoencoder(images[:64], images[64:], epochs=3, **kw)
+    again, h_again = train_autoencoder(images[:64], images[64:], epochs=3, **kw)
+    plain, h_plain = train_autoencoder(images[:64], images[64:], epochs=3, **{**kw, "augment_shift": 0})
+    assert h_again.train_loss == h_straight.train_loss != h_plain.train_loss
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(images[:64], images[64:], epochs=1, checkpoint=ckpt, **kw)
+    resumed, h_resumed = train_autoencoder(images[:64], images[64:], epochs=3, checkpoint=ckpt, resume=True, **kw)
+    assert h_resumed.train_loss == h_straight.train_loss
+    with pytest.raises(ValueError, match="augment_shift 2 in the checkpoint, 0 now"):
+        kw["augment_shift"] = 0
+        train_autoencoder(images[:64], images[64:], epochs=3, checkpoint=ckpt, resume=True, **kw)
+
+
+@pytest.mark.parametrize("bad", [-1, 9, 1.5, True])
+def test_bad_augment_shift(bad):
+    with pytest.raises(ValueError, match="augment_shift"):
+        train_autoencoder(tiny_images(8), tiny_images(4), epochs=1, progress=False, device="cpu", augment_shift=bad)

@@ -95,3 +95,146 @@ def test_run_reports_inductive_and_transductive_rows_deterministically(fashion_t
     line = next(ln for ln in report.splitlines() if ln.startswith("| task4_umap_gmm_transductive | **transductive**"))
     assert "%" in line
     assert "## Experiment table" in report
+
+
+# --- task 5: autoencoders side by side, self-labelling (issue 17) ----------------------------------
+
+
+def test_inductive_info_holds_the_training_clustering():
+    X, y = blobs(300)
+    _, info = refine_inductive(
+        X, X[:10], n_clusters=4, config=RefineConfig(n_neighbors=10, embed_epochs=20, max_train_points=200)
+    )
+    assert info["train_index"].shape == (200,) and np.all(np.diff(info["train_index"]) > 0)
+    assert info["train_labels"].shape == (200,) and info["train_confidence"].shape == (200,)
+    assert bool(((info["train_confidence"] > 0) & (info["train_confidence"] <= 1 + 1e-6)).all())
+    assert completeness_score(y[info["train_index"]], info["train_labels"]) > 0.9
+
+
+def test_standardized_concat_scales_each_autoencoder_alike():
+    from gpuclust.app.refine import standardized_concat
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, 3, generator=g) * 100 + 7, torch.randn(500, 2, generator=g) * 0.01
+    train, test = standardized_concat([a, b], [a[:5], b[:5]])
+    assert train.shape == (500, 5) and torch.allclose(test, train[:5])
+    assert torch.allclose(train.mean(0), torch.zeros(5), atol=1e-4)
+    for part in (train[:, :3], train[:, 3:]):  # one scale per autoencoder: mean feature std 1
+        assert abs(float(part.std(0).mean()) - 1.0) < 1e-4
+    with pytest.raises(ValueError, match="one training and one test"):
+        standardized_concat([a], [])
+
+
+def test_confident_members_takes_each_clusters_most_confident_deterministically():
+    from gpuclust.app.selflabel import confident_members
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    confidence = torch.tensor([0.9, 0.5, 0.9, 0.7, 0.6, 0.8, 0.3])
+    assert confident_members(labels, confidence, 4, 0.5).tolist() == [0, 2, 5, 6]  # a tie keeps index order
+    assert confident_members(labels, confidence, 4, 1.0).tolist() == list(range(7))
+    with pytest.raises(ValueError, match="keep_fraction"):
+        confident_members(labels, confidence, 4, 0.0)
+
+
+def _stripes(n, seed):
+    # Two kinds of image: horizontal or vertical bars at random places (class = orientation).
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    y = rng.integers(0, 2, n)
+    for i, (c, at) in enumerate(zip(y, rng.integers(4, 20, n))):
+        if c:
+            images[i, :, at : at + 4] = 255
+        else:
+            images[i, at : at + 4, :] = 255
+    return images, y
+
+
+def test_self_label_learns_the_clusters_from_pixels_deterministically():
+    from gpuclust.app.autoencoder import ConvAutoencoder
+    from gpuclust.app.selflabel import SelfLabelConfig, self_label
+
+    train, y = _stripes(200, 0)
+    test, y_test = _stripes(60, 1)
+    noisy = torch.as_tensor(y).clone()
+    noisy[:20] = 1 - noisy[:20]  # a tenth of the clustering wrong, and unsure of those
+    confidence = torch.ones(200)
+    confidence[:20] = 0.1
+    torch.manual_seed(0)
+    ae = ConvAutoencoder("dense10")
+    cfg = SelfLabelConfig(epochs=4, batch_size=32, keep_fraction=0.8)
+    a, info = self_label(ae, train, noisy, confidence, test, n_clusters=2, config=cfg, seed=0)
+    b, _ = self_label(ae, train, noisy, confidence, test, n_clusters=2, config=cfg, seed=0)
+    assert torch.equal(a, b) and info["n_trained_on"] == 160
+    assert float((a.numpy() == y_test).mean()) > 0.9
+    with pytest.raises(ValueError, match="one entry per training image"):
+        self_label(ae, train[:10], noisy, confidence, test, n_clusters=2, config=cfg)
+
+
+def test_profiles_set_the_ensemble_and_self_labelling():
+    full = RunConfig(profile="full").resolved(torch.device("cpu"))
+    quick = RunConfig(profile="quick").resolved(torch.device("cpu"))
+    assert (full.ensemble, full.self_label, quick.ensemble, quick.self_label) == (5, True, 1, False)
+    mine = RunConfig(profile="full", ensemble=2, self_label=False).resolved(torch.device("cpu"))
+    assert (mine.ensemble, mine.self_label) == (2, False)
+    with pytest.raises(ValueError, match="ensemble"):
+        RunConfig(ensemble=0).resolved(torch.device("cpu"))
+
+
+@pytest.mark.realdata
+def test_run_reports_task5_rows_deterministically(fashion_train):
+    config = RunConfig(
+        device="cpu",
+        epochs=1,
+        limit=300,
+        covariance_types=("diag",),
+        progress=False,
+        batch_size=100,
+        ensemble=2,
+        self_label=True,
+    )
+    first, second = run_experiments(config), run_experiments(config)
+    rows = {r["task"]: r for r in first["results"]}
+    assert rows["task5_ensemble2_inductive"]["protocol"] == "inductive"
+    assert rows["task5_ensemble2_transductive"]["protocol"] == "transductive"
+    assert rows["task5_ensemble2_inductive"]["features"] == "2xdense10+umap10"
+    assert rows["task5_selflabel_inductive"]["protocol"] == "inductive"
+    for task in ("task5_ensemble2_inductive", "task5_ensemble2_transductive", "task5_selflabel_inductive"):
+        assert np.array_equal(first["predictions"][task], second["predictions"][task]), task
+    report = render_report(first, {})
+    assert "| task5_selflabel_inductive | inductive |" in report
+
+
+@pytest.mark.realdata
+def test_save_codes_writes_every_autoencoders_codes(fashion_train, tmp_path):
+    from gpuclust.app.report import write_run_folder
+
+    config = RunConfig(
+        device="cpu",
+        epochs=1,
+        limit=120,
+        covariance_types=("diag",),
+        progress=False,
+        batch_size=60,
+        ensemble=2,
+        self_label=False,
+        save_codes=True,
+    )
+    run = run_experiments(config)
+    paths = write_run_folder(run, tmp_path)
+    with np.load(paths["codes"]) as codes:
+        assert sorted(codes.files) == [
+            "test_0",
+            "test_1",
+            "test_labels",
+            "train_0",
+            "train_1",
+            "train_index",
+            "train_labels",
+        ]
+        assert codes["train_0"].shape == (96, 10) and codes["test_1"].shape == (120, 10)
+        assert not np.array_equal(codes["train_0"], codes["train_1"])  # two autoencoders, two seeds
+    assert "codes" not in (tmp_path / "results.json").read_text()[:20]
+    without = write_run_folder(
+        run_experiments(RunConfig(**{**config.__dict__, "save_codes": False, "refine": False})), tmp_path / "b"
+    )
+    assert "codes" not in without and not (tmp_path / "b" / "codes.npz").exists()

@@ -28,10 +28,25 @@ SEED_REPORT = {"task1_kmeans_pixels": 0.5247, "task2_ae_kmeans": 0.5187, "task3_
 
 PROFILES = {
     # The seed's protocol: all 48,000 training-split images, up to 200 epochs, early stopping.
-    "full": {"epochs": 200, "train_subset": None, "max_train_seconds": None, "refine_train_points": None},
+    # Task 5 (issue 17): five autoencoders (seeds seed..seed+4) side by side, then self-labelling.
+    "full": {
+        "epochs": 200,
+        "train_subset": None,
+        "max_train_seconds": None,
+        "refine_train_points": None,
+        "ensemble": 5,
+        "self_label": True,
+    },
     # Sized to finish within 10 minutes on a 2-core CPU (about 5 here): a 24,000-image subset
     # of the training split, 10 epochs. A fixed epoch count, not a time limit, keeps it reproducible.
-    "quick": {"epochs": 10, "train_subset": 24000, "max_train_seconds": None, "refine_train_points": 24000},
+    "quick": {
+        "epochs": 10,
+        "train_subset": 24000,
+        "max_train_seconds": None,
+        "refine_train_points": 24000,
+        "ensemble": 1,
+        "self_label": False,
+    },
 }
 
 
@@ -56,6 +71,9 @@ class RunConfig:
     limit: int | None = None  # use only the first N training and N test images (smoke runs, tests)
     progress: bool = True
     refine: bool = True  # task 4: UMAP-style embedding + GMM, inductive and transductive (gpuclust.app.refine)
+    ensemble: int | None = None  # autoencoders whose codes task 5 clusters side by side (profile default)
+    self_label: bool | None = None  # task 5: a classifier trained on the confident clusters (profile default)
+    save_codes: bool = False  # keep every autoencoder's training-split and test codes (codes.npz in the run folder)
 
     def resolved(self, device: torch.device) -> RunConfig:
         profile = self.profile or ("full" if device.type == "cuda" else "quick")
@@ -65,7 +83,7 @@ class RunConfig:
         bad = [c for c in (self.covariance_types or ()) if c not in COVARIANCE_TYPES]
         if bad:
             raise ValueError(f"unknown covariance type(s) {bad}; choose from {COVARIANCE_TYPES}.")
-        for name in ("epochs", "train_subset", "limit", "batch_size", "patience"):
+        for name in ("epochs", "train_subset", "limit", "batch_size", "patience", "ensemble"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer (or None for the default).")
@@ -81,6 +99,8 @@ class RunConfig:
                 if self.max_train_seconds is not None
                 else defaults["max_train_seconds"],
                 "device": str(device),
+                "ensemble": self.ensemble if self.ensemble is not None else defaults["ensemble"],
+                "self_label": self.self_label if self.self_label is not None else defaults["self_label"],
             }
         )
 
@@ -123,16 +143,20 @@ def _record(task, y_true, y_pred, seconds, device, backend, **extra):
     return row
 
 
-def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say):
-    # Task 4 (issue 17), after the seed's tasks: the inductive row first, the transductive row
-    # beside it, each labelled with its protocol.
+def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, *, prefix, features, **extra):
+    # Task 4 / 5 (issue 17): the inductive row first, the transductive row beside it, each labelled
+    # with its protocol. Returns the inductive variant's info (its training clustering).
     from .refine import RefineConfig, refine_inductive, refine_transductive
 
     refine_cfg = RefineConfig(max_train_points=PROFILES[cfg.profile].get("refine_train_points"))
+    kept = None
     for protocol, fn in (("inductive", refine_inductive), ("transductive", refine_transductive)):
-        say(f"task 4: UMAP-style embedding + GMM ({refine_cfg.covariance_type}), {protocol}")
+        say(
+            f"{prefix.split('_')[0]}: UMAP-style embedding + GMM ({refine_cfg.covariance_type}) "
+            f"on {features}, {protocol}"
+        )
         pred, info = fn(Z_train, Z_test, config=refine_cfg, seed=cfg.seed)
-        task = f"task4_umap_gmm_{protocol}"
+        task = f"{prefix}_{protocol}"
         results.append(
             _record(
                 task,
@@ -141,10 +165,93 @@ def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions,
                 info["seconds"],
                 device,
                 "torch",
-                features=f"{cfg.preset}+umap{refine_cfg.n_components}",
+                features=f"{features}+umap{refine_cfg.n_components}",
                 protocol=protocol,
                 n_embedded=info["n_embedded"],
                 covariance_type_embedding=refine_cfg.covariance_type,
+                **extra,
+            )
+        )
+        predictions[task] = pred
+        kept = info if protocol == "inductive" else kept
+    return kept
+
+
+def _train_members(cfg, fit_images, val_images, device, say):
+    # The ensemble's other autoencoders: the same data and settings, seeds seed+1, seed+2, ...
+    from .training import train_autoencoder
+
+    members, seconds = [], 0.0
+    for i in range(1, cfg.ensemble):
+        say(f"task 5: autoencoder {i + 1} of {cfg.ensemble} (seed {cfg.seed + i})")
+        t0 = time.perf_counter()
+        model, _ = train_autoencoder(
+            fit_images,
+            val_images,
+            preset=cfg.preset,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            patience=cfg.patience,
+            seed=cfg.seed + i,
+            device=device,
+            progress=cfg.progress,
+            max_seconds=cfg.max_train_seconds,
+        )
+        seconds += time.perf_counter() - t0
+        members.append(model)
+    return members, seconds
+
+
+def _task5(cfg, model, Z_train, Z_test, images, test_labels, device, results, predictions, say, inductive, codes):
+    # Issue 17's further steps, each its own row: the codes of several autoencoders side by side
+    # (task5_ensemble<N>), then a classifier trained on the confident part of the inductive clustering.
+    from .refine import standardized_concat
+    from .selflabel import self_label
+    from .training import encode
+
+    train_images, fit_images, val_images, test_images = images
+    features = cfg.preset
+    if cfg.ensemble > 1:
+        members, member_seconds = _train_members(cfg, fit_images, val_images, device, say)
+        codes += [(encode(m, train_images), encode(m, test_images)) for m in members]
+        Z_train, Z_test = standardized_concat([c[0] for c in codes], [c[1] for c in codes])
+        features = f"{cfg.ensemble}x{cfg.preset}"
+        inductive = _refinement(
+            cfg,
+            Z_train,
+            Z_test,
+            test_labels,
+            device,
+            results,
+            predictions,
+            say,
+            prefix=f"task5_ensemble{cfg.ensemble}",
+            features=features,
+            autoencoder_seconds=member_seconds,
+        )
+    if cfg.self_label:
+        say("task 5: self-labelling classifier on the confident clusters of the inductive clustering")
+        pred, info = self_label(
+            model,
+            train_images[inductive["train_index"]],
+            inductive["train_labels"],
+            inductive["train_confidence"],
+            test_images,
+            seed=cfg.seed,
+        )
+        task = "task5_selflabel_inductive"
+        results.append(
+            _record(
+                task,
+                test_labels,
+                pred,
+                info["seconds"],
+                device,
+                "torch",
+                features=f"{features}+umap+classifier",
+                protocol="inductive",
+                n_embedded=int(len(inductive["train_index"])),
+                n_trained_on=info["n_trained_on"],
             )
         )
         predictions[task] = pred
@@ -265,10 +372,37 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
         )
         predictions[f"task3_ae_gmm_{cov}"] = pred
 
+    codes = [(Z_train, Z_test)]  # every autoencoder's (training-split, test) codes, the main one first
     if cfg.refine:
-        _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say)
+        inductive = _refinement(
+            cfg,
+            Z_train,
+            Z_test,
+            test_labels,
+            device,
+            results,
+            predictions,
+            say,
+            prefix="task4_umap_gmm",
+            features=cfg.preset,
+        )
+        if cfg.ensemble > 1 or cfg.self_label:
+            images = (train_images[train_idx], train_images[fit_idx], train_images[val_idx], test_images)
+            _task5(
+                cfg, model, Z_train, Z_test, images, test_labels, device, results, predictions, say, inductive, codes
+            )
 
+    saved = {}
+    if cfg.save_codes:
+        saved = {
+            "train_index": np.asarray(train_idx),
+            "train_labels": np.asarray(train_labels)[train_idx],
+            "test_labels": np.asarray(test_labels),
+        }
+        for i, (a, b) in enumerate(codes):
+            saved[f"train_{i}"], saved[f"test_{i}"] = a.cpu().numpy(), b.cpu().numpy()
     return {
+        **({"codes": saved} if saved else {}),
         "config": asdict(cfg),
         "environment": environment(device),
         "results": results,

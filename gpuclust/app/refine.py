@@ -40,6 +40,7 @@ __all__ = [
     "nearest_neighbors",
     "refine_inductive",
     "refine_transductive",
+    "standardized_concat",
     "umap_ab",
     "umap_embed",
     "vote_labels",
@@ -246,12 +247,21 @@ def _optimize(Y, rows, cols, p, a, b, config, g):
         Y += step
 
 
-def cluster_embedding(Y: torch.Tensor, n_clusters: int, config: RefineConfig, seed: int) -> torch.Tensor:
-    """Labels of a Gaussian mixture (``config.covariance_type``) fitted to an embedding."""
+def cluster_embedding(
+    Y: torch.Tensor, n_clusters: int, config: RefineConfig, seed: int, *, return_confidence: bool = False
+):
+    """Labels of a Gaussian mixture (``config.covariance_type``) fitted to an embedding.
+
+    With ``return_confidence``, also each row's largest posterior probability (how sure the
+    mixture is of the label), as a second tensor.
+    """
     gmm = GaussianMixture(
         n_clusters, covariance_type=config.covariance_type, random_state=seed, device=Y.device, reg_covar=1e-4
     )
-    return torch.as_tensor(gmm.fit_predict(Y), device=Y.device)
+    labels = torch.as_tensor(gmm.fit_predict(Y), device=Y.device)
+    if not return_confidence:
+        return labels
+    return labels, torch.as_tensor(gmm.predict_proba(Y), device=Y.device).amax(1)
 
 
 def vote_labels(X: torch.Tensor, labels: torch.Tensor, Q: torch.Tensor, n_neighbors: int, n_clusters: int):
@@ -262,6 +272,24 @@ def vote_labels(X: torch.Tensor, labels: torch.Tensor, Q: torch.Tensor, n_neighb
     _, idx = nearest_neighbors(X, Q, min(n_neighbors, X.shape[0]))
     votes = torch.nn.functional.one_hot(labels.to(idx.device)[idx], n_clusters).sum(1)
     return votes.argmax(1)
+
+
+def standardized_concat(train_codes, test_codes):
+    """Codes of several autoencoders side by side, each set scaled so no autoencoder dominates.
+
+    Each autoencoder's codes are centred on their training mean and divided by their training
+    codes' mean per-feature standard deviation (one scale per autoencoder, which keeps the shape
+    of its code space); the test codes get the training statistics. Returns (train, test).
+    """
+    if len(train_codes) != len(test_codes) or not train_codes:
+        raise ValueError("give one training and one test code array per autoencoder (at least one).")
+    train_parts, test_parts = [], []
+    for Z, Q in zip(train_codes, test_codes):
+        Z = Z.float()
+        mean, scale = Z.mean(0), Z.std(0).mean().clamp_min(1e-12)
+        train_parts.append((Z - mean) / scale)
+        test_parts.append((Q.to(Z.device, torch.float32) - mean) / scale)
+    return torch.cat(train_parts, 1), torch.cat(test_parts, 1)
 
 
 def _subset(n: int, max_points: int | None, seed: int) -> np.ndarray:
@@ -295,19 +323,22 @@ def refine_inductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = R
     -------
     labels : int64 tensor of shape (n_test,)
     info : dict
-        ``n_embedded`` (training codes embedded), ``seconds`` (embedding, mixture and vote).
+        ``n_embedded`` (training codes embedded), ``seconds`` (embedding, mixture and vote), and
+        the training clustering: ``train_index`` (rows of ``Z_train`` embedded, a numpy array),
+        ``train_labels`` and ``train_confidence`` (the mixture's largest posterior) for those rows.
     """
     device = Z_train.device
-    keep = torch.as_tensor(_subset(Z_train.shape[0], config.max_train_points, seed), device=device)
-    X = Z_train[keep].float()
+    index = _subset(Z_train.shape[0], config.max_train_points, seed)
+    X = Z_train[torch.as_tensor(index, device=device)].float()
 
     def work():
         Y = umap_embed(X, config, seed=seed)
-        train_labels = cluster_embedding(Y, n_clusters, config, seed)
-        return vote_labels(X, train_labels, Z_test, config.vote_neighbors, n_clusters)
+        train_labels, confidence = cluster_embedding(Y, n_clusters, config, seed, return_confidence=True)
+        return vote_labels(X, train_labels, Z_test, config.vote_neighbors, n_clusters), train_labels, confidence
 
-    labels, seconds = _timed(work, device)
-    return labels, {"n_embedded": int(X.shape[0]), "seconds": seconds}
+    (labels, train_labels, confidence), seconds = _timed(work, device)
+    info = {"n_embedded": int(X.shape[0]), "seconds": seconds, "train_index": index}
+    return labels, {**info, "train_labels": train_labels, "train_confidence": confidence}
 
 
 def refine_transductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0):

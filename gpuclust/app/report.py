@@ -111,6 +111,11 @@ def results_table(rows, seed_report) -> str:
     return "\n".join(lines)
 
 
+def _member_seconds(rows):
+    seconds = [r["autoencoder_seconds"] for r in rows if "autoencoder_seconds" in r]
+    return f"{seconds[0]:.1f} s" if seconds else "nothing (no ensemble in this run)"
+
+
 def experiment_table(rows) -> str:
     """Every variant's completeness, NMI, ACC and time, with its protocol (inductive or transductive)."""
     lines = [
@@ -135,7 +140,7 @@ def write_run_folder(run: dict, out_dir) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictions = run["predictions"]
-    summary = {k: v for k, v in run.items() if k not in ("predictions", "test_labels")}
+    summary = {k: v for k, v in run.items() if k not in ("predictions", "test_labels", "codes")}
     paths = {
         "results": out / "results.json",
         "report": out / "report.md",
@@ -149,6 +154,11 @@ def write_run_folder(run: dict, out_dir) -> dict:
         buf, test_labels=np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}
     )
     atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
+    if run.get("codes"):  # --save-codes: every autoencoder's codes, for clustering them elsewhere
+        paths["codes"] = out / "codes.npz"
+        codes = io.BytesIO()
+        np.savez(codes, **run["codes"])
+        atomic_write(paths["codes"], lambda fh: fh.write(codes.getvalue()))
     plot_loss_curve(run["training"], paths["loss_curve"])
     if not plot_covariance_tradeoff(run["results"], paths["covariance_types"]):
         del paths["covariance_types"]
@@ -229,7 +239,12 @@ def render_report(run: dict, paths: dict) -> str:
             "predicted for the unseen test set (the seed's protocol). *Transductive*: training and test "
             "codes embedded and clustered together, labels used only to score (as N2D reports); not "
             "comparable with the seed's protocol. Times exclude the shared autoencoder training; task 4 "
-            "includes the kNN graph, the embedding, the mixture and (inductive) the neighbour vote.",
+            "includes the kNN graph, the embedding, the mixture and (inductive) the neighbour vote. "
+            "task5_ensemble*N*: the same on the codes of *N* autoencoders side by side (seeds seed..seed+N-1, "
+            "each scaled to a mean feature deviation of 1); training the other autoencoders took "
+            f"{_member_seconds(run['results'])}. task5_selflabel: a classifier started from the autoencoder's "
+            "encoder, trained on the most confident half of every cluster of the inductive clustering above "
+            "it (shifted images, no test image), labels the test set.",
             "",
             experiment_table(run["results"]),
             "",

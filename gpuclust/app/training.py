@@ -41,6 +41,29 @@ def _epoch_order(n, seed, epoch, device):
     return torch.randperm(n, generator=g).to(device)
 
 
+def _epoch_shifts(n, max_shift, seed, epoch):
+    # Each image's offsets in an epoch depend only on (seed, epoch), like the shuffle: resumable.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=g)
+
+
+def shift_images(batch: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image of ``batch`` (n, 1, h, w) by its own ``shifts`` row (dy, dx), filling with zeros.
+
+    ``max_shift`` bounds ``|shifts|`` (passed, not read from the tensor: no device sync per batch).
+    """
+    n, _, h, w = batch.shape
+    s = max_shift
+    if s == 0:
+        return batch
+    padded = nn.functional.pad(batch, (s, s, s, s))
+    shifts = shifts.to(batch.device)
+    rows = torch.arange(h, device=batch.device) + s - shifts[:, :1]  # (n, h)
+    cols = torch.arange(w, device=batch.device) + s - shifts[:, 1:]  # (n, w)
+    b = torch.arange(n, device=batch.device)[:, None, None]
+    return padded[b, 0, rows[:, :, None], cols[:, None, :]][:, None].contiguous()
+
+
 def _autocast(device):
     # bf16 autocast on the CUDA path; under force_cuda_paths() the CPU's own autocast runs it.
     return torch.autocast(device.type, dtype=torch.bfloat16) if uses_cuda_paths(device) else nullcontext()
@@ -91,7 +114,7 @@ _HISTORY_FIELDS = {
     "stopped_early": bool,
 }
 # Settings a resumed run must share with the checkpoint (the architecture always).
-RESUME_SETTINGS = ("preset", "seed", "batch_size", "lr", "data")
+RESUME_SETTINGS = ("preset", "seed", "batch_size", "lr", "data", "augment_shift")
 
 
 def _type_names(types):
@@ -231,6 +254,7 @@ def train_autoencoder(
     progress=True,
     max_seconds=None,
     allow_changed_settings=False,
+    augment_shift=0,
 ):
     """Train with Adam on mean squared reconstruction error, with early stopping on validation loss.
 
@@ -258,6 +282,10 @@ def train_autoencoder(
         Stop after the epoch during which this much training time has passed (CPU quick profiles).
     allow_changed_settings : bool, default=False
         Resume even when those settings differ (the run continues with the new ones).
+    augment_shift : int, default=0
+        Each training image is fed shifted by up to this many pixels in each direction (its own
+        random offsets every epoch, zeros filling in) and the loss compares the output with the
+        unshifted image: the code must describe the garment, not where it sits. 0: no shift.
 
     Returns
     -------
@@ -267,6 +295,12 @@ def train_autoencoder(
     """
     from tqdm.auto import tqdm
 
+    if (
+        isinstance(augment_shift, bool)
+        or not isinstance(augment_shift, numbers.Integral)
+        or not 0 <= augment_shift <= 8
+    ):
+        raise ValueError(f"augment_shift={augment_shift!r} must be an integer in [0, 8].")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer.")
@@ -297,6 +331,7 @@ def train_autoencoder(
         "seed": seed,
         "epochs": epochs,
         "loss": "mse",
+        "augment_shift": augment_shift,
         "data": fingerprint,
     }
     history, start_epoch, best_state, patience_left = TrainingHistory(), 0, None, patience
@@ -341,10 +376,13 @@ def train_autoencoder(
         synchronize(device)
         t0 = time.perf_counter()
         running = torch.zeros((), device=device)
+        shifts = _epoch_shifts(n, augment_shift, seed, epoch).to(device) if augment_shift else None
         for start in range(0, n, batch_size):
-            batch = train[order[start : start + batch_size]]
+            rows = order[start : start + batch_size]
+            batch = train[rows]
+            inputs = batch if shifts is None else shift_images(batch, shifts[rows], augment_shift)
             with _autocast(device):
-                loss = loss_fn(model(batch).float(), batch)
+                loss = loss_fn(model(inputs).float(), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
