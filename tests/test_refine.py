@@ -111,20 +111,6 @@ def test_inductive_info_holds_the_training_clustering():
     assert completeness_score(y[info["train_index"]], info["train_labels"]) > 0.9
 
 
-def test_standardized_concat_scales_each_autoencoder_alike():
-    from gpuclust.app.refine import standardized_concat
-
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(500, 3, generator=g) * 100 + 7, torch.randn(500, 2, generator=g) * 0.01
-    train, test = standardized_concat([a, b], [a[:5], b[:5]])
-    assert train.shape == (500, 5) and torch.allclose(test, train[:5])
-    assert torch.allclose(train.mean(0), torch.zeros(5), atol=1e-4)
-    for part in (train[:, :3], train[:, 3:]):  # one scale per autoencoder: mean feature std 1
-        assert abs(float(part.std(0).mean()) - 1.0) < 1e-4
-    with pytest.raises(ValueError, match="one training and one test"):
-        standardized_concat([a], [])
-
-
 def test_confident_members_takes_each_clusters_most_confident_deterministically():
     from gpuclust.app.selflabel import confident_members
 
@@ -170,42 +156,63 @@ def test_self_label_learns_the_clusters_from_pixels_deterministically():
         self_label(ae, train[:10], noisy, confidence, test, n_clusters=2, config=cfg)
 
 
-def test_profiles_set_the_ensemble_and_self_labelling():
+def test_profiles_set_self_labelling():
     full = RunConfig(profile="full").resolved(torch.device("cpu"))
     quick = RunConfig(profile="quick").resolved(torch.device("cpu"))
-    assert (full.ensemble, full.self_label, quick.ensemble, quick.self_label) == (5, True, 1, False)
-    mine = RunConfig(profile="full", ensemble=2, self_label=False).resolved(torch.device("cpu"))
-    assert (mine.ensemble, mine.self_label) == (2, False)
-    with pytest.raises(ValueError, match="ensemble"):
-        RunConfig(ensemble=0).resolved(torch.device("cpu"))
+    assert (full.self_label, quick.self_label) == (True, False)
+    assert RunConfig(profile="full", self_label=False).resolved(torch.device("cpu")).self_label is False
+
+
+def test_merge_by_graph_joins_the_groups_the_graph_holds_together():
+    from gpuclust.app.refine import merge_by_graph
+
+    # Six groups of two nodes; heavy edges join groups 0-1 and 2-3-4, group 5 stands alone.
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    edges = [(0, 1, 1.0), (2, 3, 1.0), (1, 2, 0.9), (4, 5, 1.0), (6, 7, 1.0), (5, 6, 0.8), (8, 9, 1.0), (7, 8, 0.7)]
+    edges += [(10, 11, 1.0), (3, 4, 0.05), (9, 10, 0.05)]
+    rows = torch.tensor([e[0] for e in edges] + [e[1] for e in edges])
+    cols = torch.tensor([e[1] for e in edges] + [e[0] for e in edges])
+    weights = torch.tensor([e[2] for e in edges] * 2)
+    assert merge_by_graph(labels, (rows, cols, weights), 3).tolist() == [0, 0, 1, 1, 1, 2]
+    assert merge_by_graph(labels, (rows, cols, weights), 6).tolist() == [0, 1, 2, 3, 4, 5]
+    # An empty group (no node has label 2 here) takes no part and maps to cluster 0.
+    relabelled = torch.where(labels >= 2, labels + 1, labels)
+    out = merge_by_graph(relabelled, (rows, cols, weights), 3)
+    assert out[2] == 0 and out.tolist() == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_over_clustering_needs_the_graph_and_merges_blobs_split_in_two():
+    from gpuclust.app.refine import cluster_embedding
+
+    X, y = blobs(400, k=3)
+    with pytest.raises(ValueError, match="graph"):
+        cluster_embedding(X, 3, RefineConfig(over_clustering=2), 0)
+    config = RefineConfig(n_neighbors=10, embed_epochs=30, over_clustering=3)
+    _, info = refine_inductive(X, X, n_clusters=3, config=config)
+    labels = info["train_labels"]
+    assert int(labels.max()) == 2 and completeness_score(y, labels) > 0.9
 
 
 @pytest.mark.realdata
 def test_run_reports_task5_rows_deterministically(fashion_train):
     config = RunConfig(
-        device="cpu",
-        epochs=1,
-        limit=300,
-        covariance_types=("diag",),
-        progress=False,
-        batch_size=100,
-        ensemble=2,
-        self_label=True,
+        device="cpu", epochs=1, limit=300, covariance_types=("diag",), progress=False, batch_size=100, self_label=True
     )
     first, second = run_experiments(config), run_experiments(config)
     rows = {r["task"]: r for r in first["results"]}
-    assert rows["task5_ensemble2_inductive"]["protocol"] == "inductive"
-    assert rows["task5_ensemble2_transductive"]["protocol"] == "transductive"
-    assert rows["task5_ensemble2_inductive"]["features"] == "2xdense10+umap10"
+    assert rows["task5_merged_inductive"]["protocol"] == "inductive"
+    assert rows["task5_merged_transductive"]["protocol"] == "transductive"
+    assert rows["task5_merged_inductive"]["over_clustering"] == 2
+    assert rows["task4_umap_gmm_inductive"]["over_clustering"] == 1
     assert rows["task5_selflabel_inductive"]["protocol"] == "inductive"
-    for task in ("task5_ensemble2_inductive", "task5_ensemble2_transductive", "task5_selflabel_inductive"):
+    for task in ("task5_merged_inductive", "task5_merged_transductive", "task5_selflabel_inductive"):
         assert np.array_equal(first["predictions"][task], second["predictions"][task]), task
     report = render_report(first, {})
     assert "| task5_selflabel_inductive | inductive |" in report
 
 
 @pytest.mark.realdata
-def test_save_codes_writes_every_autoencoders_codes(fashion_train, tmp_path):
+def test_save_codes_writes_the_codes(fashion_train, tmp_path):
     from gpuclust.app.report import write_run_folder
 
     config = RunConfig(
@@ -215,26 +222,14 @@ def test_save_codes_writes_every_autoencoders_codes(fashion_train, tmp_path):
         covariance_types=("diag",),
         progress=False,
         batch_size=60,
-        ensemble=2,
-        self_label=False,
+        refine=False,
         save_codes=True,
     )
-    run = run_experiments(config)
-    paths = write_run_folder(run, tmp_path)
+    paths = write_run_folder(run_experiments(config), tmp_path)
     with np.load(paths["codes"]) as codes:
-        assert sorted(codes.files) == [
-            "test_0",
-            "test_1",
-            "test_labels",
-            "train_0",
-            "train_1",
-            "train_index",
-            "train_labels",
-        ]
-        assert codes["train_0"].shape == (96, 10) and codes["test_1"].shape == (120, 10)
-        assert not np.array_equal(codes["train_0"], codes["train_1"])  # two autoencoders, two seeds
-    assert "codes" not in (tmp_path / "results.json").read_text()[:20]
-    without = write_run_folder(
-        run_experiments(RunConfig(**{**config.__dict__, "save_codes": False, "refine": False})), tmp_path / "b"
-    )
-    assert "codes" not in without and not (tmp_path / "b" / "codes.npz").exists()
+        assert sorted(codes.files) == ["test_codes", "test_labels", "train_codes", "train_index", "train_labels"]
+        assert codes["train_codes"].shape == (96, 10) and codes["test_codes"].shape == (120, 10)
+        assert codes["train_labels"].shape == (96,) and codes["test_labels"].shape == (120,)
+    config.save_codes = False
+    assert "codes" not in write_run_folder(run_experiments(config), tmp_path / "b")
+    assert not (tmp_path / "b" / "codes.npz").exists()

@@ -133,24 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training and N test images (a smoke run; N >= 50)",
     )
     run.add_argument(
-        "--ensemble",
-        type=positive_int,
-        metavar="N",
-        help="task 5: cluster the codes of N autoencoders (seeds SEED..SEED+N-1) side by side "
-        "(profile default: full 5, quick 1, which skips it)",
-    )
-    run.add_argument(
         "--self-label",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="task 5: train a classifier on the confident clusters and label the test set with it "
-        "(profile default: on for full, off for quick)",
+        help="task 5: train a classifier on the confident clusters of task 5's inductive clustering and "
+        "label the test set with it (profile default: on for full, off for quick)",
     )
     run.add_argument(
         "--save-codes",
         action="store_true",
-        help="also write codes.npz: every autoencoder's training-split and test codes (train_0, test_0, ...), "
-        "the training-split image indices and labels",
+        help="also write codes.npz: the autoencoder's codes of the training split and the test set "
+        "(train_codes, test_codes), the training-split image indices and both sets' labels",
     )
     run.add_argument("--out", metavar="DIR", help="run folder (default runs/run-DATE-TIME)")
     _add_common(run)
@@ -351,7 +344,6 @@ def cmd_run(args, say):
         train_subset=args.train_subset,
         limit=args.limit,
         progress=not args.quiet,
-        ensemble=args.ensemble,
         self_label=args.self_label,
         save_codes=args.save_codes,
     )

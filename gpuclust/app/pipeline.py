@@ -28,13 +28,13 @@ SEED_REPORT = {"task1_kmeans_pixels": 0.5247, "task2_ae_kmeans": 0.5187, "task3_
 
 PROFILES = {
     # The seed's protocol: all 48,000 training-split images, up to 200 epochs, early stopping.
-    # Task 5 (issue 17): five autoencoders (seeds seed..seed+4) side by side, then self-labelling.
+    # Task 5 (issue 17): the mixture over-clusters and its components are merged along the
+    # neighbour graph, then a classifier is trained on the confident clusters (self-labelling).
     "full": {
         "epochs": 200,
         "train_subset": None,
         "max_train_seconds": None,
         "refine_train_points": None,
-        "ensemble": 5,
         "self_label": True,
     },
     # Sized to finish within 10 minutes on a 2-core CPU (about 5 here): a 24,000-image subset
@@ -44,7 +44,6 @@ PROFILES = {
         "train_subset": 24000,
         "max_train_seconds": None,
         "refine_train_points": 24000,
-        "ensemble": 1,
         "self_label": False,
     },
 }
@@ -71,9 +70,8 @@ class RunConfig:
     limit: int | None = None  # use only the first N training and N test images (smoke runs, tests)
     progress: bool = True
     refine: bool = True  # task 4: UMAP-style embedding + GMM, inductive and transductive (gpuclust.app.refine)
-    ensemble: int | None = None  # autoencoders whose codes task 5 clusters side by side (profile default)
     self_label: bool | None = None  # task 5: a classifier trained on the confident clusters (profile default)
-    save_codes: bool = False  # keep every autoencoder's training-split and test codes (codes.npz in the run folder)
+    save_codes: bool = False  # keep the training-split and test codes (codes.npz in the run folder)
 
     def resolved(self, device: torch.device) -> RunConfig:
         profile = self.profile or ("full" if device.type == "cuda" else "quick")
@@ -83,7 +81,7 @@ class RunConfig:
         bad = [c for c in (self.covariance_types or ()) if c not in COVARIANCE_TYPES]
         if bad:
             raise ValueError(f"unknown covariance type(s) {bad}; choose from {COVARIANCE_TYPES}.")
-        for name in ("epochs", "train_subset", "limit", "batch_size", "patience", "ensemble"):
+        for name in ("epochs", "train_subset", "limit", "batch_size", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer (or None for the default).")
@@ -99,7 +97,6 @@ class RunConfig:
                 if self.max_train_seconds is not None
                 else defaults["max_train_seconds"],
                 "device": str(device),
-                "ensemble": self.ensemble if self.ensemble is not None else defaults["ensemble"],
                 "self_label": self.self_label if self.self_label is not None else defaults["self_label"],
             }
         )
@@ -143,118 +140,71 @@ def _record(task, y_true, y_pred, seconds, device, backend, **extra):
     return row
 
 
-def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, *, prefix, features, **extra):
-    # Task 4 / 5 (issue 17): the inductive row first, the transductive row beside it, each labelled
-    # with its protocol. Returns the inductive variant's info (its training clustering).
+def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, *, task, over_clustering):
+    # Tasks 4 and 5 (issue 17): the inductive row first, the transductive row beside it, each
+    # labelled with its protocol. Returns the inductive variant's info (its training clustering).
     from .refine import RefineConfig, refine_inductive, refine_transductive
 
-    refine_cfg = RefineConfig(max_train_points=PROFILES[cfg.profile].get("refine_train_points"))
-    kept = None
+    refine_cfg = RefineConfig(
+        max_train_points=PROFILES[cfg.profile].get("refine_train_points"), over_clustering=over_clustering
+    )
+    mixture = f"GMM ({refine_cfg.covariance_type})"
+    if over_clustering > 1:
+        mixture = f"GMM ({refine_cfg.covariance_type}, {over_clustering} components a cluster, merged along the graph)"
+    inductive = None
     for protocol, fn in (("inductive", refine_inductive), ("transductive", refine_transductive)):
-        say(
-            f"{prefix.split('_')[0]}: UMAP-style embedding + GMM ({refine_cfg.covariance_type}) "
-            f"on {features}, {protocol}"
-        )
+        say(f"{task.split('_')[0]}: UMAP-style embedding + {mixture}, {protocol}")
         pred, info = fn(Z_train, Z_test, config=refine_cfg, seed=cfg.seed)
-        task = f"{prefix}_{protocol}"
+        name = f"{task}_{protocol}"
         results.append(
             _record(
-                task,
+                name,
                 test_labels,
                 pred,
                 info["seconds"],
                 device,
                 "torch",
-                features=f"{features}+umap{refine_cfg.n_components}",
+                features=f"{cfg.preset}+umap{refine_cfg.n_components}",
                 protocol=protocol,
                 n_embedded=info["n_embedded"],
                 covariance_type_embedding=refine_cfg.covariance_type,
-                **extra,
+                over_clustering=over_clustering,
             )
         )
-        predictions[task] = pred
-        kept = info if protocol == "inductive" else kept
-    return kept
+        predictions[name] = pred
+        inductive = info if protocol == "inductive" else inductive
+    return inductive
 
 
-def _train_members(cfg, fit_images, val_images, device, say):
-    # The ensemble's other autoencoders: the same data and settings, seeds seed+1, seed+2, ...
-    from .training import train_autoencoder
-
-    members, seconds = [], 0.0
-    for i in range(1, cfg.ensemble):
-        say(f"task 5: autoencoder {i + 1} of {cfg.ensemble} (seed {cfg.seed + i})")
-        t0 = time.perf_counter()
-        model, _ = train_autoencoder(
-            fit_images,
-            val_images,
-            preset=cfg.preset,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            patience=cfg.patience,
-            seed=cfg.seed + i,
-            device=device,
-            progress=cfg.progress,
-            max_seconds=cfg.max_train_seconds,
-        )
-        seconds += time.perf_counter() - t0
-        members.append(model)
-    return members, seconds
-
-
-def _task5(cfg, model, Z_train, Z_test, images, test_labels, device, results, predictions, say, inductive, codes):
-    # Issue 17's further steps, each its own row: the codes of several autoencoders side by side
-    # (task5_ensemble<N>), then a classifier trained on the confident part of the inductive clustering.
-    from .refine import standardized_concat
+def _self_labelling(cfg, model, inductive, train_images, test_images, test_labels, device, results, predictions, say):
+    # Task 5's last step: a classifier trained on the confident part of task 5's inductive clustering.
     from .selflabel import self_label
-    from .training import encode
 
-    train_images, fit_images, val_images, test_images = images
-    features = cfg.preset
-    if cfg.ensemble > 1:
-        members, member_seconds = _train_members(cfg, fit_images, val_images, device, say)
-        codes += [(encode(m, train_images), encode(m, test_images)) for m in members]
-        Z_train, Z_test = standardized_concat([c[0] for c in codes], [c[1] for c in codes])
-        features = f"{cfg.ensemble}x{cfg.preset}"
-        inductive = _refinement(
-            cfg,
-            Z_train,
-            Z_test,
+    say("task5: self-labelling classifier on the confident clusters of the inductive clustering")
+    pred, info = self_label(
+        model,
+        train_images[inductive["train_index"]],
+        inductive["train_labels"],
+        inductive["train_confidence"],
+        test_images,
+        seed=cfg.seed,
+    )
+    task = "task5_selflabel_inductive"
+    results.append(
+        _record(
+            task,
             test_labels,
+            pred,
+            info["seconds"],
             device,
-            results,
-            predictions,
-            say,
-            prefix=f"task5_ensemble{cfg.ensemble}",
-            features=features,
-            autoencoder_seconds=member_seconds,
+            "torch",
+            features=f"{cfg.preset}+umap+classifier",
+            protocol="inductive",
+            n_embedded=int(len(inductive["train_index"])),
+            n_trained_on=info["n_trained_on"],
         )
-    if cfg.self_label:
-        say("task 5: self-labelling classifier on the confident clusters of the inductive clustering")
-        pred, info = self_label(
-            model,
-            train_images[inductive["train_index"]],
-            inductive["train_labels"],
-            inductive["train_confidence"],
-            test_images,
-            seed=cfg.seed,
-        )
-        task = "task5_selflabel_inductive"
-        results.append(
-            _record(
-                task,
-                test_labels,
-                pred,
-                info["seconds"],
-                device,
-                "torch",
-                features=f"{features}+umap+classifier",
-                protocol="inductive",
-                n_embedded=int(len(inductive["train_index"])),
-                n_trained_on=info["n_trained_on"],
-            )
-        )
-        predictions[task] = pred
+    )
+    predictions[task] = pred
 
 
 def run_experiments(config: RunConfig, on_progress=None) -> dict:
@@ -372,24 +322,32 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
         )
         predictions[f"task3_ae_gmm_{cov}"] = pred
 
-    codes = [(Z_train, Z_test)]  # every autoencoder's (training-split, test) codes, the main one first
     if cfg.refine:
-        inductive = _refinement(
-            cfg,
-            Z_train,
-            Z_test,
-            test_labels,
-            device,
-            results,
-            predictions,
-            say,
-            prefix="task4_umap_gmm",
-            features=cfg.preset,
-        )
-        if cfg.ensemble > 1 or cfg.self_label:
-            images = (train_images[train_idx], train_images[fit_idx], train_images[val_idx], test_images)
-            _task5(
-                cfg, model, Z_train, Z_test, images, test_labels, device, results, predictions, say, inductive, codes
+        for task, over_clustering in (("task4_umap_gmm", 1), ("task5_merged", 2)):
+            inductive = _refinement(
+                cfg,
+                Z_train,
+                Z_test,
+                test_labels,
+                device,
+                results,
+                predictions,
+                say,
+                task=task,
+                over_clustering=over_clustering,
+            )
+        if cfg.self_label:
+            _self_labelling(
+                cfg,
+                model,
+                inductive,
+                train_images[train_idx],
+                test_images,
+                test_labels,
+                device,
+                results,
+                predictions,
+                say,
             )
 
     saved = {}
@@ -399,8 +357,7 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
             "train_labels": np.asarray(train_labels)[train_idx],
             "test_labels": np.asarray(test_labels),
         }
-        for i, (a, b) in enumerate(codes):
-            saved[f"train_{i}"], saved[f"test_{i}"] = a.cpu().numpy(), b.cpu().numpy()
+        saved["train_codes"], saved["test_codes"] = Z_train.cpu().numpy(), Z_test.cpu().numpy()
     return {
         **({"codes": saved} if saved else {}),
         "config": asdict(cfg),

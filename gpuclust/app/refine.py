@@ -37,10 +37,10 @@ __all__ = [
     "cluster_embedding",
     "fuzzy_graph",
     "knn_graph",
+    "merge_by_graph",
     "nearest_neighbors",
     "refine_inductive",
     "refine_transductive",
-    "standardized_concat",
     "umap_ab",
     "umap_embed",
     "vote_labels",
@@ -59,6 +59,7 @@ class RefineConfig:
     covariance_type: str = "full"
     vote_neighbors: int = 15
     max_train_points: int | None = None  # embed a seeded subset of the training codes (quick profile)
+    over_clustering: int = 1  # mixture components per cluster; above 1, merged along the graph (merge_by_graph)
 
 
 def nearest_neighbors(X: torch.Tensor, Q: torch.Tensor | None, n_neighbors: int, *, tile: int = 2048):
@@ -179,7 +180,9 @@ def _pca_init(X: torch.Tensor, n_components: int) -> torch.Tensor:
     return Y.float()
 
 
-def umap_embed(X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: int = 0) -> torch.Tensor:
+def umap_embed(
+    X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: int = 0, return_graph: bool = False
+) -> torch.Tensor:
     """A UMAP-style embedding of ``X`` computed in torch (exact kNN, fuzzy graph, negative sampling).
 
     Each epoch samples every edge with probability proportional to its weight, pulls its ends
@@ -198,10 +201,13 @@ def umap_embed(X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: 
     Returns
     -------
     tensor of shape (n_samples, config.n_components), on ``X``'s device
+        With ``return_graph``, also the whole fuzzy graph ``(rows, cols, weights)`` (see
+        :func:`fuzzy_graph`), which :func:`merge_by_graph` uses.
     """
     device = X.device
     dists, idx = knn_graph(X, config.n_neighbors)
-    rows, cols, w = fuzzy_graph(dists, idx)
+    graph = fuzzy_graph(dists, idx)
+    rows, cols, w = graph
     keep = w > w.max() / config.embed_epochs  # UMAP drops edges too weak to be sampled
     rows, cols, w = rows[keep], cols[keep], w[keep]
     a, b = umap_ab(config.min_dist)
@@ -210,7 +216,7 @@ def umap_embed(X: torch.Tensor, config: RefineConfig = RefineConfig(), *, seed: 
     g = torch.Generator(device=device).manual_seed(seed)
     with _deterministic():
         _optimize(Y, rows, cols, p, a, b, config, g)
-    return Y
+    return (Y, graph) if return_graph else Y
 
 
 @contextmanager
@@ -247,21 +253,89 @@ def _optimize(Y, rows, cols, p, a, b, config, g):
         Y += step
 
 
+def merge_by_graph(labels: torch.Tensor, graph, n_clusters: int) -> torch.Tensor:
+    """Merge the groups of ``labels`` into ``n_clusters`` along a weighted graph; returns the group -> cluster map.
+
+    Agglomerative: while more than ``n_clusters`` groups remain, the two joined by the largest
+    normalized edge weight ``W_ab / sqrt(d_a d_b)`` are merged (``W_ab``: total weight of the
+    edges between groups a and b; ``d_a``: total weight of the edges leaving a's members, its
+    own included). Groups that the graph holds together become one cluster, however the mixture
+    split them: a class spread over two mixture components (say bags with and without handles)
+    ends up whole. Ties go to the pair with the lowest indices; deterministic.
+
+    Parameters
+    ----------
+    labels : int tensor of shape (n_samples,)
+        Group of every node, in ``[0, n_groups)``.
+    graph : tuple (rows, cols, weights)
+        Symmetric edge list, as :func:`fuzzy_graph` returns.
+    n_clusters : int
+
+    Returns
+    -------
+    int64 tensor of shape (n_groups,): the cluster, in ``[0, n_clusters)``, of every group
+    (numbered by their smallest group). Fewer non-empty groups than ``n_clusters``: each its own
+    cluster. An empty group (no node has it) is mapped to cluster 0.
+    """
+    rows, cols, weights = graph
+    labels = labels.cpu().long()
+    n_groups = int(labels.max()) + 1 if labels.numel() else 0
+    W = torch.zeros(n_groups, n_groups, dtype=torch.float64)
+    W.index_put_((labels[rows.cpu()], labels[cols.cpu()]), weights.cpu().double(), accumulate=True)
+    members = [[g] for g in range(n_groups)]
+    # A group no node has (a mixture component left empty) takes no part; it goes to cluster 0.
+    alive = torch.nonzero(torch.bincount(labels, minlength=n_groups)).flatten().tolist()
+    while len(alive) > n_clusters:
+        sub = W[alive][:, alive]
+        degree = sub.sum(1).clamp_min(1e-300)
+        score = sub / torch.sqrt(degree[:, None] * degree[None, :])
+        score.fill_diagonal_(-math.inf)
+        a, b = divmod(int(torch.argmax(score)), len(alive))
+        a, b = alive[min(a, b)], alive[max(a, b)]
+        W[a] += W[b]
+        W[:, a] += W[:, b]
+        members[a] += members[b]
+        alive.remove(b)
+    cluster_of = torch.zeros(n_groups, dtype=torch.long)
+    for cluster, group in enumerate(alive):
+        cluster_of[members[group]] = cluster
+    return cluster_of
+
+
 def cluster_embedding(
-    Y: torch.Tensor, n_clusters: int, config: RefineConfig, seed: int, *, return_confidence: bool = False
+    Y: torch.Tensor,
+    n_clusters: int,
+    config: RefineConfig,
+    seed: int,
+    *,
+    graph=None,
+    return_confidence: bool = False,
 ):
     """Labels of a Gaussian mixture (``config.covariance_type``) fitted to an embedding.
 
-    With ``return_confidence``, also each row's largest posterior probability (how sure the
-    mixture is of the label), as a second tensor.
+    With ``config.over_clustering`` above 1, the mixture has that many components per cluster
+    (at most one per row), merged into ``n_clusters`` along ``graph`` by :func:`merge_by_graph`.
+    With ``return_confidence``, also each row's posterior probability of its cluster (the sum
+    over the cluster's components), as a second tensor.
     """
+    n_components = min(n_clusters * config.over_clustering, Y.shape[0])
+    if n_components > n_clusters and graph is None:
+        raise ValueError("over_clustering above 1 needs the neighbour graph to merge along (graph=).")
     gmm = GaussianMixture(
-        n_clusters, covariance_type=config.covariance_type, random_state=seed, device=Y.device, reg_covar=1e-4
+        n_components, covariance_type=config.covariance_type, random_state=seed, device=Y.device, reg_covar=1e-4
     )
     labels = torch.as_tensor(gmm.fit_predict(Y), device=Y.device)
+    posterior = torch.as_tensor(gmm.predict_proba(Y), device=Y.device) if return_confidence else None
+    if n_components > n_clusters:
+        cluster_of = merge_by_graph(labels, graph, n_clusters).to(Y.device)
+        labels = cluster_of[labels]
+        if posterior is not None:
+            posterior = torch.zeros(Y.shape[0], n_clusters, dtype=posterior.dtype, device=Y.device).index_add_(
+                1, cluster_of, posterior
+            )
     if not return_confidence:
         return labels
-    return labels, torch.as_tensor(gmm.predict_proba(Y), device=Y.device).amax(1)
+    return labels, posterior.amax(1)
 
 
 def vote_labels(X: torch.Tensor, labels: torch.Tensor, Q: torch.Tensor, n_neighbors: int, n_clusters: int):
@@ -272,24 +346,6 @@ def vote_labels(X: torch.Tensor, labels: torch.Tensor, Q: torch.Tensor, n_neighb
     _, idx = nearest_neighbors(X, Q, min(n_neighbors, X.shape[0]))
     votes = torch.nn.functional.one_hot(labels.to(idx.device)[idx], n_clusters).sum(1)
     return votes.argmax(1)
-
-
-def standardized_concat(train_codes, test_codes):
-    """Codes of several autoencoders side by side, each set scaled so no autoencoder dominates.
-
-    Each autoencoder's codes are centred on their training mean and divided by their training
-    codes' mean per-feature standard deviation (one scale per autoencoder, which keeps the shape
-    of its code space); the test codes get the training statistics. Returns (train, test).
-    """
-    if len(train_codes) != len(test_codes) or not train_codes:
-        raise ValueError("give one training and one test code array per autoencoder (at least one).")
-    train_parts, test_parts = [], []
-    for Z, Q in zip(train_codes, test_codes):
-        Z = Z.float()
-        mean, scale = Z.mean(0), Z.std(0).mean().clamp_min(1e-12)
-        train_parts.append((Z - mean) / scale)
-        test_parts.append((Q.to(Z.device, torch.float32) - mean) / scale)
-    return torch.cat(train_parts, 1), torch.cat(test_parts, 1)
 
 
 def _subset(n: int, max_points: int | None, seed: int) -> np.ndarray:
@@ -306,7 +362,13 @@ def _timed(fn, device):
     return out, time.perf_counter() - t0
 
 
-def refine_inductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0):
+def _embedding(X, config, seed, embedding):
+    # A previous call's embedding of the same codes with the same graph and embedding settings
+    # (only the mixture differs) is reused rather than computed again.
+    return umap_embed(X, config, seed=seed, return_graph=True) if embedding is None else embedding
+
+
+def refine_inductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0, embedding=None):
     """Inductive variant: embed and cluster training codes only, then label test codes by a neighbour vote.
 
     Parameters
@@ -318,48 +380,56 @@ def refine_inductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = R
     n_clusters : int
     config : RefineConfig
     seed : int
+    embedding : tuple, optional
+        ``info["embedding"]`` of an earlier call with the same codes, seed and embedding settings
+        (another ``over_clustering`` or ``covariance_type``): skips the graph and the embedding.
 
     Returns
     -------
     labels : int64 tensor of shape (n_test,)
     info : dict
-        ``n_embedded`` (training codes embedded), ``seconds`` (embedding, mixture and vote), and
-        the training clustering: ``train_index`` (rows of ``Z_train`` embedded, a numpy array),
-        ``train_labels`` and ``train_confidence`` (the mixture's largest posterior) for those rows.
+        ``n_embedded`` (training codes embedded), ``seconds`` (embedding unless reused, mixture
+        and vote), ``embedding`` (the embedding and its graph, for reuse), and the training
+        clustering: ``train_index`` (rows of ``Z_train`` embedded, a numpy array), ``train_labels``
+        and ``train_confidence`` (the posterior probability of each row's cluster).
     """
     device = Z_train.device
     index = _subset(Z_train.shape[0], config.max_train_points, seed)
     X = Z_train[torch.as_tensor(index, device=device)].float()
 
     def work():
-        Y = umap_embed(X, config, seed=seed)
-        train_labels, confidence = cluster_embedding(Y, n_clusters, config, seed, return_confidence=True)
-        return vote_labels(X, train_labels, Z_test, config.vote_neighbors, n_clusters), train_labels, confidence
+        Y, graph = _embedding(X, config, seed, embedding)
+        train_labels, confidence = cluster_embedding(Y, n_clusters, config, seed, graph=graph, return_confidence=True)
+        votes = vote_labels(X, train_labels, Z_test, config.vote_neighbors, n_clusters)
+        return votes, train_labels, confidence, (Y, graph)
 
-    (labels, train_labels, confidence), seconds = _timed(work, device)
-    info = {"n_embedded": int(X.shape[0]), "seconds": seconds, "train_index": index}
+    (labels, train_labels, confidence, embedded), seconds = _timed(work, device)
+    info = {"n_embedded": int(X.shape[0]), "seconds": seconds, "train_index": index, "embedding": embedded}
     return labels, {**info, "train_labels": train_labels, "train_confidence": confidence}
 
 
-def refine_transductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0):
+def refine_transductive(
+    Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0, embedding=None
+):
     """Transductive variant: embed and cluster the training and test codes together (labels unused).
 
     Same training codes as :func:`refine_inductive`, plus every test code; the test codes' own
-    cluster labels are returned. Not the seed's protocol: report it apart.
+    cluster labels are returned. Not the seed's protocol: report it apart. ``embedding``: as in
+    :func:`refine_inductive` (from an earlier transductive call).
 
     Returns
     -------
     labels : int64 tensor of shape (n_test,)
     info : dict
-        ``n_embedded`` (all codes embedded), ``seconds``.
+        ``n_embedded`` (all codes embedded), ``seconds``, ``embedding``.
     """
     device = Z_train.device
     keep = torch.as_tensor(_subset(Z_train.shape[0], config.max_train_points, seed), device=device)
     X = torch.cat([Z_train[keep].float(), Z_test.to(device, torch.float32)])
 
     def work():
-        Y = umap_embed(X, config, seed=seed)
-        return cluster_embedding(Y, n_clusters, config, seed)[-Z_test.shape[0] :]
+        Y, graph = _embedding(X, config, seed, embedding)
+        return cluster_embedding(Y, n_clusters, config, seed, graph=graph)[-Z_test.shape[0] :], (Y, graph)
 
-    labels, seconds = _timed(work, device)
-    return labels, {"n_embedded": int(X.shape[0]), "seconds": seconds}
+    (labels, embedded), seconds = _timed(work, device)
+    return labels, {"n_embedded": int(X.shape[0]), "seconds": seconds, "embedding": embedded}
