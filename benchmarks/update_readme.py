@@ -44,7 +44,12 @@ def _ok(rows, **match):
 
 def main_job_section(results=RESULTS):
     lines = []
-    for folder, title in (("run_full_gpu", "full profile on a GPU"), ("run_quick_cpu", "quick profile on the CPU")):
+    runs = (
+        ("run_full_gpu", "full profile on a GPU"),
+        ("run_full30_cpu", "full profile with `--epochs 30` on the CPU"),
+        ("run_quick_cpu", "quick profile on the CPU"),
+    )
+    for folder, title in runs:
         path = Path(results) / folder / "results.json"
         if not path.exists():
             continue
@@ -78,6 +83,13 @@ def main_job_section(results=RESULTS):
                 "mixture. *inductive*: training codes only, each test image labelled by a vote of its nearest "
                 "training codes (the seed's protocol). *transductive*: training and test codes embedded and "
                 "clustered together, labels used only to score (N2D's protocol, not comparable with the seed's).",
+            ]
+        if any(r["task"].startswith("task5") for r in run["results"]):
+            lines += [
+                "",
+                "task5: task 4's embedding clustered by a mixture of two components a cluster, merged along the "
+                "neighbour graph (*merged*); then a classifier trained on the confident half of every merged "
+                "cluster labels the test set (*selflabel*, inductive).",
             ]
         lines.append("")
     return lines

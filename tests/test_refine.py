@@ -204,6 +204,10 @@ def test_run_reports_task5_rows_deterministically(fashion_train):
     assert rows["task5_merged_transductive"]["protocol"] == "transductive"
     assert rows["task5_merged_inductive"]["over_clustering"] == 2
     assert rows["task4_umap_gmm_inductive"]["over_clustering"] == 1
+    assert (
+        not rows["task4_umap_gmm_inductive"]["embedding_reused"] and rows["task5_merged_inductive"]["embedding_reused"]
+    )
+    assert rows["task5_merged_transductive"]["embedding_reused"]
     assert rows["task5_selflabel_inductive"]["protocol"] == "inductive"
     for task in ("task5_merged_inductive", "task5_merged_transductive", "task5_selflabel_inductive"):
         assert np.array_equal(first["predictions"][task], second["predictions"][task]), task
@@ -233,3 +237,14 @@ def test_save_codes_writes_the_codes(fashion_train, tmp_path):
     config.save_codes = False
     assert "codes" not in write_run_folder(run_experiments(config), tmp_path / "b")
     assert not (tmp_path / "b" / "codes.npz").exists()
+
+
+def test_a_reused_embedding_gives_the_same_clustering():
+    X, _ = blobs(300)
+    Xt, _ = blobs(40, seed=2)
+    first, info = refine_inductive(X, Xt, n_clusters=4, config=SMALL, seed=1)
+    again, info2 = refine_inductive(X, Xt, n_clusters=4, config=SMALL, seed=1, embedding=info["embedding"])
+    assert torch.equal(first, again) and info2["embedding"] is info["embedding"]
+    t1, tinfo = refine_transductive(X, Xt, n_clusters=4, config=SMALL, seed=1)
+    t2, _ = refine_transductive(X, Xt, n_clusters=4, config=SMALL, seed=1, embedding=tinfo["embedding"])
+    assert torch.equal(t1, t2)

@@ -140,9 +140,10 @@ def _record(task, y_true, y_pred, seconds, device, backend, **extra):
     return row
 
 
-def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, *, task, over_clustering):
+def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, *, task, over_clustering, reuse):
     # Tasks 4 and 5 (issue 17): the inductive row first, the transductive row beside it, each
-    # labelled with its protocol. Returns the inductive variant's info (its training clustering).
+    # labelled with its protocol. ``reuse``: {protocol: info} of the previous task, whose
+    # embeddings this one reuses (only the mixture differs); this task's infos replace them.
     from .refine import RefineConfig, refine_inductive, refine_transductive
 
     refine_cfg = RefineConfig(
@@ -151,10 +152,10 @@ def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions,
     mixture = f"GMM ({refine_cfg.covariance_type})"
     if over_clustering > 1:
         mixture = f"GMM ({refine_cfg.covariance_type}, {over_clustering} components a cluster, merged along the graph)"
-    inductive = None
     for protocol, fn in (("inductive", refine_inductive), ("transductive", refine_transductive)):
         say(f"{task.split('_')[0]}: UMAP-style embedding + {mixture}, {protocol}")
-        pred, info = fn(Z_train, Z_test, config=refine_cfg, seed=cfg.seed)
+        embedding = reuse[protocol]["embedding"] if protocol in reuse else None
+        pred, info = fn(Z_train, Z_test, config=refine_cfg, seed=cfg.seed, embedding=embedding)
         name = f"{task}_{protocol}"
         results.append(
             _record(
@@ -169,11 +170,11 @@ def _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions,
                 n_embedded=info["n_embedded"],
                 covariance_type_embedding=refine_cfg.covariance_type,
                 over_clustering=over_clustering,
+                embedding_reused=embedding is not None,
             )
         )
         predictions[name] = pred
-        inductive = info if protocol == "inductive" else inductive
-    return inductive
+        reuse[protocol] = info
 
 
 def _self_labelling(cfg, model, inductive, train_images, test_images, test_labels, device, results, predictions, say):
@@ -323,8 +324,9 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
         predictions[f"task3_ae_gmm_{cov}"] = pred
 
     if cfg.refine:
+        reuse = {}
         for task, over_clustering in (("task4_umap_gmm", 1), ("task5_merged", 2)):
-            inductive = _refinement(
+            _refinement(
                 cfg,
                 Z_train,
                 Z_test,
@@ -335,12 +337,13 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
                 say,
                 task=task,
                 over_clustering=over_clustering,
+                reuse=reuse,
             )
         if cfg.self_label:
             _self_labelling(
                 cfg,
                 model,
-                inductive,
+                reuse["inductive"],
                 train_images[train_idx],
                 test_images,
                 test_labels,
