@@ -112,11 +112,13 @@ def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
     return max(total, 0.0) / (n * d)
 
 
-def nearest_center(Xc, centers, c_sq, x_sq, out=None):
+def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True):
     """Label and squared distance to the nearest centre for one tile of rows.
 
     ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile (:func:`gpuclust._linear.linear`), never
-    an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into.
+    an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into. Without
+    ``distances`` the second tensor holds the minimum of ``-2 x.c + ||c||^2`` only (two
+    kernels fewer, for callers that use the labels alone).
     """
     if is_sparse(Xc):
         scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
@@ -128,13 +130,16 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None):
     else:
         labels, min_scores = out
         torch.min(scores, dim=1, out=(min_scores, labels))
+    if not distances:
+        return labels, min_scores
     return labels, min_scores.add_(x_sq).clamp_min_(0)
 
 
-def assign(X, x_sq, centers, chunk, out=None):
+def assign(X, x_sq, centers, chunk, out=None, distances=True):
     """Nearest centre and squared distance to it for every sample, tile by tile.
 
     ``out``: (labels, distances) tensors to write into (reused across Lloyd iterations).
+    ``distances=False``: the labels alone are wanted (see :func:`nearest_center`).
 
     Returns
     -------
@@ -145,10 +150,10 @@ def assign(X, x_sq, centers, chunk, out=None):
     c_sq = squared_norms(centers)
     if out is None:
         out = (torch.empty(n, dtype=torch.int64, device=X.device), torch.empty(n, dtype=X.dtype, device=X.device))
-    labels, distances = out
+    labels, dist = out
     for rows in chunk_slices(n, chunk):
-        nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], distances[rows]))
-    return labels, distances
+        nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], dist[rows]), distances)
+    return labels, dist
 
 
 def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0):
@@ -251,29 +256,37 @@ def apply_relocations(offers, sums, weights, comm=LOCAL):
 
 def average_centers(sums, weights, old_centers):
     """Divide sums by weights; a cluster with no weight keeps its old centre."""
-    safe = torch.where(weights > 0, weights, torch.ones_like(weights))
-    new = (sums / safe.unsqueeze(1)).to(old_centers.dtype)
-    return torch.where((weights > 0).unsqueeze(1), new, old_centers)
+    positive = weights > 0
+    new = (sums / torch.where(positive, weights, 1.0).unsqueeze(1)).to(old_centers.dtype)
+    return torch.where(positive.unsqueeze(1), new, old_centers)
 
 
-def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
-    """New centres from the sums, how far each moved, and whether Lloyd has converged.
-
-    scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
-    total squared centre shift within ``tol``; ``log`` prints its verbose lines.
-    """
+def center_step(sums, weights, centers):
+    """New centres from the sums, how far each moved (float64), and the total squared shift (0-d, on the device)."""
     new_centers = average_centers(sums, weights, centers)
     delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
+    return new_centers, delta, (delta * delta).sum()
+
+
+def has_converged(n_iter, changed, shift, tol, log=None):
+    """scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
+    total squared centre shift (a python float) within ``tol``; ``log`` prints its verbose lines."""
     if n_iter > 1 and changed == 0:
         if log is not None:
             log(f"Converged at iteration {n_iter - 1}: strict convergence.")
-        return new_centers, delta, True
-    shift = float((delta * delta).sum())
+        return True
     if shift <= tol:
         if log is not None:
             log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
-        return new_centers, delta, True
-    return new_centers, delta, False
+        return True
+    return False
+
+
+def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
+    """New centres from the sums, how far each moved, and whether Lloyd has converged (:func:`has_converged`)."""
+    new_centers, delta, shift = center_step(sums, weights, centers)
+    strict = n_iter > 1 and changed == 0  # the shift is not read (no synchronization) where it is not needed
+    return new_centers, delta, has_converged(n_iter, changed, None if strict else float(shift), tol, log)
 
 
 def assign_top2(X, x_sq, centers, chunk, rows_subset=None, buffer=None):
@@ -386,7 +399,7 @@ def lloyd(
         labels, first, second = assign_top2(X, x_sq, centers, chunk)
         bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
     else:
-        labels, _ = assign(X, x_sq, centers, chunk)
+        labels, _ = assign(X, x_sq, centers, chunk, distances=False)
         # Two label buffers used in turn and one for the distances: no allocation per iteration.
         spare = (torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device))
     sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
@@ -416,10 +429,10 @@ def lloyd(
                         labels[idx] = lab_s
                         bounds.refresh(idx, lab_s, first_s, second_s)
             else:
-                labels, _ = assign(X, x_sq, centers, chunk, out=spare)
+                labels, _ = assign(X, x_sq, centers, chunk, out=spare, distances=False)
                 spare = (labels_old, spare[1])
             if sparse:
-                changed = int((labels != labels_old).sum())
+                changed = (labels != labels_old).sum()
                 sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
             else:
                 # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size).
@@ -430,16 +443,26 @@ def lloyd(
             inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
             log(f"Iteration {n_iter - 1}, inertia {inertia_i}.")
         # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
-        packed = comm.sum_(
-            torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
-        )
-        step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
-        if bool((step_weights == 0).any()):
+        if isinstance(changed, torch.Tensor):
+            changed_col = changed.to(weights.dtype).expand_as(weights)
+        else:
+            changed_col = torch.full_like(weights, changed)
+        packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), changed_col.unsqueeze(1)], 1), "centre sums")
+        step_sums, step_weights = packed[:, :-2], packed[:, -2].clone()
+        # The next centres as if no cluster were empty; the host reads what decides the next step
+        # (moved samples, empty clusters, centre shift) in one transfer, where it took three.
+        new_centers, delta, shift = center_step(step_sums, step_weights, centers)
+        n_empty = (step_weights == 0).sum(dtype=torch.float64)
+        changed, n_empty, shift = torch.stack([packed[0, -1], n_empty, shift]).tolist()
+        changed = int(changed)
+        if n_empty:
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
             distances = distances_to_own_center(X, x_sq, centers, labels)
             relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
-        centers, delta, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
-        if converged:
+            new_centers, delta, shift = center_step(step_sums, step_weights, centers)
+            shift = float(shift)
+        centers = new_centers
+        if has_converged(n_iter, changed, shift, tol, log):
             break
         if prune:
             bounds.centers_moved(delta)
