@@ -188,19 +188,25 @@ def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
     return sums, weights
 
 
-def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None):
+def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None, *, chunk=None):
     """Move the samples whose label changed from their old cluster's sums to their new one's.
 
-    After the first iterations few labels change, so this touches a small part of X
+    After the first iterations few labels change, so on the CPU this touches a small part of X
     instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
     ``buffer`` (a (rows, d) tensor, CPU) is where the moved rows are gathered, block by block,
     instead of into a fresh tensor per iteration, whose page faults cost as much as the adds.
-    Returns the number of samples that moved.
+    On CUDA (and under :func:`gpuclust.device.force_cuda_paths`) see :func:`_move_rows_onehot`:
+    no gather, no host synchronization, ``chunk`` rows per one-hot tile.
+
+    Returns the number of samples that moved: a python int on the CPU, a 0-d int64 tensor on
+    the device on CUDA paths (reading it would wait for the GPU; the caller reads it later).
     """
+    if uses_cuda_paths(X.device):
+        return _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk or X.shape[0])
     moved = torch.nonzero(labels != labels_old).flatten()
     if moved.numel() == 0:
         return 0
-    if buffer is None or uses_cuda_paths(X.device):
+    if buffer is None:
         Xm, wm = X[moved], w[moved]
         _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
         _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
@@ -213,6 +219,36 @@ def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=Fal
         Xm = torch.index_select(X, 0, rows, out=buffer[: rows.numel()])
         update.add_moved(Xm, w[rows], labels[rows], labels_old[rows])
     return update.finish()
+
+
+def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk):
+    """:func:`update_cluster_sums` in fixed shapes: no nonzero, no gather, no host synchronization.
+
+    Gathering the moved rows (``X[nonzero(moved)]``) needs their count on the host, a
+    synchronization per iteration, and a copy of up to all of X. Instead, per tile of ``chunk``
+    rows, one (rows, 2k) one-hot holds each moved row's weight in its new cluster's column
+    (first k) and its old cluster's (last k), zeros for rows that stayed, and one GEMM sums
+    both: ``[plus; minus] = onehot.T @ X``, as the gathered version's two GEMMs did, then
+    ``sums += plus; sums -= minus`` in float64, in that order. The rows that stayed add exact
+    zeros; the float32 sums over the moved rows can round differently from the gathered
+    GEMMs' (another reduction order), by float32's last bit.
+    Returns the number of moved samples as a 0-d int64 tensor, on X's device.
+    """
+    k = sums.shape[0]
+    moved = labels != labels_old
+    both = both_w = None
+    for rows in chunk_slices(X.shape[0], chunk):
+        value = (moved[rows].to(X.dtype) if unit_weight else w[rows] * moved[rows]).unsqueeze(1)
+        onehot = torch.zeros(value.shape[0], 2 * k, dtype=X.dtype, device=X.device)
+        onehot.scatter_(1, labels[rows].unsqueeze(1), value)
+        onehot.scatter_(1, labels_old[rows].unsqueeze(1) + k, value)
+        part, part_w = (onehot.T @ X[rows]).to(torch.float64), onehot.sum(0, dtype=torch.float64)
+        both, both_w = (part, part_w) if both is None else (both.add_(part), both_w.add_(part_w))
+    sums.add_(both[:k])
+    weights.add_(both_w[:k])
+    sums.add_(both[k:], alpha=-1.0)
+    weights.add_(both_w[k:], alpha=-1.0)
+    return moved.sum()
 
 
 def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, comm=LOCAL):
@@ -435,9 +471,12 @@ def lloyd(
                 changed = (labels != labels_old).sum()
                 sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
             else:
-                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size).
+                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size),
+                # and the count of moved rows stays on the device (a tensor).
                 buffer = None if uses_cuda_paths(X.device) else gather_buffer()
-                changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer)
+                changed = update_cluster_sums(
+                    sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer, chunk=chunk
+                )
         if log is not None:
             own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
             inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
@@ -450,7 +489,7 @@ def lloyd(
         packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), changed_col.unsqueeze(1)], 1), "centre sums")
         step_sums, step_weights = packed[:, :-2], packed[:, -2].clone()
         # The next centres as if no cluster were empty; the host reads what decides the next step
-        # (moved samples, empty clusters, centre shift) in one transfer, where it took three.
+        # (moved samples, empty clusters, centre shift) in one transfer: one synchronization per iteration.
         new_centers, delta, shift = center_step(step_sums, step_weights, centers)
         n_empty = (step_weights == 0).sum(dtype=torch.float64)
         changed, n_empty, shift = torch.stack([packed[0, -1], n_empty, shift]).tolist()
