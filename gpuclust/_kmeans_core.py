@@ -112,11 +112,13 @@ def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
     return max(total, 0.0) / (n * d)
 
 
-def nearest_center(Xc, centers, c_sq, x_sq, out=None):
+def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True):
     """Label and squared distance to the nearest centre for one tile of rows.
 
     ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile (:func:`gpuclust._linear.linear`), never
-    an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into.
+    an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into. Without
+    ``distances`` the second tensor holds the minimum of ``-2 x.c + ||c||^2`` only (two
+    kernels fewer, for callers that use the labels alone).
     """
     if is_sparse(Xc):
         scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
@@ -128,13 +130,16 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None):
     else:
         labels, min_scores = out
         torch.min(scores, dim=1, out=(min_scores, labels))
+    if not distances:
+        return labels, min_scores
     return labels, min_scores.add_(x_sq).clamp_min_(0)
 
 
-def assign(X, x_sq, centers, chunk, out=None):
+def assign(X, x_sq, centers, chunk, out=None, distances=True):
     """Nearest centre and squared distance to it for every sample, tile by tile.
 
     ``out``: (labels, distances) tensors to write into (reused across Lloyd iterations).
+    ``distances=False``: the labels alone are wanted (see :func:`nearest_center`).
 
     Returns
     -------
@@ -145,10 +150,10 @@ def assign(X, x_sq, centers, chunk, out=None):
     c_sq = squared_norms(centers)
     if out is None:
         out = (torch.empty(n, dtype=torch.int64, device=X.device), torch.empty(n, dtype=X.dtype, device=X.device))
-    labels, distances = out
+    labels, dist = out
     for rows in chunk_slices(n, chunk):
-        nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], distances[rows]))
-    return labels, distances
+        nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], dist[rows]), distances)
+    return labels, dist
 
 
 def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0):
@@ -183,19 +188,25 @@ def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
     return sums, weights
 
 
-def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None):
+def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None, *, chunk=None):
     """Move the samples whose label changed from their old cluster's sums to their new one's.
 
-    After the first iterations few labels change, so this touches a small part of X
+    After the first iterations few labels change, so on the CPU this touches a small part of X
     instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
     ``buffer`` (a (rows, d) tensor, CPU) is where the moved rows are gathered, block by block,
     instead of into a fresh tensor per iteration, whose page faults cost as much as the adds.
-    Returns the number of samples that moved.
+    On CUDA (and under :func:`gpuclust.device.force_cuda_paths`) see :func:`_move_rows_onehot`:
+    no gather, no host synchronization, ``chunk`` rows per one-hot tile.
+
+    Returns the number of samples that moved: a python int on the CPU, a 0-d int64 tensor on
+    the device on CUDA paths (reading it would wait for the GPU; the caller reads it later).
     """
+    if uses_cuda_paths(X.device):
+        return _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk or X.shape[0])
     moved = torch.nonzero(labels != labels_old).flatten()
     if moved.numel() == 0:
         return 0
-    if buffer is None or uses_cuda_paths(X.device):
+    if buffer is None:
         Xm, wm = X[moved], w[moved]
         _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
         _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
@@ -208,6 +219,36 @@ def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=Fal
         Xm = torch.index_select(X, 0, rows, out=buffer[: rows.numel()])
         update.add_moved(Xm, w[rows], labels[rows], labels_old[rows])
     return update.finish()
+
+
+def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk):
+    """:func:`update_cluster_sums` in fixed shapes: no nonzero, no gather, no host synchronization.
+
+    Gathering the moved rows (``X[nonzero(moved)]``) needs their count on the host, a
+    synchronization per iteration, and a copy of up to all of X. Instead, per tile of ``chunk``
+    rows, one (rows, 2k) one-hot holds each moved row's weight in its new cluster's column
+    (first k) and its old cluster's (last k), zeros for rows that stayed, and one GEMM sums
+    both: ``[plus; minus] = onehot.T @ X``, as the gathered version's two GEMMs did, then
+    ``sums += plus; sums -= minus`` in float64, in that order. The rows that stayed add exact
+    zeros; the float32 sums over the moved rows can round differently from the gathered
+    GEMMs' (another reduction order), by float32's last bit.
+    Returns the number of moved samples as a 0-d int64 tensor, on X's device.
+    """
+    k = sums.shape[0]
+    moved = labels != labels_old
+    both = both_w = None
+    for rows in chunk_slices(X.shape[0], chunk):
+        value = (moved[rows].to(X.dtype) if unit_weight else w[rows] * moved[rows]).unsqueeze(1)
+        onehot = torch.zeros(value.shape[0], 2 * k, dtype=X.dtype, device=X.device)
+        onehot.scatter_(1, labels[rows].unsqueeze(1), value)
+        onehot.scatter_(1, labels_old[rows].unsqueeze(1) + k, value)
+        part, part_w = (onehot.T @ X[rows]).to(torch.float64), onehot.sum(0, dtype=torch.float64)
+        both, both_w = (part, part_w) if both is None else (both.add_(part), both_w.add_(part_w))
+    sums.add_(both[:k])
+    weights.add_(both_w[:k])
+    sums.add_(both[k:], alpha=-1.0)
+    weights.add_(both_w[k:], alpha=-1.0)
+    return moved.sum()
 
 
 def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, comm=LOCAL):
@@ -251,29 +292,37 @@ def apply_relocations(offers, sums, weights, comm=LOCAL):
 
 def average_centers(sums, weights, old_centers):
     """Divide sums by weights; a cluster with no weight keeps its old centre."""
-    safe = torch.where(weights > 0, weights, torch.ones_like(weights))
-    new = (sums / safe.unsqueeze(1)).to(old_centers.dtype)
-    return torch.where((weights > 0).unsqueeze(1), new, old_centers)
+    positive = weights > 0
+    new = (sums / torch.where(positive, weights, 1.0).unsqueeze(1)).to(old_centers.dtype)
+    return torch.where(positive.unsqueeze(1), new, old_centers)
 
 
-def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
-    """New centres from the sums, how far each moved, and whether Lloyd has converged.
-
-    scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
-    total squared centre shift within ``tol``; ``log`` prints its verbose lines.
-    """
+def center_step(sums, weights, centers):
+    """New centres from the sums, how far each moved (float64), and the total squared shift (0-d, on the device)."""
     new_centers = average_centers(sums, weights, centers)
     delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
+    return new_centers, delta, (delta * delta).sum()
+
+
+def has_converged(n_iter, changed, shift, tol, log=None):
+    """scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
+    total squared centre shift (a python float) within ``tol``; ``log`` prints its verbose lines."""
     if n_iter > 1 and changed == 0:
         if log is not None:
             log(f"Converged at iteration {n_iter - 1}: strict convergence.")
-        return new_centers, delta, True
-    shift = float((delta * delta).sum())
+        return True
     if shift <= tol:
         if log is not None:
             log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
-        return new_centers, delta, True
-    return new_centers, delta, False
+        return True
+    return False
+
+
+def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
+    """New centres from the sums, how far each moved, and whether Lloyd has converged (:func:`has_converged`)."""
+    new_centers, delta, shift = center_step(sums, weights, centers)
+    strict = n_iter > 1 and changed == 0  # the shift is not read (no synchronization) where it is not needed
+    return new_centers, delta, has_converged(n_iter, changed, None if strict else float(shift), tol, log)
 
 
 def assign_top2(X, x_sq, centers, chunk, rows_subset=None, buffer=None):
@@ -386,7 +435,7 @@ def lloyd(
         labels, first, second = assign_top2(X, x_sq, centers, chunk)
         bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
     else:
-        labels, _ = assign(X, x_sq, centers, chunk)
+        labels, _ = assign(X, x_sq, centers, chunk, distances=False)
         # Two label buffers used in turn and one for the distances: no allocation per iteration.
         spare = (torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device))
     sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
@@ -416,30 +465,43 @@ def lloyd(
                         labels[idx] = lab_s
                         bounds.refresh(idx, lab_s, first_s, second_s)
             else:
-                labels, _ = assign(X, x_sq, centers, chunk, out=spare)
+                labels, _ = assign(X, x_sq, centers, chunk, out=spare, distances=False)
                 spare = (labels_old, spare[1])
             if sparse:
-                changed = int((labels != labels_old).sum())
+                changed = (labels != labels_old).sum()
                 sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
             else:
-                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size).
+                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size),
+                # and the count of moved rows stays on the device (a tensor).
                 buffer = None if uses_cuda_paths(X.device) else gather_buffer()
-                changed = update_cluster_sums(sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer)
+                changed = update_cluster_sums(
+                    sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer, chunk=chunk
+                )
         if log is not None:
             own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
             inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
             log(f"Iteration {n_iter - 1}, inertia {inertia_i}.")
         # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
-        packed = comm.sum_(
-            torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
-        )
-        step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
-        if bool((step_weights == 0).any()):
+        if isinstance(changed, torch.Tensor):
+            changed_col = changed.to(weights.dtype).expand_as(weights)
+        else:
+            changed_col = torch.full_like(weights, changed)
+        packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), changed_col.unsqueeze(1)], 1), "centre sums")
+        step_sums, step_weights = packed[:, :-2], packed[:, -2].clone()
+        # The next centres as if no cluster were empty; the host reads what decides the next step
+        # (moved samples, empty clusters, centre shift) in one transfer: one synchronization per iteration.
+        new_centers, delta, shift = center_step(step_sums, step_weights, centers)
+        n_empty = (step_weights == 0).sum(dtype=torch.float64)
+        changed, n_empty, shift = torch.stack([packed[0, -1], n_empty, shift]).tolist()
+        changed = int(changed)
+        if n_empty:
             # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
             distances = distances_to_own_center(X, x_sq, centers, labels)
             relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
-        centers, delta, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
-        if converged:
+            new_centers, delta, shift = center_step(step_sums, step_weights, centers)
+            shift = float(shift)
+        centers = new_centers
+        if has_converged(n_iter, changed, shift, tol, log):
             break
         if prune:
             bounds.centers_moved(delta)

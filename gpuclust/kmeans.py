@@ -432,7 +432,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
     def _chunk(self, n, d, k):
         itemsize = torch.finfo(self._dtype).bits // 8
-        # per row: the (k,) scores, on a GPU the (k,) one-hot of the centre-sum GEMM, and the row
+        # per row: the (k,) scores, on a GPU the (k,) one-hot of the centre-sum GEMM (or instead of
+        # both, which are then freed, the (2k,) one-hot of Lloyd's moved-row update), and the row
         # itself, which a tile copies when it is read from disk, centred or densified
         return rows_per_chunk(n, (2 * k + 2 + d) * itemsize, self._device, self.chunk_size, self.memory_budget)
 

@@ -1,5 +1,6 @@
 """What would break on a GPU, proven on the CPU: CUDA's missing kernels, float32 numerics, CUDA-only branches."""
 
+import collections
 import math
 import warnings
 
@@ -10,6 +11,7 @@ import torch
 from conftest import COVARIANCE_TYPES, RTOL
 from sklearn.datasets import make_blobs
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gpuclust._gmm_numerics as gm
 from gpuclust import GaussianMixture, metrics
@@ -200,9 +202,9 @@ def test_forced_cuda_lloyd_keeps_no_gather_buffer(monkeypatch):
     buffers = []
     real = core.update_cluster_sums
 
-    def spy(*args):
-        buffers.append(args[-1])
-        return real(*args)
+    def spy(*args, **kwargs):
+        buffers.append(args[7])
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(core, "update_cluster_sums", spy)
     X, _ = make_blobs(600, 5, centers=4, random_state=0)
@@ -214,3 +216,66 @@ def test_forced_cuda_lloyd_keeps_no_gather_buffer(monkeypatch):
     buffers.clear()
     core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), max_iter=5, tol=0.0, chunk=256, prune=False)
     assert buffers and all(b is not None and b.shape == (256, 5) for b in buffers)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts, on CPU tensors, the ops that make the host wait for a GPU, and the kernels.
+
+    On CUDA each of these synchronizes: a scalar read (``.item()``, ``bool``, ``int``, ``float``
+    of a tensor: ``_local_scalar_dense``), an op whose output shape depends on the data
+    (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``), and a copy to the host
+    (``.tolist()``, ``.cpu()``, ``.numpy()``, counted by patching those methods).
+    """
+
+    DATA_DEPENDENT = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
+
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.kernels = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._overloadpacket.__name__
+        bool_index = name == "index" and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if name in self.DATA_DEPENDENT or bool_index:
+            self.syncs.append(name)
+        elif not func.is_view:
+            self.kernels += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _lloyd_host_reads(monkeypatch, max_iter, chunk, weighted):
+    import gpuclust._kmeans_core as core
+    from gpuclust._linear import onednn_available
+
+    onednn_available()  # its one-off probe runs ops: not in the counts
+    X, _ = make_blobs(600, 6, centers=5, cluster_std=3.0, random_state=0)
+    X = torch.as_tensor(X, dtype=torch.float32)
+    w = torch.as_tensor(np.random.RandomState(0).uniform(0.5, 2.0, 600), dtype=torch.float32)
+    counter = _HostReads()
+    for name in ("tolist", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda t, *a, _r=real, _n=name, **k: counter.syncs.append(_n) or _r(t, *a, **k)
+        )
+    with force_cuda_paths(), counter:
+        out = core.lloyd(X, w if weighted else torch.ones(600), core.squared_norms(X), X[:5].clone(),
+                         max_iter=max_iter, tol=0.0, chunk=chunk, unit_weight=not weighted, prune=False)  # fmt: skip
+    monkeypatch.undo()
+    assert out[3] == max_iter  # tol=0 and labels still moving: no early stop
+    return counter
+
+
+@pytest.mark.parametrize("chunk, weighted", [(600, False), (256, True)])
+def test_forced_cuda_lloyd_reads_the_host_once_per_iteration(monkeypatch, chunk, weighted):
+    # The CUDA branches of Lloyd's loop, counted on CPU tensors: one transfer to the host per
+    # iteration (moved count, empty clusters and centre shift together), nothing shaped by the data.
+    short = _lloyd_host_reads(monkeypatch, 2, chunk, weighted)
+    long = _lloyd_host_reads(monkeypatch, 3, chunk, weighted)
+    extra = collections.Counter(long.syncs)
+    extra.subtract(short.syncs)
+    assert +extra == {"tolist": 1}, (short.syncs, long.syncs)
+    per_iteration = long.kernels - short.kernels
+    tiles = -(-600 // chunk)
+    # With torch 2.13: 36 ops (about a kernel each) per iteration in one tile, 13 more per extra tile
+    # (the oneDNN GEMM not counted). A margin for other torch versions, not for a loop per cluster or sample.
+    assert 0 < per_iteration <= 44 + 16 * (tiles - 1), per_iteration
