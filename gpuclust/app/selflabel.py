@@ -21,7 +21,7 @@ from torch import nn
 
 from ..device import synchronize, uses_cuda_paths
 from .autoencoder import ConvAutoencoder, images_to_tensor
-from .training import _autocast, shift_images
+from .training import mixed_precision, shift_images
 
 __all__ = ["SelfLabelConfig", "confident_members", "self_label"]
 
@@ -132,7 +132,7 @@ def self_label(
         for start in range(0, n, config.batch_size):
             rows = order[start : start + config.batch_size]
             inputs = shift_images(x[rows], shifts[rows], config.max_shift)
-            with _autocast(device):
+            with mixed_precision(device):
                 loss = loss_fn(model(inputs).float(), y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,7 +141,7 @@ def self_label(
     model.eval()
     test = images_to_tensor(test_images, device)
     out = torch.empty(test.shape[0], dtype=torch.long, device=device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), mixed_precision(device):
         for start in range(0, test.shape[0], 2048):
             out[start : start + 2048] = model(test[start : start + 2048]).argmax(1)
     synchronize(device)

@@ -64,15 +64,15 @@ def shift_images(batch: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> t
     return padded[b, 0, rows[:, :, None], cols[:, None, :]][:, None].contiguous()
 
 
-def _autocast(device):
-    # bf16 autocast on the CUDA path; under force_cuda_paths() the CPU's own autocast runs it.
+def mixed_precision(device):
+    """bf16 autocast on the CUDA path (under ``force_cuda_paths()`` the CPU's own); elsewhere a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if uses_cuda_paths(device) else nullcontext()
 
 
 def _evaluate(model, data, batch_size, device, loss_fn):
     model.eval()
     total = 0.0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), mixed_precision(device):
         for start in range(0, data.shape[0], batch_size):
             batch = data[start : start + batch_size]
             total += float(loss_fn(model(batch).float(), batch)) * batch.shape[0]
@@ -381,7 +381,7 @@ def train_autoencoder(
             rows = order[start : start + batch_size]
             batch = train[rows]
             inputs = batch if shifts is None else shift_images(batch, shifts[rows], augment_shift)
-            with _autocast(device):
+            with mixed_precision(device):
                 loss = loss_fn(model(inputs).float(), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,7 +428,7 @@ def encode(model: ConvAutoencoder, images, *, batch_size=2048, device=None) -> t
     data = images_to_tensor(images, device)
     model.eval()
     out = torch.empty(data.shape[0], model.latent_dim, device=device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), mixed_precision(device):
         for start in range(0, data.shape[0], batch_size):
             out[start : start + batch_size] = model.encode(data[start : start + batch_size]).float()
     return out
