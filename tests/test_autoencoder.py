@@ -289,3 +289,15 @@ def test_shift_augmentation_trains_deterministically_and_resumes_exactly(tmp_pat
 def test_bad_augment_shift(bad):
     with pytest.raises(ValueError, match="augment_shift"):
         train_autoencoder(tiny_images(8), tiny_images(4), epochs=1, progress=False, device="cpu", augment_shift=bad)
+
+
+def test_a_checkpoint_from_before_augment_shift_resumes_only_without_it(tmp_path):
+    ckpt, images, args = _small_checkpoint(tmp_path)
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["config"]["augment_shift"]  # as written before the setting existed
+    torch.save(payload, ckpt)
+    args.update(epochs=2, resume=True)
+    with pytest.raises(ValueError, match="augment_shift 0 in the checkpoint, 2 now"):
+        train_autoencoder(images[:32], images[32:], augment_shift=2, **args)
+    _, history = train_autoencoder(images[:32], images[32:], **args)
+    assert len(history.train_loss) == 2

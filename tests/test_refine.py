@@ -235,8 +235,8 @@ def test_save_codes_writes_the_codes(fashion_train, tmp_path):
         assert codes["train_codes"].shape == (96, 10) and codes["test_codes"].shape == (120, 10)
         assert codes["train_labels"].shape == (96,) and codes["test_labels"].shape == (120,)
     config.save_codes = False
-    assert "codes" not in write_run_folder(run_experiments(config), tmp_path / "b")
-    assert not (tmp_path / "b" / "codes.npz").exists()
+    assert "codes" not in write_run_folder(run_experiments(config), tmp_path)
+    assert not (tmp_path / "codes.npz").exists()  # a previous run's codes do not stay beside new results
 
 
 def test_a_reused_embedding_gives_the_same_clustering():
@@ -248,3 +248,45 @@ def test_a_reused_embedding_gives_the_same_clustering():
     t1, tinfo = refine_transductive(X, Xt, n_clusters=4, config=SMALL, seed=1)
     t2, _ = refine_transductive(X, Xt, n_clusters=4, config=SMALL, seed=1, embedding=tinfo["embedding"])
     assert torch.equal(t1, t2)
+
+
+def test_merged_confidence_survives_empty_last_components_and_stays_in_0_1():
+    from gpuclust.app.refine import cluster_embedding, merge_by_graph
+
+    # Six distinct codes repeated: a mixture of 20 components leaves the last ones empty.
+    Y = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)).repeat(5, 1)
+    config = RefineConfig(over_clustering=2, covariance_type="diag", n_neighbors=5)
+    labels, confidence = cluster_embedding(
+        Y, 10, config, 0, graph=fuzzy_graph(*knn_graph(Y, 5)), return_confidence=True
+    )
+    assert labels.shape == confidence.shape == (30,) and int(labels.max()) < 10
+    assert bool(((confidence >= 0) & (confidence <= 1)).all())
+    with pytest.raises(ValueError, match="n_clusters"):
+        merge_by_graph(labels, fuzzy_graph(*knn_graph(Y, 5)), 0)
+
+
+def test_a_reused_embedding_of_other_codes_is_refused():
+    X, _ = blobs(200)
+    _, tinfo = refine_transductive(X, X[:20], n_clusters=4, config=SMALL)
+    with pytest.raises(ValueError, match="rows for 200 codes"):
+        refine_inductive(X, X[:20], n_clusters=4, config=SMALL, embedding=tinfo["embedding"])
+
+
+def test_self_label_checks_labels_and_settings_and_keeps_the_callers_random_state():
+    from gpuclust.app.autoencoder import ConvAutoencoder
+    from gpuclust.app.selflabel import SelfLabelConfig, self_label
+
+    train, y = _stripes(40, 0)
+    ae = ConvAutoencoder("dense10")
+    labels, confidence = torch.as_tensor(y), torch.ones(40)
+    cfg = SelfLabelConfig(epochs=1, batch_size=16)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        self_label(ae, train, labels + 1, confidence, train[:5], n_clusters=2, config=cfg)
+    for bad in (SelfLabelConfig(epochs=0), SelfLabelConfig(max_shift=-1), SelfLabelConfig(max_shift=40)):
+        with pytest.raises(ValueError, match="epochs|max_shift"):
+            self_label(ae, train, labels, confidence, train[:5], n_clusters=2, config=bad)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    self_label(ae, train, labels, confidence, train[:5], n_clusters=2, config=cfg)
+    assert torch.equal(torch.rand(3), expected)

@@ -253,7 +253,7 @@ def _optimize(Y, rows, cols, p, a, b, config, g):
         Y += step
 
 
-def merge_by_graph(labels: torch.Tensor, graph, n_clusters: int) -> torch.Tensor:
+def merge_by_graph(labels: torch.Tensor, graph, n_clusters: int, n_groups: int | None = None) -> torch.Tensor:
     """Merge the groups of ``labels`` into ``n_clusters`` along a weighted graph; returns the group -> cluster map.
 
     Agglomerative: while more than ``n_clusters`` groups remain, the two joined by the largest
@@ -270,6 +270,9 @@ def merge_by_graph(labels: torch.Tensor, graph, n_clusters: int) -> torch.Tensor
     graph : tuple (rows, cols, weights)
         Symmetric edge list, as :func:`fuzzy_graph` returns.
     n_clusters : int
+    n_groups : int, optional
+        Number of groups (mixture components), when the last ones may have no node; default
+        ``labels.max() + 1``.
 
     Returns
     -------
@@ -277,9 +280,12 @@ def merge_by_graph(labels: torch.Tensor, graph, n_clusters: int) -> torch.Tensor
     (numbered by their smallest group). Fewer non-empty groups than ``n_clusters``: each its own
     cluster. An empty group (no node has it) is mapped to cluster 0.
     """
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters={n_clusters} must be at least 1.")
     rows, cols, weights = graph
     labels = labels.cpu().long()
-    n_groups = int(labels.max()) + 1 if labels.numel() else 0
+    if n_groups is None:
+        n_groups = int(labels.max()) + 1 if labels.numel() else 0
     W = torch.zeros(n_groups, n_groups, dtype=torch.float64)
     W.index_put_((labels[rows.cpu()], labels[cols.cpu()]), weights.cpu().double(), accumulate=True)
     members = [[g] for g in range(n_groups)]
@@ -315,8 +321,8 @@ def cluster_embedding(
 
     With ``config.over_clustering`` above 1, the mixture has that many components per cluster
     (at most one per row), merged into ``n_clusters`` along ``graph`` by :func:`merge_by_graph`.
-    With ``return_confidence``, also each row's posterior probability of its cluster (the sum
-    over the cluster's components), as a second tensor.
+    With ``return_confidence``, also each row's posterior probability of its own cluster (the
+    sum over the cluster's components), in [0, 1], as a second tensor.
     """
     n_components = min(n_clusters * config.over_clustering, Y.shape[0])
     if n_components > n_clusters and graph is None:
@@ -327,15 +333,14 @@ def cluster_embedding(
     labels = torch.as_tensor(gmm.fit_predict(Y), device=Y.device)
     posterior = torch.as_tensor(gmm.predict_proba(Y), device=Y.device) if return_confidence else None
     if n_components > n_clusters:
-        cluster_of = merge_by_graph(labels, graph, n_clusters).to(Y.device)
+        cluster_of = merge_by_graph(labels, graph, n_clusters, n_groups=n_components).to(Y.device)
         labels = cluster_of[labels]
         if posterior is not None:
-            posterior = torch.zeros(Y.shape[0], n_clusters, dtype=posterior.dtype, device=Y.device).index_add_(
-                1, cluster_of, posterior
-            )
+            merged = torch.zeros(Y.shape[0], n_clusters, dtype=torch.float64, device=Y.device)
+            posterior = merged.index_add_(1, cluster_of, posterior.to(torch.float64))
     if not return_confidence:
         return labels
-    return labels, posterior.amax(1)
+    return labels, posterior.gather(1, labels[:, None]).squeeze(1).clamp_(0.0, 1.0)
 
 
 def vote_labels(X: torch.Tensor, labels: torch.Tensor, Q: torch.Tensor, n_neighbors: int, n_clusters: int):
@@ -365,7 +370,14 @@ def _timed(fn, device):
 def _embedding(X, config, seed, embedding):
     # A previous call's embedding of the same codes with the same graph and embedding settings
     # (only the mixture differs) is reused rather than computed again.
-    return umap_embed(X, config, seed=seed, return_graph=True) if embedding is None else embedding
+    if embedding is None:
+        return umap_embed(X, config, seed=seed, return_graph=True)
+    if embedding[0].shape[0] != X.shape[0]:
+        raise ValueError(
+            f"embedding has {embedding[0].shape[0]} rows for {X.shape[0]} codes: pass the info['embedding'] "
+            "of a call of the same variant (inductive or transductive) on the same codes."
+        )
+    return embedding
 
 
 def refine_inductive(Z_train, Z_test, *, n_clusters=10, config: RefineConfig = RefineConfig(), seed=0, embedding=None):

@@ -149,7 +149,7 @@ def write_run_folder(run: dict, out_dir) -> dict:
         buf, test_labels=np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}
     )
     atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
-    if run.get("codes"):  # --save-codes: every autoencoder's codes, for clustering them elsewhere
+    if run.get("codes"):  # --save-codes: the codes, for clustering them elsewhere
         paths["codes"] = out / "codes.npz"
         codes = io.BytesIO()
         np.savez(codes, **run["codes"])
@@ -172,8 +172,8 @@ def write_run_folder(run: dict, out_dir) -> dict:
     return paths
 
 
-# The plots a run writes; any of these in the folder that this run did not write are a previous run's.
-RUN_PLOTS = ("loss_curve.png", "covariance_types.png", "confusion_*.png")
+# The plots (and codes) a run writes; any of these in the folder that this run did not write are a previous run's.
+RUN_PLOTS = ("loss_curve.png", "covariance_types.png", "confusion_*.png", "codes.npz")
 
 
 def _remove_stale_plots(out: Path, paths: dict):
@@ -238,9 +238,14 @@ def render_report(run: dict, paths: dict) -> str:
             "task5_merged: task 4's embedding (reused, so its time is the mixture and the vote only), a "
             "mixture of two components a cluster, the components merged two at a time by the neighbour "
             "graph's normalized weight between them, so that a class the mixture "
-            "splits but the graph holds together ends up whole. task5_selflabel: a classifier started from "
-            "the autoencoder's encoder, trained on the more confident half of every cluster of task5_merged's "
-            "inductive clustering (shifted images, no test image), labels the test set.",
+            "splits but the graph holds together ends up whole."
+            + (
+                " task5_selflabel: a classifier started from the autoencoder's encoder, trained on the more "
+                "confident half of every cluster of task5_merged's inductive clustering (shifted images, no "
+                "test image), labels the test set."
+                if any(r["task"] == "task5_selflabel_inductive" for r in run["results"])
+                else ""
+            ),
             "",
             experiment_table(run["results"]),
             "",

@@ -110,6 +110,31 @@ def self_label(
             f"labels ({len(labels)}) and confidence ({len(confidence)}) must have one entry per training image "
             f"({len(train_images)})."
         )
+    _check(config)
+    labels = torch.as_tensor(labels).cpu()
+    if labels.numel() and not bool(((labels >= 0) & (labels < n_clusters)).all()):
+        raise ValueError(f"labels must lie in [0, {n_clusters}) for n_clusters={n_clusters}.")
+    # The caller's random state is left as it was: the classifier draws from its own.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _train_and_label(
+            autoencoder, device, train_images, labels, confidence, test_images, n_clusters, config, seed
+        )
+
+
+def _check(config):
+    for name, value, low, high in (
+        ("epochs", config.epochs, 1, None),
+        ("batch_size", config.batch_size, 1, None),
+        ("max_shift", config.max_shift, 0, 8),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise ValueError(f"{name}={value!r} must be an integer in [{low}, {high or 'inf'}].")
+    if not (config.lr > 0 and 0.0 <= config.label_smoothing < 1.0):
+        raise ValueError(f"lr={config.lr} must be positive and label_smoothing={config.label_smoothing} in [0, 1).")
+
+
+def _train_and_label(autoencoder, device, train_images, labels, confidence, test_images, n_clusters, config, seed):
     synchronize(device)
     t0 = time.perf_counter()
     keep = confident_members(labels, confidence, n_clusters, config.keep_fraction)

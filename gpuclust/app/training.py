@@ -115,6 +115,7 @@ _HISTORY_FIELDS = {
 }
 # Settings a resumed run must share with the checkpoint (the architecture always).
 RESUME_SETTINGS = ("preset", "seed", "batch_size", "lr", "data", "augment_shift")
+RESUME_DEFAULTS = {"augment_shift": 0}  # settings added later, and what older checkpoints trained with
 
 
 def _type_names(types):
@@ -231,6 +232,7 @@ def _describe(key, value):
 
 def resume_differences(saved: dict, config: dict) -> list[str]:
     """The settings in :data:`RESUME_SETTINGS` where a checkpoint's config and this run's differ, described."""
+    saved = {**RESUME_DEFAULTS, **saved}  # a checkpoint from before a setting existed had its default
     return [
         f"{key} {_describe(key, saved.get(key))} in the checkpoint, {_describe(key, config[key])} now"
         for key in RESUME_SETTINGS
