@@ -328,8 +328,11 @@ def test_written_files_get_the_users_umask(tmp_path, umask, expected):
 def test_signal_during_an_atomic_write_removes_the_temporary_file(tmp_path, sig, returncode):
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import signal, sys, time
         from gpuclust.app._atomic import atomic_write
+
+        # A shell that starts jobs in the background (nohup ... &) passes SIGINT on ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         def slow(fh):
             fh.write(b"partial")
