@@ -359,8 +359,9 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
             "train_index": np.asarray(train_idx),
             "train_labels": np.asarray(train_labels)[train_idx],
             "test_labels": np.asarray(test_labels),
+            "train_codes": Z_train.cpu().numpy(),
+            "test_codes": Z_test.cpu().numpy(),
         }
-        saved["train_codes"], saved["test_codes"] = Z_train.cpu().numpy(), Z_test.cpu().numpy()
     return {
         **({"codes": saved} if saved else {}),
         "config": asdict(cfg),

@@ -130,6 +130,13 @@ def experiment_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _write_npz(path, arrays, save):
+    # The archive is built in memory, then written atomically in one go.
+    buf = io.BytesIO()
+    save(buf, **arrays)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+
+
 def write_run_folder(run: dict, out_dir) -> dict:
     """Write results.json, report.md, predictions.npz and the plots; return the paths written."""
     out = Path(out_dir)
@@ -144,16 +151,11 @@ def write_run_folder(run: dict, out_dir) -> dict:
         "predictions": out / "predictions.npz",
     }
     atomic_write_json(paths["results"], summary)
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf, test_labels=np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}
-    )
-    atomic_write(paths["predictions"], lambda fh: fh.write(buf.getvalue()))
+    arrays = {"test_labels": np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}}
+    _write_npz(paths["predictions"], arrays, np.savez_compressed)
     if run.get("codes"):  # --save-codes: the codes, for clustering them elsewhere
         paths["codes"] = out / "codes.npz"
-        codes = io.BytesIO()
-        np.savez(codes, **run["codes"])
-        atomic_write(paths["codes"], lambda fh: fh.write(codes.getvalue()))
+        _write_npz(paths["codes"], run["codes"], np.savez)
     plot_loss_curve(run["training"], paths["loss_curve"])
     if not plot_covariance_tradeoff(run["results"], paths["covariance_types"]):
         del paths["covariance_types"]

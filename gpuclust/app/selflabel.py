@@ -1,6 +1,6 @@
 """Self-labelling: a classifier trained on the confident part of a clustering, then used to label.
 
-A clustering of the training codes (the inductive task 4) gives each training image a cluster
+A clustering of the training codes (task 5's inductive clustering) gives each training image a cluster
 and a confidence. A convolutional classifier, started from the autoencoder's encoder, is trained
 on the most confident images of every cluster, each fed shifted by a few pixels, with the
 clusters as classes; it then labels the unseen test images. No test image and no class label
@@ -92,7 +92,7 @@ def self_label(
     labels : int tensor of shape (n_train,)
         Their clusters.
     confidence : tensor of shape (n_train,)
-        How sure the clustering is of each (for example the mixture's largest posterior).
+        How sure the clustering is of each (for example the mixture's posterior of its cluster).
     test_images : array-like of shape (n_test, 28, 28)
     n_clusters : int
     config : SelfLabelConfig
@@ -139,7 +139,7 @@ def _train_and_label(autoencoder, device, train_images, labels, confidence, test
     t0 = time.perf_counter()
     keep = confident_members(labels, confidence, n_clusters, config.keep_fraction)
     x = images_to_tensor(np.asarray(train_images)[keep.numpy()], device)
-    y = labels.cpu()[keep].to(device)
+    y = labels[keep].to(device)
     torch.manual_seed(seed)
     model = _Classifier(autoencoder, n_clusters).to(device)
     if uses_cuda_paths(device):
