@@ -25,10 +25,16 @@ def rows_per_chunk(
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size={chunk_size} must be a positive number of rows.")
         return max(1, min(int(chunk_size), n_samples))
+    budget = budget_bytes(device, memory_budget)
+    return balanced_chunk(n_samples, max(1, min(n_samples, int(budget) // max(1, int(bytes_per_row)))))
+
+
+def budget_bytes(device: torch.device, memory_budget: int | None = None) -> int:
+    """``memory_budget``, or the device's default budget for temporaries when it is None."""
     budget = memory_budget if memory_budget is not None else DEFAULT_BUDGET_BYTES.get(device.type, 64 << 20)
     if budget <= 0:
         raise ValueError(f"memory_budget={memory_budget} must be a positive number of bytes.")
-    return balanced_chunk(n_samples, max(1, min(n_samples, int(budget) // max(1, int(bytes_per_row)))))
+    return budget
 
 
 def chunk_slices(n_samples: int, chunk: int):

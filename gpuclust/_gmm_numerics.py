@@ -259,25 +259,53 @@ def stack_squares(Xs, covariance_type, out=None):
 
 
 class StackedTiles:
-    """Reused buffers for one pass: the working-dtype tile and, for float32, its float64 twin."""
+    """The stacked tiles of a fit's passes, formed in reused buffers and, with ``keep``, kept.
 
-    def __init__(self, rows, n_features, covariance_type, dtype, device):
-        self.D, self.covariance_type = n_features, covariance_type
+    Each tile is given in float64 (the statistics' operand) and in the working dtype (the
+    E-step's product): for float32 data the difference ``x - shift`` is taken in float32, its
+    squares in float64, and the float32 tile is the float64 one rounded (for diag the same bits
+    as squares taken in float32). With ``keep``, the float64 rows of all of X are formed on a
+    fit's first pass and read as they are by every later one (the shift does not change within
+    a fit): no subtraction and no squares per iteration, about a third of an iteration's time
+    at D=50 on the CPU. The tiles, and so every sum, are the same kept or not.
+    """
+
+    def __init__(self, n_rows, tile_rows, n_features, covariance_type, dtype, device, keep=False):
+        self.D, self.covariance_type, self.keep, self.filled = n_features, covariance_type, keep, False
         width = n_features + _square_columns(covariance_type, n_features)
-        self.z = torch.empty(rows, width, dtype=dtype, device=device)
-        self.z64 = self.z if dtype == torch.float64 else torch.empty_like(self.z, dtype=torch.float64)
+        f64 = torch.float64
+        self.z64 = torch.empty(n_rows if keep else tile_rows, width, dtype=f64, device=device)
+        self.z = self.z64 if dtype == f64 else torch.empty(tile_rows, width, dtype=dtype, device=device)
 
-    def load(self, tile, shift):
-        """The stacked tile of ``x - shift`` for a tile of raw rows, without a temporary."""
-        D, z = self.D, self.z[: tile.shape[0]]
-        torch.sub(tile, shift, out=z[:, :D])
-        return _fill_squares(z, D)
+    @staticmethod
+    def kept_nbytes(n_rows, n_features, covariance_type):
+        """Memory the kept float64 rows of ``n_rows`` samples take."""
+        return n_rows * (n_features + _square_columns(covariance_type, n_features)) * 8
 
-    def float64(self, z):
-        """The statistics' operand: ``z`` itself in float64, else x in float64 and its squares taken in float64."""
-        if z.dtype == torch.float64:
-            return z
-        return stack_squares(z[:, : self.D], self.covariance_type, self.z64)
+    def tiles(self, X, rows_per_tile, shift):
+        """Yield ``(z, z64)`` for each tile of ``X`` (rows with ``tiles``): the stacked tile of
+        ``x - shift`` in the working dtype and in float64 (one tensor for float64 data).
+        Valid until the next tile is asked for."""
+        for rows, tile in X.tiles(rows_per_tile):
+            c = tile.shape[0]
+            z64 = self.z64[rows] if self.keep else self.z64[:c]
+            if not (self.keep and self.filled):
+                self._form(tile, shift, z64)
+            if self.z is self.z64:
+                yield z64, z64
+            else:
+                yield self.z[:c].copy_(z64), z64
+        self.filled = self.keep
+
+    def _form(self, tile, shift, z64):
+        D = self.D
+        if tile.dtype == torch.float64:
+            torch.sub(tile, shift, out=z64[:, :D])
+            _fill_squares(z64, D)
+            return
+        difference = self.z[: tile.shape[0], :D]  # scratch: the working-dtype tile is written after
+        torch.sub(tile, shift, out=difference)
+        stack_squares(difference, self.covariance_type, z64)
 
 
 def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ from sklearn.utils.validation import _check_feature_names
 from . import _gmm_numerics as gm
 from ._arrays import ArrayKind, as_tensor, resolve_dtype
 from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
-from ._chunks import rows_per_chunk
+from ._chunks import budget_bytes, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
 from .device import resolve_device
@@ -100,6 +100,10 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         Rows per tile; by default derived from ``memory_budget``.
     memory_budget : int, default=None
         Bytes of temporary memory per tile (default 64 MiB on the CPU, 512 MiB on CUDA).
+        For ``"diag"`` and ``"spherical"`` on in-memory data, it also decides whether the
+        rows stacked with their squares in float64 (``[x, x*x]``: 2 * n_samples * n_features * 8
+        bytes; ``[x, ||x||^2]``: (n_features + 1) * n_samples * 8) are formed once and kept for
+        the whole fit, which saves about a third of each iteration, when they fit in this budget.
     matmul_precision : {"highest", "tf32", "bf16"}, default="highest"
         Precision of the E-step's matrix products for full and tied covariance (an
         opt-in speed-up for float32 on a GPU): ``"tf32"`` lets CUDA use TF32 tensor
@@ -277,20 +281,36 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------------- E and M
-    def _e_step(self, X, params):
-        """One pass over X: responsibilities per tile, summed into the M-step's statistics."""
+    def _stacked_tiles(self, X):
+        """Diag and spherical: the stacked tiles one fit's passes share (None for full and tied).
+
+        In-memory X whose stacked rows in float64 (``[x, x*x]`` or ``[x, ||x||^2]``) fit in the
+        memory budget keeps them for the whole fit; otherwise each pass forms its tiles in
+        buffers of one tile.
+        """
+        if self.covariance_type not in gm.STACKED_TYPES:
+            return None
+        n, d = X.shape
+        kept_bytes = gm.StackedTiles.kept_nbytes(n, d, self.covariance_type)
+        keep = not X.out_of_core and kept_bytes <= budget_bytes(X.device, self.memory_budget)
+        return gm.StackedTiles(n, min(self._chunk_rows, n), d, self.covariance_type, self._dtype, X.device, keep=keep)
+
+    def _e_step(self, X, params, stacked=None):
+        """One pass over X: responsibilities per tile, summed into the M-step's statistics.
+
+        ``stacked``: diag and spherical, the fit's :class:`~gpuclust._gmm_numerics.StackedTiles`
+        (see :meth:`_stacked_tiles`); None makes a pass's own.
+        """
         K, d = params.means.shape
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         if self.covariance_type in gm.STACKED_TYPES:
-            buffers = gm.StackedTiles(min(self._chunk_rows, X.shape[0]), d, self.covariance_type, self._dtype, X.device)
-            shift = self._shift.to(X.dtype)
-            for _, tile in X.tiles(self._chunk_rows):
-                Z = buffers.load(tile, shift)
+            stacked = stacked if stacked is not None else self._stacked_tiles(X)
+            for Z, Z64 in stacked.tiles(X, self._chunk_rows, self._shift.to(X.dtype)):
                 log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
                 total += log_norm.sum(dtype=torch.float64)
-                gm.accumulate_stats_stacked(stats, buffers.float64(Z), resp)
+                gm.accumulate_stats_stacked(stats, Z64, resp)
             stats.log_likelihood = float(total)
             return self._reduce_stats(stats)
         for _, Xs in self._tiles(X):
@@ -472,11 +492,12 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     def _fit_all_inits(self, X):
         X_t, kind, warm = self._start_fit(X)
         random_state = check_random_state(self.random_state)
+        stacked = self._stacked_tiles(X_t)  # shared by every initialization's passes
         best = None
         for init in range(1 if warm else self.n_init):
             self._verbose_init_begins(init)
             params = self._current_params() if warm else self._initialize(X_t, random_state)
-            run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf)
+            run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf, stacked)
             self._verbose_init_ends(run)
             if best is None or run.lower_bound > best.lower_bound:
                 best = run
@@ -493,12 +514,12 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._publish(kind)
         return X_t, kind
 
-    def _em(self, X, params, lower_bound):
+    def _em(self, X, params, lower_bound, stacked=None):
         """EM from ``params`` until the lower bound changes by less than ``tol``, or ``max_iter``."""
         bounds, converged, n_iter = [], False, 0
         for n_iter in range(1, self.max_iter + 1):
             previous = lower_bound
-            stats = self._e_step(X, params)
+            stats = self._e_step(X, params, stacked)
             params = self._m_step(stats)
             lower_bound = stats.log_likelihood / self._n_global
             bounds.append(lower_bound)

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from gpuclust import GaussianMixture
+from gpuclust.sources import TensorRows
 
 PARAM_SHAPES = {  # K=4, D=6
     "full": {"covariances_": (4, 6, 6), "precisions_": (4, 6, 6), "precisions_cholesky_": (4, 6, 6)},
@@ -344,11 +345,43 @@ def test_stacked_tiles_give_the_unstacked_log_probabilities(covariance_type, dty
     plain = (-0.5 * (diff * diff * prec).sum(2) + working.const.double()).to(stacked.dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     torch.testing.assert_close(stacked, plain, rtol=tol, atol=tol)
-    buffers = gmn.StackedTiles(64, 7, covariance_type, est._dtype, torch.device("cpu"))
-    Z = buffers.load(torch.from_numpy(X[:50]), est._shift.to(est._dtype))
-    torch.testing.assert_close(Z[:, :7], Xs[:50])
-    squares = Xs[:50].double() ** 2
-    # diag: every square; spherical: only their sum (D + 1 columns, not 2D)
-    squares = squares if covariance_type == "diag" else squares.sum(1, keepdim=True)
-    torch.testing.assert_close(buffers.float64(Z)[:, 7:], squares)
-    assert buffers.float64(Z).dtype == torch.float64 and Z.shape[1] == 7 + squares.shape[1]
+    for keep in (False, True):
+        buffers = gmn.StackedTiles(500, 64, 7, covariance_type, est._dtype, torch.device("cpu"), keep=keep)
+        rows = TensorRows(torch.from_numpy(X))
+        for _ in range(2):  # kept: formed on the first pass, read as they are on the second
+            tiles = buffers.tiles(rows, 64, est._shift.to(est._dtype))
+            for start, (Z, Z64) in zip(range(0, 500, 64), tiles, strict=True):
+                Xs_tile = Xs[start : start + 64]
+                torch.testing.assert_close(Z[:, :7], Xs_tile, rtol=0, atol=0)
+                squares = Xs_tile.double() ** 2
+                # diag: every square; spherical: only their sum (D + 1 columns, not 2D)
+                squares = squares if covariance_type == "diag" else squares.sum(1, keepdim=True)
+                torch.testing.assert_close(Z64[:, 7:], squares)
+                assert Z64.dtype == torch.float64 and Z.shape[1] == 7 + squares.shape[1]
+                torch.testing.assert_close(Z, Z64.to(Z.dtype), rtol=0, atol=0)
+                if covariance_type == "diag":  # rounded from float64: the bits of squares in the dtype
+                    torch.testing.assert_close(Z[:, 7:], Xs_tile * Xs_tile, rtol=0, atol=0)
+        assert buffers.filled == keep
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype):
+    # Whether the stacked rows are kept for the fit (a budget they fit in) or formed on every
+    # pass (a budget they do not fit in), the tiles and so every sum are the same.
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(3000, 6, centers=5, random_state=2)
+    X = (X + 40.0).astype(dtype)
+    width = 6 + (6 if covariance_type == "diag" else 1)
+    kw = dict(covariance_type=covariance_type, device="cpu", random_state=0, chunk_size=700, n_init=2, max_iter=15)
+    kept = GaussianMixture(5, memory_budget=3000 * width * 8, **kw)
+    formed = GaussianMixture(5, memory_budget=3000 * width * 8 - 1, **kw)
+    rows = TensorRows(torch.from_numpy(X))
+    for est, keep in ((kept, True), (formed, False)):
+        est._start_fit(X)
+        assert est._stacked_tiles(rows).keep is keep
+        est.fit(X)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_", "n_iter_"):
+        a, b = getattr(kept, name), getattr(formed, name)
+        assert np.array_equal(np.asarray(a), np.asarray(b)), name
