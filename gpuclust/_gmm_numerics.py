@@ -238,11 +238,18 @@ def _square_columns(covariance_type, n_features):
 
 
 def _fill_squares(Z, D):
-    """Z[:, D:] = the squares of Z[:, :D] (diag: elementwise; spherical: the row's sum)."""
+    """Z[:, D:] = the squares of Z[:, :D] (diag: elementwise; spherical: the row's sum).
+
+    A float32 spherical norm is summed in float64 and rounded, as :class:`StackedTiles` forms
+    it, so that a fit's E-step and ``predict`` see the same bits (diag squares need no such
+    care: a float32 square is the rounded float64 one).
+    """
     if Z.shape[1] == 2 * D:
         torch.mul(Z[:, :D], Z[:, :D], out=Z[:, D:])
-    else:
+    elif Z.dtype == torch.float64:
         torch.sum(Z[:, :D].square(), dim=1, keepdim=True, out=Z[:, D:])
+    else:
+        Z[:, D:].copy_(torch.sum(Z[:, :D].to(torch.float64).square(), dim=1, keepdim=True))
     return Z
 
 
@@ -263,29 +270,54 @@ class StackedTiles:
 
     Each tile is given in float64 (the statistics' operand) and in the working dtype (the
     E-step's product): for float32 data the difference ``x - shift`` is taken in float32, its
-    squares in float64, and the float32 tile is the float64 one rounded (for diag the same bits
-    as squares taken in float32). With ``keep``, the float64 rows of all of X are formed on a
-    fit's first pass and read as they are by every later one (the shift does not change within
-    a fit): no subtraction and no squares per iteration, about a third of an iteration's time
-    at D=50 on the CPU. The tiles, and so every sum, are the same kept or not.
+    squares in float64, and the float32 tile is the float64 one rounded (the bits
+    :func:`stack_squares` gives too). With ``keep``, the float64 rows of all of X are formed on
+    a fit's first pass and read as they are by every later one (the shift does not change
+    within a fit): no subtraction and no squares per iteration, about a third of an
+    iteration's time at D=50 on the CPU. The tiles, and so every sum, are the same kept or not.
+    Buffers are allocated on the first pass, not before.
+
+    Parameters
+    ----------
+    n_rows : int
+        X's rows (the kept buffer's size).
+    tile_rows : int
+        Rows of the largest tile.
+    n_features : int
+    covariance_type : {"diag", "spherical"}
+    dtype : torch.dtype
+        The working dtype.
+    device : torch.device
+    keep : bool
+        Keep the float64 rows of all of X for the next passes.
     """
 
     def __init__(self, n_rows, tile_rows, n_features, covariance_type, dtype, device, keep=False):
         self.D, self.covariance_type, self.keep, self.filled = n_features, covariance_type, keep, False
         width = n_features + _square_columns(covariance_type, n_features)
-        f64 = torch.float64
-        self.z64 = torch.empty(n_rows if keep else tile_rows, width, dtype=f64, device=device)
-        self.z = self.z64 if dtype == f64 else torch.empty(tile_rows, width, dtype=dtype, device=device)
+        self._shape = (n_rows if keep else tile_rows, tile_rows, width)
+        self._dtype, self._device = dtype, device
+        self.z64 = self.z = None
 
     @staticmethod
     def kept_nbytes(n_rows, n_features, covariance_type):
         """Memory the kept float64 rows of ``n_rows`` samples take."""
         return n_rows * (n_features + _square_columns(covariance_type, n_features)) * 8
 
+    def _allocate(self):
+        rows64, rows, width = self._shape
+        self.z64 = torch.empty(rows64, width, dtype=torch.float64, device=self._device)
+        same = self._dtype == torch.float64
+        self.z = self.z64 if same else torch.empty(rows, width, dtype=self._dtype, device=self._device)
+
     def tiles(self, X, rows_per_tile, shift):
-        """Yield ``(z, z64)`` for each tile of ``X`` (rows with ``tiles``): the stacked tile of
-        ``x - shift`` in the working dtype and in float64 (one tensor for float64 data).
-        Valid until the next tile is asked for."""
+        """Yield ``(z, z64)``, the stacked tile of ``x - shift`` in the working dtype and in float64.
+
+        ``X`` is in-memory or out-of-core rows (anything with ``tiles(rows_per_tile)``); for
+        float64 data ``z`` is ``z64``. Both are valid until the next tile is asked for.
+        """
+        if self.z64 is None:
+            self._allocate()
         for rows, tile in X.tiles(rows_per_tile):
             c = tile.shape[0]
             z64 = self.z64[rows] if self.keep else self.z64[:c]
@@ -298,6 +330,7 @@ class StackedTiles:
         self.filled = self.keep
 
     def _form(self, tile, shift, z64):
+        """Write the float64 stacked rows of ``tile - shift`` into ``z64``."""
         D = self.D
         if tile.dtype == torch.float64:
             torch.sub(tile, shift, out=z64[:, :D])

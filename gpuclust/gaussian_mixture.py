@@ -100,10 +100,12 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         Rows per tile; by default derived from ``memory_budget``.
     memory_budget : int, default=None
         Bytes of temporary memory per tile (default 64 MiB on the CPU, 512 MiB on CUDA).
-        For ``"diag"`` and ``"spherical"`` on in-memory data, it also decides whether the
-        rows stacked with their squares in float64 (``[x, x*x]``: 2 * n_samples * n_features * 8
+        For ``"diag"`` and ``"spherical"`` on in-memory data it also decides whether the rows
+        stacked with their squares in float64 (``[x, x*x]``: 2 * n_samples * n_features * 8
         bytes; ``[x, ||x||^2]``: (n_features + 1) * n_samples * 8) are formed once and kept for
-        the whole fit, which saves about a third of each iteration, when they fit in this budget.
+        the whole fit, which saves about a third of each iteration on the CPU: they are kept
+        when they fit in this budget, and are then held during EM in addition to the tiles'
+        temporaries (up to twice the budget in all).
     matmul_precision : {"highest", "tf32", "bf16"}, default="highest"
         Precision of the E-step's matrix products for full and tied covariance (an
         opt-in speed-up for float32 on a GPU): ``"tf32"`` lets CUDA use TF32 tensor
@@ -281,32 +283,32 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------------- E and M
-    def _stacked_tiles(self, X):
+    def _stacked_tiles(self, X, single_pass=False):
         """Diag and spherical: the stacked tiles one fit's passes share (None for full and tied).
 
         In-memory X whose stacked rows in float64 (``[x, x*x]`` or ``[x, ||x||^2]``) fit in the
-        memory budget keeps them for the whole fit; otherwise each pass forms its tiles in
-        buffers of one tile.
+        memory budget keeps them for the whole fit (unless ``single_pass``); otherwise each pass
+        forms its tiles in buffers of one tile.
         """
         if self.covariance_type not in gm.STACKED_TYPES:
             return None
         n, d = X.shape
         kept_bytes = gm.StackedTiles.kept_nbytes(n, d, self.covariance_type)
-        keep = not X.out_of_core and kept_bytes <= budget_bytes(X.device, self.memory_budget)
+        keep = not (single_pass or X.out_of_core) and kept_bytes <= budget_bytes(X.device, self.memory_budget)
         return gm.StackedTiles(n, min(self._chunk_rows, n), d, self.covariance_type, self._dtype, X.device, keep=keep)
 
     def _e_step(self, X, params, stacked=None):
         """One pass over X: responsibilities per tile, summed into the M-step's statistics.
 
         ``stacked``: diag and spherical, the fit's :class:`~gpuclust._gmm_numerics.StackedTiles`
-        (see :meth:`_stacked_tiles`); None makes a pass's own.
+        (see :meth:`_stacked_tiles`); None makes this pass's own, not kept.
         """
         K, d = params.means.shape
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         if self.covariance_type in gm.STACKED_TYPES:
-            stacked = stacked if stacked is not None else self._stacked_tiles(X)
+            stacked = stacked if stacked is not None else self._stacked_tiles(X, single_pass=True)
             for Z, Z64 in stacked.tiles(X, self._chunk_rows, self._shift.to(X.dtype)):
                 log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
                 total += log_norm.sum(dtype=torch.float64)

@@ -347,6 +347,7 @@ def test_stacked_tiles_give_the_unstacked_log_probabilities(covariance_type, dty
     torch.testing.assert_close(stacked, plain, rtol=tol, atol=tol)
     for keep in (False, True):
         buffers = gmn.StackedTiles(500, 64, 7, covariance_type, est._dtype, torch.device("cpu"), keep=keep)
+        assert buffers.z64 is None  # allocated on the first pass, not before
         rows = TensorRows(torch.from_numpy(X))
         for _ in range(2):  # kept: formed on the first pass, read as they are on the second
             tiles = buffers.tiles(rows, 64, est._shift.to(est._dtype))
@@ -366,7 +367,8 @@ def test_stacked_tiles_give_the_unstacked_log_probabilities(covariance_type, dty
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype):
+@pytest.mark.parametrize("chunk_size", [7, 700, None])
+def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype, chunk_size):
     # Whether the stacked rows are kept for the fit (a budget they fit in) or formed on every
     # pass (a budget they do not fit in), the tiles and so every sum are the same.
     from sklearn.datasets import make_blobs
@@ -374,14 +376,41 @@ def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype)
     X, _ = make_blobs(3000, 6, centers=5, random_state=2)
     X = (X + 40.0).astype(dtype)
     width = 6 + (6 if covariance_type == "diag" else 1)
-    kw = dict(covariance_type=covariance_type, device="cpu", random_state=0, chunk_size=700, n_init=2, max_iter=15)
-    kept = GaussianMixture(5, memory_budget=3000 * width * 8, **kw)
-    formed = GaussianMixture(5, memory_budget=3000 * width * 8 - 1, **kw)
-    rows = TensorRows(torch.from_numpy(X))
-    for est, keep in ((kept, True), (formed, False)):
-        est._start_fit(X)
-        assert est._stacked_tiles(rows).keep is keep
-        est.fit(X)
+    kw = dict(covariance_type=covariance_type, device="cpu", random_state=0, n_init=2, max_iter=15)
+    fits = {}
+    for keep, budget in ((True, 3000 * width * 8), (False, 3000 * width * 8 - 1)):
+        est = GaussianMixture(5, memory_budget=budget, chunk_size=chunk_size or 3000, **kw)
+        used, make = [], est._stacked_tiles
+
+        def spy(rows, single_pass=False, make=make, used=used):
+            used.append(make(rows, single_pass))
+            return used[-1]
+
+        est._stacked_tiles = spy  # what the fit itself uses
+        fits[keep] = est.fit(X)
+        assert [(u.keep, u.filled) for u in used] == [(keep, keep)]
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_", "n_iter_"):
-        a, b = getattr(kept, name), getattr(formed, name)
+        a, b = getattr(fits[True], name), getattr(fits[False], name)
         assert np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fit_and_predict_see_the_same_log_probabilities_bit_for_bit(covariance_type, dtype):
+    # The fit's E-step reads the stacked tiles; predict stacks each tile itself. Both must give
+    # the same bits, or a near-tie could be labelled one way by the fit and another by predict
+    # (float32 spherical: the norm is summed in float64 and rounded on both paths).
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(900, 50)) * rng.uniform(0.5, 3.0, size=50) + 7.0).astype(dtype)
+    est = GaussianMixture(4, covariance_type=covariance_type, device="cpu", random_state=0, max_iter=5).fit(X)
+    working = est._current_params().working(est._dtype, covariance_type)
+    rows = TensorRows(torch.from_numpy(X))
+    shift = est._shift.to(est._dtype)
+    for single_pass in (True, False):
+        stacked = est._stacked_tiles(rows, single_pass=single_pass)
+        for start, (Z, _) in zip(
+            range(0, 900, est._chunk_rows), stacked.tiles(rows, est._chunk_rows, shift), strict=True
+        ):
+            Xs = torch.from_numpy(X[start : start + Z.shape[0]]) - shift
+            fit_side = working.weighted_log_prob_stacked(Z)
+            torch.testing.assert_close(fit_side, working.weighted_log_prob(Xs), rtol=0, atol=0)
