@@ -261,7 +261,10 @@ class _FileSource(RowSource):
                         raise ValueError(f"{self.name}: ended early, at byte {position + done}.")
                     done += got
                 if self.dtype.byteorder not in ("=", "|"):
-                    host = host.astype(self.dtype.newbyteorder("="))
+                    if host.dtype == self.dtype:  # our own buffers, in the file's byte order
+                        host = host.astype(self.dtype.newbyteorder("="))
+                    else:  # the caller's buffers are native (pinned, for CUDA): swap the file's bytes in place
+                        host.byteswap(inplace=True)
                 self._check_block(host, f"rows {start}-{stop - 1}")
                 yield slice(start, stop), host
         finally:

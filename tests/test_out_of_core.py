@@ -328,6 +328,19 @@ def test_big_endian_files_stream(tmp_path):
     np.testing.assert_array_equal(streamed.labels_, mem.labels_)
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_big_endian_files_stream_through_the_cuda_feed(tmp_path, dtype):
+    # The CUDA feed reads the file's bytes into native pinned buffers: they must be byte-swapped
+    # there (they were taken as native values: garbage, or a NaN error when the garbage had one).
+    X = np.random.RandomState(1).rand(1000, 5).astype(dtype)
+    path = tmp_path / "be.npy"
+    np.save(path, X)
+    source = sources.as_source(str(path))
+    with force_cuda_paths():
+        got = torch.cat([t.clone() for _, t in source.tiles(300, torch.device("cpu"), torch.float64)])
+    np.testing.assert_array_equal(got.numpy(), X.astype(np.float64))
+
+
 def test_out_must_have_the_results_dtype(tmp_path):
     X = np.random.RandomState(0).rand(400, 3)
     path = tmp_path / "x.npy"
