@@ -262,15 +262,29 @@ def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, 
         apply_relocations(farthest_offers(X, sample_weight, labels, distances, n_empty), sums, weights, comm)
 
 
+def farthest_first(distances, count):
+    """Indices of the ``count`` largest ``distances``, an equal distance going to the lower index.
+
+    ``topk`` leaves the order of equal values to the implementation, so a tile, a rank or the
+    whole array could each pick another of several equally far samples; a stable sort does not
+    (relocation is rare, so its n log n does not matter).
+    """
+    return torch.sort(distances, descending=True, stable=True).indices[: min(count, distances.numel())]
+
+
 def farthest_offers(X, sample_weight, labels, distances, n_empty):
-    """The ``n_empty`` samples farthest from their centre as rows ``(distance, weight, old label, x...)``, float64."""
-    top = torch.topk(distances, min(n_empty, distances.numel()))
+    """The ``n_empty`` samples farthest from their centre as rows ``(distance, weight, old label, x...)``, float64.
+
+    Ordered farthest first, an equal distance going to the lower row: offers of consecutive row
+    blocks (tiles, ranks) put one after the other keep the order of the whole array's.
+    """
+    top = farthest_first(distances, n_empty)
     return torch.cat(
         [
-            top.values.to(torch.float64).unsqueeze(1),
-            sample_weight[top.indices].to(torch.float64).unsqueeze(1),
-            labels[top.indices].to(torch.float64).unsqueeze(1),
-            dense_rows(X, top.indices).to(torch.float64),
+            distances[top].to(torch.float64).unsqueeze(1),
+            sample_weight[top].to(torch.float64).unsqueeze(1),
+            labels[top].to(torch.float64).unsqueeze(1),
+            dense_rows(X, top).to(torch.float64),
         ],
         dim=1,
     )
@@ -280,8 +294,8 @@ def apply_relocations(offers, sums, weights, comm=LOCAL):
     """Give each empty cluster the farthest of every rank's offered samples (see :func:`farthest_offers`)."""
     empty = torch.nonzero(weights == 0).flatten()
     n_empty = int(empty.numel())
-    offers = comm.gather_rows(offers, "empty-cluster relocation")
-    chosen = offers[torch.topk(offers[:, 0], n_empty).indices]
+    offers = comm.gather_rows(offers, "empty-cluster relocation")  # in rank order: rows in order
+    chosen = offers[farthest_first(offers[:, 0], n_empty)]
     for new_id, offer in zip(empty.tolist(), chosen):
         w, old_id, x = offer[1], int(offer[2]), offer[3:]
         sums[old_id] -= x * w
@@ -683,6 +697,6 @@ def _farthest_offers_streamed(tiles, host_labels, weights_of, centers, n_empty):
         lab = host_labels[rows].to(tile.device)
         dist = distances_to_own_center(tile, squared_norms(tile), centers, lab)
         offers = farthest_offers(tile, weights_of(rows, tile), lab, dist, n_empty)
-        best = offers if best is None else torch.cat([best, offers])
-        best = best[torch.topk(best[:, 0], min(n_empty, best.shape[0])).indices]
+        best = offers if best is None else torch.cat([best, offers])  # earlier rows first
+        best = best[farthest_first(best[:, 0], n_empty)]
     return best

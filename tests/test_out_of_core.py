@@ -357,3 +357,21 @@ def test_streamed_tiles_respect_the_memory_budget(tmp_path):
     X = np.random.RandomState(0).rand(4000, 256).astype(np.float32)
     km = KMeans(2, device="cpu", memory_budget=1 << 20).fit(X[:50])
     assert km._chunk(4000, 256, 2) * 256 * 4 <= 1 << 20
+
+
+@pytest.mark.parametrize("seed", [50, 114, 264, 284])
+def test_equally_far_samples_relocate_alike_in_memory_and_streamed(seed, tmp_path):
+    # 30 integers in {0, 1, 2} and 3 centres on the half-integer grid: clusters empty out and
+    # several samples are equally far from their centre, so which one an empty cluster takes
+    # must not depend on tiles (seeds where topk's choice differed between the two paths).
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 3, size=(30, 1)).astype(np.float64)
+    init = rng.integers(0, 6, size=(3, 1)) * 0.5
+    kw = dict(n_clusters=3, init=init, n_init=1, tol=0, max_iter=50, device="cpu")
+    ref = KMeans(algorithm="lloyd", **kw).fit(X)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    for est in (KMeans(algorithm="hamerly", **kw).fit(X), KMeans(algorithm="lloyd", chunk_size=7, **kw).fit(str(path))):
+        np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(est.labels_, ref.labels_)
+        assert est.n_iter_ == ref.n_iter_
