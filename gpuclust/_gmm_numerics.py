@@ -241,8 +241,8 @@ def _fill_squares(Z, D):
     """Z[:, D:] = the squares of Z[:, :D] (diag: elementwise; spherical: the row's sum).
 
     A float32 spherical norm is summed in float64 and rounded, as :class:`StackedTiles` forms
-    it, so that a fit's E-step and ``predict`` see the same bits (diag squares need no such
-    care: a float32 square is the rounded float64 one).
+    it, so that a fit's E-step and ``predict`` see the same bits for the same tile (diag squares
+    need no such care: a float32 square is the rounded float64 one).
     """
     if Z.shape[1] == 2 * D:
         torch.mul(Z[:, :D], Z[:, :D], out=Z[:, D:])

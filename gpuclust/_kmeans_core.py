@@ -266,10 +266,17 @@ def farthest_first(distances, count):
     """Indices of the ``count`` largest ``distances``, an equal distance going to the lower index.
 
     ``topk`` leaves the order of equal values to the implementation, so a tile, a rank or the
-    whole array could each pick another of several equally far samples; a stable sort does not
-    (relocation is rare, so its n log n does not matter).
+    whole array could each pick another of several equally far samples. ``topk`` finds the
+    ``count``-th largest value; every sample at least that far (in row order) is then sorted
+    stably, which costs little more than ``topk`` whatever the number of rows.
     """
-    return torch.sort(distances, descending=True, stable=True).indices[: min(count, distances.numel())]
+    count = min(count, distances.numel())
+    if count == 0:
+        return torch.zeros(0, dtype=torch.int64, device=distances.device)
+    cutoff = torch.topk(distances, count).values[-1]
+    candidates = torch.nonzero(distances >= cutoff).flatten()
+    order = torch.sort(distances[candidates], descending=True, stable=True).indices[:count]
+    return candidates[order]
 
 
 def farthest_offers(X, sample_weight, labels, distances, n_empty):

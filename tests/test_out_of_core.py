@@ -375,3 +375,16 @@ def test_equally_far_samples_relocate_alike_in_memory_and_streamed(seed, tmp_pat
         np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(est.labels_, ref.labels_)
         assert est.n_iter_ == ref.n_iter_
+
+
+def test_farthest_first_is_a_stable_sort_of_the_distances():
+    # topk's cut-off then a stable sort of the samples at least that far: the order of a full
+    # stable sort (ties to the lower row) without its cost.
+    from gpuclust._kmeans_core import farthest_first
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        d = torch.from_numpy(rng.integers(0, 4, size=int(rng.integers(1, 40))).astype(np.float64))
+        count = int(rng.integers(0, 6))
+        expected = torch.sort(d, descending=True, stable=True).indices[: min(count, d.numel())]
+        assert torch.equal(farthest_first(d, count), expected)
