@@ -125,6 +125,9 @@ class RowSource:
         for rows, host in self.host_tiles(rows_per_tile):
             if host.dtype.byteorder not in ("=", "|"):  # big-endian files and blocks
                 host = host.astype(_native(host.dtype))
+            elif not host.flags.writeable:
+                # A read-only map's or caller's rows: torch would share memory it must not write (and warn).
+                host = host.copy()
             yield rows, torch.from_numpy(host).to(device=device, dtype=dtype)
 
     def rows(self, indices: np.ndarray) -> np.ndarray:

@@ -388,3 +388,21 @@ def test_farthest_first_is_a_stable_sort_of_the_distances():
         count = int(rng.integers(0, 6))
         expected = torch.sort(d, descending=True, stable=True).indices[: min(count, d.numel())]
         assert torch.equal(farthest_first(d, count), expected)
+
+
+def test_read_only_rows_are_never_shared_with_torch(tmp_path):
+    # One-row tiles of a strided read-only memmap are views of the map: torch must get copies
+    # (it cannot protect read-only memory and warns "not writable").
+    import warnings
+
+    X = np.random.RandomState(0).rand(400, 3).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")[::2]
+    blocks = [np.array(b) for b in np.array_split(X, 4)]
+    for b in blocks:
+        b.setflags(write=False)
+    kw = dict(n_clusters=3, random_state=0, n_init=1, device="cpu", chunk_size=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable.*")
+        for source, same in ((mm, X[::2]), (blocks, X)):
+            np.testing.assert_array_equal(KMeans(**kw).fit(source).labels_, KMeans(**kw).fit(same).labels_)
