@@ -194,6 +194,10 @@ def main(argv=None):
             theirs = per_iteration(lambda it: SkGMM(k, max_iter=it, **kw), Xg_np, iters, repeats)
         lines.append(f"| {cov} | gpuclust | {1e3 * ours:.2f} | {ours / bytes_floor:.1f} | {_ratio(theirs, ours)} |")
         lines.append(f"| {cov} | scikit-learn | {1e3 * theirs:.2f} | {theirs / bytes_floor:.1f} | |")
+    products = gmm_flops / shape_rate
+    lines += ["", f"Three times the bytes floor is {3e3 * bytes_floor:.2f} ms; diag's two products alone, at the rate "
+              f"these shapes reach, take {1e3 * products:.2f} ms ({products / bytes_floor:.1f}x the bytes floor): "
+              "below that, X and its squares must be read once and the products fused, beyond BLAS calls."]  # fmt: skip
     print("GaussianMixture done", file=sys.stderr)
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
