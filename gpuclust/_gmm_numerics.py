@@ -273,7 +273,7 @@ class StackedTiles:
     squares in float64, and the float32 tile is the float64 one rounded (the bits
     :func:`stack_squares` gives too). With ``keep``, the float64 rows of all of X are formed on
     a fit's first pass and read as they are by every later one (the shift does not change
-    within a fit): no subtraction and no squares per iteration, about a third of an
+    within a fit): no subtraction and no squares per iteration, a sixth to a half of an
     iteration's time at D=50 on the CPU. The tiles, and so every sum, are the same kept or not.
     Buffers are allocated on the first pass, not before.
 

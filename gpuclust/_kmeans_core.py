@@ -268,7 +268,7 @@ def farthest_first(distances, count):
     ``topk`` leaves the order of equal values to the implementation, so a tile, a rank or the
     whole array could each pick another of several equally far samples. ``topk`` finds the
     ``count``-th largest value; every sample at least that far (in row order) is then sorted
-    stably, which costs little more than ``topk`` whatever the number of rows.
+    stably: little more than ``topk`` unless very many samples share that distance.
     """
     count = min(count, distances.numel())
     if count == 0:

@@ -363,7 +363,7 @@ def test_streamed_tiles_respect_the_memory_budget(tmp_path):
 def test_equally_far_samples_relocate_alike_in_memory_and_streamed(seed, tmp_path):
     # 30 integers in {0, 1, 2} and 3 centres on the half-integer grid: clusters empty out and
     # several samples are equally far from their centre, so which one an empty cluster takes
-    # must not depend on tiles (seeds where topk's choice differed between the two paths).
+    # must not depend on tiles (seeds 50, 264 and 284 chose differently with topk; 114 did not).
     rng = np.random.default_rng(seed)
     X = rng.integers(0, 3, size=(30, 1)).astype(np.float64)
     init = rng.integers(0, 6, size=(3, 1)) * 0.5
@@ -391,18 +391,15 @@ def test_farthest_first_is_a_stable_sort_of_the_distances():
 
 
 def test_read_only_rows_are_never_shared_with_torch(tmp_path):
-    # One-row tiles of a strided read-only memmap are views of the map: torch must get copies
-    # (it cannot protect read-only memory and warns "not writable").
-    import warnings
-
+    # One-row tiles of a strided read-only memmap are views of the map: torch must get copies,
+    # not the map's read-only memory. (Checked on the tiles themselves: torch's "not writable"
+    # warning comes once per process, so a warning-based test could pass on broken code.)
     X = np.random.RandomState(0).rand(400, 3).astype(np.float32)
     np.save(tmp_path / "x.npy", X)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")[::2]
-    blocks = [np.array(b) for b in np.array_split(X, 4)]
-    for b in blocks:
-        b.setflags(write=False)
+    source = sources.as_source(mm)
+    for rows, tile in source.tiles(1, torch.device("cpu"), torch.float32):
+        assert not np.shares_memory(tile.numpy(), mm), rows
+        np.testing.assert_array_equal(tile.numpy(), X[::2][rows])
     kw = dict(n_clusters=3, random_state=0, n_init=1, device="cpu", chunk_size=1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*not writable.*")
-        for source, same in ((mm, X[::2]), (blocks, X)):
-            np.testing.assert_array_equal(KMeans(**kw).fit(source).labels_, KMeans(**kw).fit(same).labels_)
+    np.testing.assert_array_equal(KMeans(**kw).fit(mm).labels_, KMeans(**kw).fit(X[::2]).labels_)
