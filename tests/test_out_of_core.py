@@ -13,7 +13,7 @@ from conftest import COVARIANCE_TYPES
 
 import gpuclust.sources as sources
 from gpuclust import GaussianMixture, KMeans
-from gpuclust.device import force_cuda_paths
+from gpuclust.device import force_cuda_paths, uses_cuda_paths
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +49,24 @@ def every_form(X, path):
 KM = dict(n_clusters=5, random_state=0, device="cpu", chunk_size=700, tol=0, max_iter=30)
 
 
+def assert_same_centres(got, expected, err_msg=""):
+    """Bit for bit on CPU paths; to float32 rounding when the whole run takes the CUDA paths
+    (``GPUCLUST_FORCE_CUDA_PATHS=1``: in-memory Lloyd then sums moved rows by a GEMM)."""
+    if uses_cuda_paths(torch.device("cpu")):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=err_msg)
+    else:
+        np.testing.assert_array_equal(got, expected, err_msg=err_msg)
+
+
 @pytest.mark.parametrize("algorithm", ["lloyd", "auto"])
 def test_kmeans_out_of_core_equals_in_memory(data, npy, algorithm):
     ref = KMeans(algorithm=algorithm, **KM).fit(data)
     for form, X in every_form(data, npy).items():
         est = KMeans(algorithm=algorithm, **KM).fit(X)
-        np.testing.assert_array_equal(est.cluster_centers_, ref.cluster_centers_, err_msg=form)
+        assert_same_centres(est.cluster_centers_, ref.cluster_centers_, err_msg=form)
         np.testing.assert_array_equal(est.labels_, ref.labels_, err_msg=form)
         assert isinstance(est.labels_, np.ndarray) and est.n_iter_ == ref.n_iter_
-        assert est.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+        assert est.inertia_ == pytest.approx(ref.inertia_, rel=1e-6 if uses_cuda_paths(torch.device("cpu")) else 1e-12)
     mm = np.load(npy, mmap_mode="r")
     np.testing.assert_array_equal(ref.predict(mm), ref.predict(data))
     np.testing.assert_array_equal(ref.transform(npy), ref.transform(data))
@@ -119,9 +128,9 @@ def test_labels_written_into_callers_memmap(data, npy, tmp_path):
 def test_memmap_row_range_and_strided_view(data, npy):
     mm = np.load(npy, mmap_mode="r")
     ref = KMeans(**KM).fit(data[700:2900])
-    np.testing.assert_array_equal(KMeans(**KM).fit(mm[700:2900]).cluster_centers_, ref.cluster_centers_)
+    assert_same_centres(KMeans(**KM).fit(mm[700:2900]).cluster_centers_, ref.cluster_centers_)
     strided = KMeans(**KM).fit(mm[:, ::2])  # not one contiguous region of the file: read through the map
-    np.testing.assert_array_equal(strided.cluster_centers_, KMeans(**KM).fit(data[:, ::2]).cluster_centers_)
+    assert_same_centres(strided.cluster_centers_, KMeans(**KM).fit(data[:, ::2]).cluster_centers_)
 
 
 def test_init_sample_is_bounded_and_reproducible(data, npy, monkeypatch):
