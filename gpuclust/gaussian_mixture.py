@@ -297,18 +297,17 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         keep = not (single_pass or X.out_of_core) and kept_bytes <= budget_bytes(X.device, self.memory_budget)
         return gm.StackedTiles(n, min(self._chunk_rows, n), d, self.covariance_type, self._dtype, X.device, keep=keep)
 
-    def _e_step(self, X, params, stacked=None):
+    def _e_step(self, X, params, stacked):
         """One pass over X: responsibilities per tile, summed into the M-step's statistics.
 
         ``stacked``: diag and spherical, the fit's :class:`~gpuclust._gmm_numerics.StackedTiles`
-        (see :meth:`_stacked_tiles`); None makes this pass's own, not kept.
+        (see :meth:`_stacked_tiles`); None for full and tied.
         """
         K, d = params.means.shape
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         if self.covariance_type in gm.STACKED_TYPES:
-            stacked = stacked if stacked is not None else self._stacked_tiles(X, single_pass=True)
             for Z, Z64 in stacked.tiles(X, self._chunk_rows, self._shift.to(X.dtype)):
                 log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
                 total += log_norm.sum(dtype=torch.float64)
@@ -516,7 +515,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._publish(kind)
         return X_t, kind
 
-    def _em(self, X, params, lower_bound, stacked=None):
+    def _em(self, X, params, lower_bound, stacked):
         """EM from ``params`` until the lower bound changes by less than ``tol``, or ``max_iter``."""
         bounds, converged, n_iter = [], False, 0
         for n_iter in range(1, self.max_iter + 1):

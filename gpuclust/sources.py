@@ -125,9 +125,11 @@ class RowSource:
         for rows, host in self.host_tiles(rows_per_tile):
             if host.dtype.byteorder not in ("=", "|"):  # big-endian files and blocks
                 host = host.astype(_native(host.dtype))
-            elif not host.flags.writeable:
-                # A read-only map's or caller's rows: torch would share memory it must not write (and warn).
-                host = host.copy()
+            if not host.flags.writeable:
+                # A read-only map's rows: torch must not share memory it cannot write (it would warn);
+                # torch.tensor copies them, once, into the working dtype.
+                yield rows, torch.tensor(host, dtype=dtype, device=device)
+                continue
             yield rows, torch.from_numpy(host).to(device=device, dtype=dtype)
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
