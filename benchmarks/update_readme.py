@@ -23,6 +23,12 @@ def _jsonl(name, results=RESULTS):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _mib(row):
+    """A row's peak memory in MiB, "n/a" where it was not measured (``peak_memory_method`` "unavailable")."""
+    nbytes = row.get("peak_memory_bytes")
+    return "n/a" if nbytes is None else f"{nbytes / 2**20:.0f}"
+
+
 def _is_bench_rows(rows):
     """True for a file of ``gpuclust bench`` rows (each names its algorithm), not a log kept beside them."""
     return bool(rows) and all("algorithm" in r for r in rows)
@@ -164,11 +170,7 @@ def gmm_section(rows, title, mode):
         )
         sk_t = f"{scale * peer['seconds_median']:.2f}" if peer else "n/a"
         speed = f"{peer['seconds_median'] / r['seconds_median']:.2f}x" if peer else ""
-        mem = (
-            f"{r['peak_memory_bytes'] / 2**20:.0f} / {peer['peak_memory_bytes'] / 2**20:.0f} MiB"
-            if peer
-            else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
-        )
+        mem = f"{_mib(r)} / {_mib(peer)} MiB" if peer else f"{_mib(r)} MiB"
         comp = f"{r['completeness']:.3f} / {peer['completeness']:.3f}" if peer else f"{r['completeness']:.3f}"
         lines.append(
             f"| {r['data']} {r['n']}x{r['d']}, K={r['k']} | {r['covariance_type']} | "

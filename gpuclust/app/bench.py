@@ -294,29 +294,38 @@ def _status_bytes(field):
 
 
 def _reset_peak_rss() -> bool:
-    """Restart the kernel's peak resident set size (``VmHWM``) at the current one (Linux 4.0+)."""
+    """Restart the kernel's peak resident set size (``VmHWM``) at the current one (Linux 4.0+).
+
+    True only where the restart took: right after it the peak is the current size. It is the
+    whole process's peak that restarts, so ``getrusage``'s ``ru_maxrss`` (and ``/usr/bin/time``'s
+    maximum resident set size) of a benchmark process cover its last fit only.
+    """
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:
         return False
-    return _status_bytes("VmHWM") is not None
+    peak, now = _status_bytes("VmHWM"), _status_bytes("VmRSS")
+    # A write that was accepted and ignored (an emulated /proc) leaves the old, higher peak.
+    return peak is not None and now is not None and peak <= now + (4 << 20)
 
 
 class _PeakRss:
     """Peak resident set size of this process over a block.
 
-    The kernel's own high-water mark (``VmHWM``, restarted on entry through
-    ``/proc/self/clear_refs``) where it can be restarted: exact, and nothing runs beside the
-    fit. Elsewhere a thread samples the resident set size every 2 ms; that thread takes the
-    interpreter lock every time it wakes, which slowed a torch fit of many small calls (KMeans
-    on 60000x50: 56 -> 61 ms) and not scikit-learn's compiled loop, so it is only the fallback.
-    ``method`` says which was used ("high-water mark" or "sampled").
+    The kernel's own peak (``VmHWM``, restarted on entry through ``/proc/self/clear_refs``)
+    where it can be restarted: counted by the kernel, not sampled, and nothing runs beside the
+    fit. Elsewhere, with ``/proc/self/statm`` readable, a thread samples the resident set size
+    every 2 ms; that thread takes the interpreter lock every time it wakes, which slowed a torch
+    fit of many small calls (KMeans on 60000x50, a development A/B: 56 -> 61 ms) and not
+    scikit-learn's compiled loop, so it is only the fallback. Without either (no ``/proc``), nothing is measured and
+    ``peak`` is None. ``method`` says which: "high-water mark", "sampled" or "unavailable".
     """
 
     def __init__(self):
-        self.peak = self.start = 0
+        self.peak = self.start = None
         self.method = None
+        self._thread = None
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -324,30 +333,39 @@ class _PeakRss:
         try:
             with open("/proc/self/statm") as fh:
                 return int(fh.read().split()[1]) * self._page
-        except OSError:
-            return 0
+        except (OSError, ValueError, IndexError):
+            return None
 
     def __enter__(self):
         self.peak = self.start = self._rss()
-        if _reset_peak_rss():
+        if self.start is None:
+            self.method = "unavailable"
+        elif _reset_peak_rss():
             self.method = "high-water mark"
-            return self
-        self.method = "sampled"
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        else:
+            self.method = "sampled"
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
         return self
 
     def _run(self):
         while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
+            self.peak = max(self.peak, self._rss() or 0)
 
     def __exit__(self, *exc):
-        if self.method == "sampled":
+        if self.method == "unavailable":
+            return
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
         else:
             self.peak = max(self.peak, _status_bytes("VmHWM") or 0)
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, self._rss() or 0)
+
+
+def _mib(nbytes):
+    """A peak-memory figure for the tables: MiB, or "n/a" where it could not be measured."""
+    return "n/a" if nbytes is None else f"{nbytes / 2**20:.0f} MiB"
 
 
 class _Skipped(Exception):
@@ -435,8 +453,8 @@ def _to_backend(case, X):
 class _Fit:
     est: object
     seconds: float
-    peak: int  # bytes: max_memory_allocated on CUDA, resident set size on the CPU
-    before: int  # bytes in use when the fit began (the data, the allocator's and torch's own)
+    peak: int | None  # bytes: max_memory_allocated on CUDA, resident set size on the CPU (None: unmeasured)
+    before: int | None  # bytes in use when the fit began (the data, the allocator's and torch's own)
     memory_method: str  # how ``peak`` was measured (the row's ``peak_memory_method``)
 
 
@@ -459,6 +477,8 @@ def _timed_fit(case, X, init, max_iter, tol) -> _Fit:
         seconds = time.perf_counter() - t0
     if cuda:
         return _Fit(est, seconds, int(torch.cuda.max_memory_allocated(device)), int(before), "cuda allocator")
+    if rss.method == "unavailable":
+        return _Fit(est, seconds, None, None, rss.method)
     return _Fit(est, seconds, int(rss.peak), int(rss.start), rss.method)
 
 
@@ -580,8 +600,9 @@ def _measure(case, repeats, seed):
         # None where the library does not say (the row's n_iter_note says so); never a guess.
         "n_iter": None if n_iter is None else int(n_iter),
         **({"n_iter_note": "not reported by the library"} if n_iter is None else {}),
-        "peak_memory_bytes": max(peaks),
-        "memory_before_fit_bytes": max(befores),
+        # None where nothing could measure it (peak_memory_method "unavailable": no /proc).
+        "peak_memory_bytes": None if None in peaks else max(peaks),
+        "memory_before_fit_bytes": None if None in befores else max(befores),
         "peak_memory_method": " and ".join(sorted(methods)),
         **_quality(case, fit.est, X, labels),
     }
@@ -892,7 +913,7 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None, fresh=T
         if row["status"] == "ok":
             say(
                 f"    {1e3 * row['seconds_median']:.2f} ms{'/iter' if case.mode == 'per_iter' else ''}, "
-                f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB, completeness {row['completeness']:.3f}"
+                f"peak {_mib(row['peak_memory_bytes'])}, completeness {row['completeness']:.3f}"
             )
         else:
             say(f"    {row['status']}: {row['reason']}")
@@ -954,7 +975,7 @@ def summarize(rows, markdown_path, plot_prefix):
             f"| {r['label']} | {'per iteration' if per else 'converged fit'} | "
             f"{1e3 * t:.2f} ms | {1e3 * r['seconds_min']:.2f}-{1e3 * r['seconds_max']:.2f} | {ratio} | "
             f"{_n_iter(r)} | {_objective(r)} | {_stopping_cell(r)} | "
-            f"{r['peak_memory_bytes'] / 2**20:.0f} MiB | {bw} | {gf} | {r['completeness']:.3f} | "
+            f"{_mib(r['peak_memory_bytes'])} | {bw} | {gf} | {r['completeness']:.3f} | "
             f"{r['nmi']:.3f} | {r['ari']:.3f} |"
         )
     peers = peer_table(rows)

@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark grid: speed, memory and quality against scikit-learn",
         description="Run a benchmark grid (see benchmarks/README.md) and write JSON lines, a "
-        "markdown summary and plots.",
+        "markdown summary and plots. On Linux each CPU fit's peak memory is the kernel's peak "
+        "resident set size, restarted per fit for the whole process: /usr/bin/time or ru_maxrss "
+        "on this command report its last fit only.",
     )
     be.add_argument("--grid", default="cpu-small", help="grid name from gpuclust.app.bench.GRIDS (default cpu-small)")
     be.add_argument("--out", metavar="DIR", default="benchmarks/results")
