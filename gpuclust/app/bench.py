@@ -318,8 +318,9 @@ class _PeakRss:
     fit. Elsewhere, with ``/proc/self/statm`` readable, a thread samples the resident set size
     every 2 ms; that thread takes the interpreter lock every time it wakes, which slowed a torch
     fit of many small calls (KMeans on 60000x50, a development A/B: 56 -> 61 ms) and not
-    scikit-learn's compiled loop, so it is only the fallback. Without either (no ``/proc``), nothing is measured and
-    ``peak`` is None. ``method`` says which: "high-water mark", "sampled" or "unavailable".
+    scikit-learn's compiled loop, so it is only the fallback. Without either (no ``/proc``),
+    nothing is measured and ``peak`` is None. ``method`` says which: "high-water mark",
+    "sampled" or "unavailable".
     """
 
     def __init__(self):
