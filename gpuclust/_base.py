@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import numbers
 from numbers import Integral
 
@@ -23,6 +25,24 @@ TORCH_PARAMETER_CONSTRAINTS = {
     "memory_budget": [None, Interval(Integral, 1, None, closed="left")],
     "distributed": ["boolean"],
 }
+
+
+def no_autocast(method):
+    """Run ``method`` with torch's autocast switched off on the CPU and CUDA.
+
+    An estimator called inside ``torch.autocast(...)`` would otherwise compute its products in
+    bfloat16 or float16 without saying so; only ``matmul_precision`` may choose a lower precision.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.autocast("cpu", enabled=False))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", enabled=False))
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def check_positive_int(value, name, minimum=1):
