@@ -21,7 +21,7 @@ from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_posit
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import LOCAL, gather_init_sample, make_comm
 from .device import resolve_device
-from .sources import init_sample, is_out_of_core
+from .sources import TensorRows, init_sample, is_out_of_core
 
 logger = logging.getLogger("gpuclust")
 
@@ -320,23 +320,42 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 result = self._fit_torch(X_c, core.squared_norms(X_c), w, k, n_init, init_c, sample_weight is None,
                                          user_X, shift)  # fmt: skip
                 del X_c
-                result = ((result[0].to(torch.float64) + shift).to(X_t.dtype),) + tuple(result[1:])
-        elif backend == "sklearn":
-            result = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
         else:
-            result = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
+            shift = None
+            if backend == "sklearn":
+                result = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
+            else:
+                result = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
         centers, labels, inertia, n_iter = result
-        sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
-        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
         self._set_fit_input(X_t, kind)
         self.backend_ = backend
-        self._centers = centers
-        self._n_features_out = k
-        self.cluster_centers_ = self._published_centers = self._output(centers, kind)
+        self._publish_centers(centers, kind, shift)
+        if shift is not None:
+            labels, inertia = self._final_assignment(TensorRows(X_t), None if sample_weight is None else w)
+        sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
+        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
         self.labels_ = self._output(labels, kind)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
         return self
+
+    def _publish_centers(self, centers, kind, shift):
+        """Set ``cluster_centers_`` from a run's centres (centred by ``shift`` if not None)."""
+        if shift is not None:
+            centers = (centers.to(torch.float64) + shift.to(centers.device)).to(centers.dtype)
+        self._fit_shift = shift
+        self._n_features_out = int(centers.shape[0])
+        self.cluster_centers_ = self._output(centers, kind)
+
+    def _final_assignment(self, rows, sample_weight, labels_out=None):
+        """Labels and inertia of the training rows against the published centres, by inference's routine.
+
+        Where the fit centred far-away data, its own last assignment used centres that publishing
+        rounds (``centred + mean`` in the data's dtype); labelling again with what was published
+        makes ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly.
+        """
+        labels, local = self._labels_and_inertia(rows, sample_weight, labels_out)
+        return labels, self._comm.sum_float(local, "inertia")
 
     def _fit_source(self, X, sample_weight, out):
         """Fit on out-of-core X: every pass reads it tile by tile (see ``fit``)."""
@@ -391,35 +410,86 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             if best is None or result[1] < best[1]:
                 best = result
         labels, inertia, centers, n_iter = best
-        if shift is not None:
-            centers = (centers.to(torch.float64) + shift.to(centers.device)).to(rows.dtype)
+        self._set_fit_source(rows)
+        self.backend_ = "torch"
+        self._publish_centers(centers, self._input_kind, shift)
         if labels_out is not None and labels is not labels_out:
             labels_out[...] = labels
             labels = labels_out
+        if shift is not None:  # one more pass: the labels of the published centres (see _final_assignment)
+            target = torch.from_numpy(labels) if labels.dtype == np.int64 else None
+            relabelled, inertia = self._final_assignment(rows, w, target)
+            if target is None:
+                labels[...] = relabelled.numpy()
         sizes = comm.sum_(torch.from_numpy(np.bincount(labels, minlength=k)).to(torch.float64), "cluster sizes")
         self._warn_if_few_clusters(int((sizes > 0).sum()), k)
-        self._set_fit_source(rows)
-        self.backend_ = "torch"
-        self._centers = centers
-        self._n_features_out = k
-        self.cluster_centers_ = self._published_centers = centers.cpu().numpy()
         self.labels_ = labels if out is None else out
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
         return self
 
-    def _current_centers(self):
-        """The centres inference uses: the fitted ones, or those a user assigned to ``cluster_centers_``.
+    def _model_centers(self, dtype):
+        """The centres inference uses, in the geometry ``fit`` used: ``(centres, their squared norms)``.
 
-        As in scikit-learn, ``cluster_centers_`` is the model: assigning a new array to it changes
-        what predict, transform and score use.
+        As in scikit-learn, ``cluster_centers_`` is the model: it is read anew on every call, so an
+        assigned array or an in-place edit (also after a pickle round trip) changes what predict,
+        transform and score use. Where ``fit`` centred the data (far from the origin), the centres
+        are moved by the same data mean as every tile (:meth:`_centred_tiles`).
         """
-        public = self.cluster_centers_
-        if public is not getattr(self, "_published_centers", None):
-            k, d = self._centers.shape
-            self._centers = self._check_centers(public, "cluster_centers_", k, d)
-            self._published_centers = public
-        return self._centers
+        k, d = self._n_features_out, self.n_features_in_
+        centers, _ = as_tensor(self.cluster_centers_, device=self._device, dtype=dtype, name="cluster_centers_")
+        if tuple(centers.shape) != (k, d):
+            raise ValueError(f"cluster_centers_ has shape {tuple(centers.shape)}, expected ({k}, {d}).")
+        shift = self._data_shift(dtype)
+        if shift is not None:
+            centers = centers - shift
+        return centers, core.squared_norms(centers)
+
+    def _data_shift(self, dtype):
+        """The data mean ``fit`` subtracted before expanding distances (None if it did not), in ``dtype``."""
+        shift = getattr(self, "_fit_shift", None)
+        return None if shift is None else shift.to(device=self._device, dtype=dtype)
+
+    def _centred_tiles(self, rows, dtype, tile_rows):
+        """Yield ``(rows, tile)`` with the fit's data mean subtracted (sparse tiles densified then)."""
+        shift = self._data_shift(dtype)
+        if rows.out_of_core:
+            tiles = rows.tiles(tile_rows)
+        else:  # slices of a dense tensor, or CSR tensors sharing a sparse one's storage
+            tiles = ((r, core.rows_of(rows.tensor, r)) for r in chunk_slices(rows.shape[0], tile_rows))
+        for r, tile in tiles:
+            if tile.dtype != dtype:
+                tile = tile.to(dtype)
+            if shift is not None:
+                tile = (tile.to_dense() if core.is_sparse(tile) else tile) - shift
+            yield r, tile
+
+    def _nearest_tiles(self, rows):
+        """Yield ``(rows, labels, squared distances)`` of each tile against the model's centres.
+
+        The one routine behind ``predict``, ``score`` and the labels and inertia of a fit on
+        centred data, so that ``predict(X)`` equals ``labels_`` and ``score(X)`` equals
+        ``-inertia_``.
+        """
+        centers, c_sq = self._model_centers(rows.dtype)
+        n, d = rows.shape
+        for r, tile in self._centred_tiles(rows, rows.dtype, self._chunk(n, d, centers.shape[0])):
+            x_sq = core.squared_norms(tile)
+            _check_no_overflow(x_sq)
+            yield r, *core.nearest_center(tile, centers, c_sq, x_sq)
+
+    def _labels_and_inertia(self, rows, sample_weight, labels_out=None):
+        """Labels of ``rows`` (into ``labels_out`` if given) and their weighted inertia (float64, local)."""
+        n = rows.shape[0]
+        labels = rows.empty((n,), torch.int64) if labels_out is None else labels_out
+        total = torch.zeros((), dtype=torch.float64, device=self._device)
+        for r, lab, dist in self._nearest_tiles(rows):
+            labels[r].copy_(lab)
+            dist = dist.to(torch.float64)
+            if sample_weight is not None:
+                dist = dist * sample_weight[r].to(device=dist.device, dtype=torch.float64)
+            total += dist.sum()
+        return labels, float(total)
 
     def _warn_if_few_clusters(self, n_distinct, k):
         if n_distinct < k:
@@ -538,13 +608,6 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         return centers, labels, float(est.inertia_), int(getattr(est, "n_iter_", self.max_iter))
 
     # --------------------------------------------------------------- inference
-    def _assign(self, X):
-        centers = self._current_centers().to(X.dtype)
-        x_sq = core.squared_norms(X)
-        _check_no_overflow(x_sq)
-        chunk = self._chunk(X.shape[0], X.shape[1], centers.shape[0])
-        return core.assign(X, x_sq, centers, chunk)
-
     def predict(self, X, out=None):
         """Index of the nearest centre for each sample, as an array of the input's type.
 
@@ -559,19 +622,14 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         labels : array of shape (n_samples,)
             ``out`` if given; a NumPy array for out-of-core X.
         """
-        rows, kind = self._prepare_rows(X, "_centers")
-        if not rows.out_of_core:
-            if out is not None:
-                raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-            return self._output(self._assign(rows.tensor)[0], kind)
-        labels = rows.empty((rows.shape[0],), torch.int64, out)
-        centers = self._current_centers().to(rows.dtype)
-        c_sq = core.squared_norms(centers)
-        for r, tile in rows.tiles(self._chunk(rows.shape[0], rows.shape[1], centers.shape[0])):
-            x_sq = core.squared_norms(tile)
-            _check_no_overflow(x_sq)
-            labels[r].copy_(core.nearest_center(tile, centers, c_sq, x_sq)[0])
-        return labels.numpy() if out is None else out
+        rows, kind = self._prepare_rows(X, "cluster_centers_")
+        if not rows.out_of_core and out is not None:
+            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+        target = None if out is None else rows.empty((rows.shape[0],), torch.int64, out)
+        labels, _ = self._labels_and_inertia(rows, None, target)
+        if rows.out_of_core:
+            return labels.numpy() if out is None else out
+        return self._output(labels, kind)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None, sample_weight=None, out=None):
@@ -589,20 +647,13 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         centre's distance to itself is 0 and float32 results carry float32's precision.
         For out-of-core X the result is a NumPy array.
         """
-        rows, kind = self._prepare_rows(X, "_centers")
-        centers = self._current_centers().to(torch.float64)
-        c_sq = core.squared_norms(centers)
+        rows, kind = self._prepare_rows(X, "cluster_centers_")
+        centers, c_sq = self._model_centers(torch.float64)
         n, d = rows.shape
         out = rows.empty((n, centers.shape[0]), rows.dtype)
-        chunk = self._chunk(n, d, 2 * centers.shape[0])
-        if rows.out_of_core:
-            for r, tile in rows.tiles(chunk):
-                out[r].copy_(_distances(tile, centers, c_sq))
-            return out.numpy()
-        X_t = rows.tensor
-        for r in chunk_slices(n, chunk):
-            out[r] = _distances(core.rows_of(X_t, r), centers, c_sq)
-        return self._output(out, kind)
+        for r, tile in self._centred_tiles(rows, torch.float64, self._chunk(n, d, 2 * centers.shape[0])):
+            out[r].copy_(_distances(tile, centers, c_sq))
+        return out.numpy() if rows.out_of_core else self._output(out, kind)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the centres."""
@@ -610,24 +661,12 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
-        rows, _ = self._prepare_rows(X, "_centers")
-        if not rows.out_of_core:
-            X_t = rows.tensor
-            _check_no_overflow(core.squared_norms(X_t))
-            w = as_sample_weight(sample_weight, X_t.shape[0], device=self._device, dtype=self._dtype)
-            _, distances = self._assign(X_t)
-            return -float((distances.to(torch.float64) * w.to(torch.float64)).sum())
-        n = rows.shape[0]
-        w = as_sample_weight(sample_weight, n, device=torch.device("cpu"), dtype=torch.float64)
-        centers = self._current_centers().to(rows.dtype)
-        c_sq = core.squared_norms(centers)
-        total = torch.zeros((), dtype=torch.float64, device=self._device)
-        for r, tile in rows.tiles(self._chunk(n, rows.shape[1], centers.shape[0])):
-            x_sq = core.squared_norms(tile)
-            _check_no_overflow(x_sq)
-            distances = core.nearest_center(tile, centers, c_sq, x_sq)[1]
-            total += (distances.to(torch.float64) * w[r].to(self._device)).sum()
-        return -float(total)
+        rows, _ = self._prepare_rows(X, "cluster_centers_")
+        device = self._device if not rows.out_of_core else torch.device("cpu")
+        w = None
+        if sample_weight is not None:
+            w = as_sample_weight(sample_weight, rows.shape[0], device=device, dtype=torch.float64)
+        return -self._labels_and_inertia(rows, w)[1]
 
 
 def _distances(tile, centers, c_sq):

@@ -76,6 +76,13 @@ def _fit_all(X, distributed):
         )
     gmm = GaussianMixture(4, covariance_type="diag", device="cpu", distributed=distributed, random_state=2).fit(X)
     out["kmeansinit_means"] = gmm.means_
+    # Data far from the origin: fit centres it; predict and score must see the same geometry.
+    for offset, dtype in ((1e4, np.float32), (1e8, np.float64)):
+        far = (X + offset).astype(dtype)
+        km = KMeans(4, random_state=0, device="cpu", distributed=distributed).fit(far)
+        key = f"far{offset:g}"
+        out[f"{key}_predict_mismatch"] = np.count_nonzero(km.predict(far) != km.labels_)
+        out[f"{key}_local_score"], out[f"{key}_inertia"] = km.score(far), km.inertia_
     return out
 
 

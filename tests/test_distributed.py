@@ -84,6 +84,14 @@ def test_gmm_kmeans_init_is_consistent(two_rank_results, single_results):
     assert rel(two_rank_results[0]["kmeansinit_means"], single_results["kmeansinit_means"]) < 1e-10
 
 
+@pytest.mark.parametrize("key", ["far10000", "far1e+08"])
+def test_kmeans_predict_and_score_see_the_fit_geometry_on_far_data(two_rank_results, key):
+    """Each rank's predict equals its labels_, and the ranks' scores add up to -inertia_."""
+    assert [int(r[f"{key}_predict_mismatch"]) for r in two_rank_results] == [0, 0]
+    total = sum(float(r[f"{key}_local_score"]) for r in two_rank_results)
+    assert total == pytest.approx(-float(two_rank_results[0][f"{key}_inertia"]), rel=1e-12)
+
+
 def test_a_rank_that_dies_mid_fit_ends_the_others_with_a_clear_error(tmp_path):
     start = time.monotonic()
     procs = launch(tmp_path, extra=("die",))

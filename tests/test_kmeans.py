@@ -486,3 +486,54 @@ def test_auto_uses_hamerly_on_the_cpu_only_where_the_gemm_is_wide(d, k, pruned, 
     seen.clear()
     KMeans(k, n_init=1, max_iter=2, random_state=0, device="cpu", algorithm="hamerly").fit(X)
     assert seen == [True]
+
+
+def _far_data(offset, dtype):
+    rng = np.random.RandomState(0)
+    X = np.concatenate([rng.randn(300, 3) * 100 + c for c in ([0, 0, 0], [600, 0, 0], [0, 600, 0])])
+    return (X + offset).astype(dtype)
+
+
+def _as_kind(X, kind, tmp_path):
+    if kind == "memory":
+        return X
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    if kind == "npy":
+        return str(path)
+    if kind == "memmap":
+        return np.load(path, mmap_mode="r")
+    return [X[:400], X[400:]]  # blocks
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("kind", ["memory", "npy", "memmap", "blocks"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("offset", [0.0, 50.0, 1e4, 1e8])
+def test_predict_and_score_see_the_geometry_fit_saw(offset, dtype, kind, tmp_path):
+    """fit centres data far from the origin; predict, score and transform must use the same geometry."""
+    X = _far_data(offset, dtype)
+    data = _as_kind(X, kind, tmp_path)
+    km = KMeans(3, random_state=0, device="cpu").fit(data)
+    np.testing.assert_array_equal(km.predict(data), km.labels_)
+    assert km.score(data) == pytest.approx(-km.inertia_, rel=1e-12)
+    nearest = km.transform(data).min(axis=1).astype(np.float64) ** 2
+    assert nearest.sum() == pytest.approx(km.inertia_, rel=1e-5 if dtype == "float32" else 1e-9)
+
+
+@pytest.mark.parametrize("make", [np.asarray, torch.as_tensor])
+def test_in_place_edits_of_cluster_centers_are_the_model(make):
+    """As in scikit-learn: an edit of cluster_centers_ in place changes what inference uses, also after pickling."""
+    import pickle
+
+    X, _ = overlapping_blobs(n=600, d=3, k=3, seed=2)
+    km = KMeans(3, random_state=0, device="cpu").fit(make(X))
+    for model in (km, pickle.loads(pickle.dumps(km))):
+        before = np.asarray(model.predict(make(X)))
+        model.cluster_centers_[0] += 1e3  # nothing is nearest to it any more
+        after = np.asarray(model.predict(make(X)))
+        assert (before == 0).any() and not (after == 0).any()
+        centers = np.asarray(model.cluster_centers_)
+        expected = ((X[:, None, :] - centers[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(after, expected.argmin(1))
+        assert model.score(make(X)) == pytest.approx(-expected.min(1).sum(), rel=1e-10)
