@@ -8,6 +8,7 @@ and dtype already fit, nothing is copied: numpy shares memory with torch via
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 import warnings
@@ -264,14 +265,24 @@ def _as_sparse_csr(X, *, device, dtype, name, allow_empty, check):
         t = X.detach()
         if t.ndim != 2:
             _check_shape(t.shape, name, 2, allow_empty)
-        if t.layout != torch.sparse_csr:
-            t = t.coalesce().to_sparse_csr() if t.layout == torch.sparse_coo else t.to_sparse_csr()
+        with _no_sparse_beta_warning():
+            if t.layout == torch.sparse_coo:
+                t = t.coalesce().to_sparse_csr()  # coalesce sums duplicate entries
+            elif t.layout != torch.sparse_csr:
+                t = t.to_sparse_csr()
+            if _has_duplicates(t):
+                t = _summed_duplicates(t)
         crow, col, values = t.crow_indices(), t.col_indices(), t.values()
     else:
         kind = ArrayKind("numpy", torch.device("cpu"))
         if X.ndim != 2:
             _check_shape(X.shape, name, 2, allow_empty)
         csr = X.tocsr()  # scikit-learn copies CSC into CSR too
+        if not csr.has_canonical_format:
+            # Duplicate entries of one position mean their sum (scipy's rule); squared norms and
+            # distances summed entry by entry would be wrong. Sum them in a copy, never in the caller's.
+            csr = csr.copy() if csr is X else csr
+            csr.sum_duplicates()
         if csr.dtype.kind == "c":
             raise ValueError(f"Complex data not supported: {name} has dtype {csr.dtype}; pass real values.")
         if csr.dtype.kind not in "biuf":
@@ -292,10 +303,37 @@ def _as_sparse_csr(X, *, device, dtype, name, allow_empty, check):
     return sparse_csr(crow, col, values, shape), kind
 
 
-def sparse_csr(crow, col, values, shape):
-    """A torch sparse CSR tensor from its parts (indices already valid: they come from scipy or torch)."""
+def _has_duplicates(t: torch.Tensor) -> bool:
+    """True if a torch CSR tensor stores two values at one position (or its columns are unsorted in a row)."""
+    crow, col = t.crow_indices(), t.col_indices()
+    if col.numel() < 2:
+        return False
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=col.device), crow.diff())
+    return bool(((col[1:] <= col[:-1]) & (row[1:] == row[:-1])).any())
+
+
+def _summed_duplicates(t: torch.Tensor) -> torch.Tensor:
+    """A new CSR tensor with the duplicate values of ``t`` summed (``t`` is left alone).
+
+    A fresh COO tensor (not ``to_sparse_coo()``, which marks itself coalesced) whose ``coalesce`` sums them.
+    """
+    crow, col = t.crow_indices(), t.col_indices()
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=col.device), crow.diff())
+    coo = torch.sparse_coo_tensor(torch.stack([row, col]), t.values(), t.shape, check_invariants=False)
+    return coo.coalesce().to_sparse_csr()
+
+
+@contextlib.contextmanager
+def _no_sparse_beta_warning():
+    """Silence torch's "Sparse CSR tensor support is in beta": the user asked for none of it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
+
+
+def sparse_csr(crow, col, values, shape):
+    """A torch sparse CSR tensor from its parts (indices already valid: they come from scipy or torch)."""
+    with _no_sparse_beta_warning():
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 

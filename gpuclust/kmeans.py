@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from . import _kmeans_core as core
 from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, resolve_dtype, to_output
 from ._backends import cuml_available, require
-from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
+from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import LOCAL, gather_init_sample, make_comm
 from .device import resolve_device
@@ -253,6 +253,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         return CPU_AUTO_BACKEND
 
     # --------------------------------------------------------------------- fit
+    @no_autocast
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
@@ -608,6 +609,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         return centers, labels, float(est.inertia_), int(getattr(est, "n_iter_", self.max_iter))
 
     # --------------------------------------------------------------- inference
+    @no_autocast
     def predict(self, X, out=None):
         """Index of the nearest centre for each sample, as an array of the input's type.
 
@@ -631,6 +633,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             return labels.numpy() if out is None else out
         return self._output(labels, kind)
 
+    @no_autocast
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None, sample_weight=None, out=None):
         """Fit and return ``labels_`` (for out-of-core X written into ``out`` if given, see ``predict``)."""
@@ -638,6 +641,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
         return self._fit_keeping_state(X, sample_weight, out).labels_
 
+    @no_autocast
     def transform(self, X):
         """Euclidean distances to every centre, shape (n_samples, n_clusters).
 
@@ -655,10 +659,12 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             out[r].copy_(_distances(tile, centers, c_sq))
         return out.numpy() if rows.out_of_core else self._output(out, kind)
 
+    @no_autocast
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the centres."""
         return self.fit(X, sample_weight=sample_weight).transform(X)
 
+    @no_autocast
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
         rows, _ = self._prepare_rows(X, "cluster_centers_")
@@ -728,6 +734,7 @@ def _check_no_overflow(x_sq):
         )
 
 
+@no_autocast
 def kmeans_plusplus(
     X, n_clusters, *, sample_weight=None, x_squared_norms=None, random_state=None, n_local_trials=None, device=None
 ):

@@ -537,3 +537,22 @@ def test_in_place_edits_of_cluster_centers_are_the_model(make):
         expected = ((X[:, None, :] - centers[None]) ** 2).sum(-1)
         np.testing.assert_array_equal(after, expected.argmin(1))
         assert model.score(make(X)) == pytest.approx(-expected.min(1).sum(), rel=1e-10)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_autocast_does_not_lower_the_precision(algorithm):
+    """Inside torch.autocast the fit, its inference and kmeans_plusplus still compute in float32."""
+    from gpuclust import kmeans_plusplus
+
+    X = overlapping_blobs(n=2000, d=16, k=5, seed=4)[0].astype(np.float32)
+    plain = KMeans(5, random_state=0, algorithm=algorithm, device="cpu").fit(X)
+    seeds, distances = kmeans_plusplus(X, 5, random_state=0)[1], plain.transform(X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        km = KMeans(5, random_state=0, algorithm=algorithm, device="cpu").fit(X)
+        np.testing.assert_array_equal(kmeans_plusplus(X, 5, random_state=0)[1], seeds)
+        np.testing.assert_array_equal(plain.predict(X), plain.labels_)
+        assert plain.score(X) == -plain.inertia_
+        np.testing.assert_array_equal(plain.transform(X), distances)
+    np.testing.assert_array_equal(km.cluster_centers_, plain.cluster_centers_)
+    np.testing.assert_array_equal(km.labels_, plain.labels_)
+    assert km.inertia_ == plain.inertia_ and km.n_iter_ == plain.n_iter_

@@ -100,3 +100,47 @@ def test_sparse_with_nan_is_refused():
     X.data[0] = np.nan
     with pytest.raises(ValueError, match="contains NaN"):
         KMeans(2, device="cpu").fit(X)
+
+
+def _with_duplicates(seed=0, n=60, d=6, nnz=500):
+    """A CSR matrix storing several values at the same positions (legal: they mean their sum)."""
+    rng = np.random.RandomState(seed)
+    rows, cols, vals = np.sort(rng.randint(0, n, nnz)), rng.randint(0, d, nnz), rng.rand(nnz)
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n))]
+    X = sp.csr_matrix((vals, cols, indptr), shape=(n, d))
+    assert not X.has_canonical_format
+    return X, rows, cols, vals
+
+
+def test_duplicate_entries_mean_their_sum():
+    """scipy sums duplicates; so must every KMeans result, without touching the caller's matrix."""
+    X, *_ = _with_duplicates()
+    dense = X.toarray()  # duplicates summed
+    data_before, nnz_before = X.data.copy(), X.nnz
+    init = dense[:4]
+    ours = KMeans(4, init=init, device="cpu").fit(X)
+    ref = SkKMeans(4, init=init, n_init=1).fit(dense)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-10)
+    assert ours.score(X) == pytest.approx(ref.score(dense), rel=1e-10)
+    np.testing.assert_allclose(ours.transform(X), ref.transform(dense), rtol=1e-10)
+    assert X.nnz == nnz_before and np.array_equal(X.data, data_before) and not X.has_canonical_format
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_torch_sparse_with_duplicates_is_summed_and_quiet(layout, recwarn):
+    X, rows, cols, vals = _with_duplicates(seed=1)
+    dense = X.toarray()
+    index = torch.as_tensor(np.vstack([rows, cols]))
+    with torch.sparse.check_sparse_tensor_invariants(False):
+        if layout == "coo":
+            T = torch.sparse_coo_tensor(index, torch.as_tensor(vals), X.shape)  # not coalesced
+        else:
+            T = torch.sparse_csr_tensor(torch.as_tensor(X.indptr), torch.as_tensor(X.indices),
+                                        torch.as_tensor(X.data), X.shape)  # fmt: skip
+    recwarn.clear()
+    ours = KMeans(4, init=dense[:4], device="cpu").fit(T)
+    ref = SkKMeans(4, init=dense[:4], n_init=1).fit(dense)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-10)
+    assert ours.score(T) == pytest.approx(ref.score(dense), rel=1e-10)
+    assert not [w for w in recwarn if "beta" in str(w.message)], [str(w.message) for w in recwarn]
