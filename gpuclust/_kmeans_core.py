@@ -531,6 +531,26 @@ def lloyd(
     return labels, inertia, centers, n_iter
 
 
+def same_clustering(labels_a, labels_b, k, comm=LOCAL) -> bool:
+    """True when one renaming of the clusters maps ``labels_a`` onto ``labels_b``.
+
+    scikit-learn's ``_is_same_clustering``: ``n_init`` keeps a later run only if its inertia is
+    lower *and* this test fails, so runs whose inertia ties to rounding keep the first. As there,
+    the renaming need not be one to one. Under torch.distributed every rank's renaming must agree.
+    """
+    labels_a, labels_b = torch.as_tensor(labels_a), torch.as_tensor(labels_b, device=torch.as_tensor(labels_a).device)
+    mapping = torch.full((k,), -1, dtype=torch.int64, device=labels_a.device)
+    mapping[labels_a] = labels_b  # any write wins; a consistent renaming writes one value per cluster
+    consistent = float(bool((mapping[labels_a] == labels_b).all()))
+    present = (mapping >= 0).to(torch.float64)
+    value = (mapping + 1).to(torch.float64) * present
+    # Across ranks, cluster c's targets agree iff count * sum(v^2) == sum(v)^2.
+    totals = comm.sum_(torch.cat([present, value, value * value, torch.tensor([consistent], dtype=torch.float64,
+                                  device=present.device)]), "same clustering")  # fmt: skip
+    count, total, total_sq = totals[:k], totals[k : 2 * k], totals[2 * k : 3 * k]
+    return bool(totals[-1] == comm.world_size) and bool((count * total_sq == total * total).all())
+
+
 def _sq_dist_to_rows(X, x_sq, rows_X, rows_sq):
     """Squared distances from each of a few points (m, d) to every sample: (m, n)."""
     if is_sparse(X):

@@ -408,7 +408,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 tiles, n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
                 comm=comm, log=log,
             )  # fmt: skip
-            if best is None or result[1] < best[1]:
+            if best is None or (result[1] < best[1] and not core.same_clustering(result[0], best[0], k, comm)):
                 best = result
         labels, inertia, centers, n_iter = best
         self._set_fit_source(rows)
@@ -562,7 +562,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 comm=comm,
                 log=log,
             )
-            if best is None or inertia < best[2]:
+            # scikit-learn's rule: a later run wins only with a lower inertia and another partition.
+            if best is None or (inertia < best[2] and not core.same_clustering(labels, best[1], k, comm)):
                 best = (centers, labels, inertia, n_iter)
         return best
 

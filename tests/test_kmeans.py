@@ -556,3 +556,28 @@ def test_autocast_does_not_lower_the_precision(algorithm):
     np.testing.assert_array_equal(km.cluster_centers_, plain.cluster_centers_)
     np.testing.assert_array_equal(km.labels_, plain.labels_)
     assert km.inertia_ == plain.inertia_ and km.n_iter_ == plain.n_iter_
+
+
+@pytest.mark.parametrize("init", ["random", "k-means++"])
+@pytest.mark.parametrize("seed", [1, 2, 6, 25])
+def test_n_init_keeps_the_run_sklearn_keeps_when_inertias_tie(seed, init):
+    """Runs that find the same partition tie to rounding: keep the first, as scikit-learn does."""
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(600, centers=5, n_features=3, cluster_std=0.5, random_state=seed)
+    ours = KMeans(5, init=init, n_init=10, random_state=seed, device="cpu").fit(X)
+    ref = SkKMeans(5, init=init, n_init=10, random_state=seed).fit(X)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert ours.n_iter_ == ref.n_iter_
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+
+
+def test_same_clustering_is_a_renaming_test():
+    from gpuclust._kmeans_core import same_clustering
+
+    a = torch.tensor([0, 0, 1, 2, 2])
+    assert same_clustering(a, torch.tensor([2, 2, 0, 1, 1]), 3)
+    assert not same_clustering(a, torch.tensor([2, 2, 0, 1, 0]), 3)
+    # scikit-learn's test maps the first labelling onto the second: a coarser second one passes it.
+    assert same_clustering(a, torch.tensor([1, 1, 1, 0, 0]), 3)
+    assert not same_clustering(torch.tensor([1, 1, 1, 0, 0]), a, 3)
