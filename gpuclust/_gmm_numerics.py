@@ -406,13 +406,20 @@ def _per_matrix(fn, batch):
 
 
 def _ill_defined(component, dtype_hint):
-    where = f" (component {component})" if component is not None else ""
-    hint = " or fit in float64 (dtype='float64')" if dtype_hint else ""
-    return ValueError(
-        f"Fitting the mixture model failed because some components have ill-defined empirical "
-        f"covariance{where}, for instance caused by singleton or collapsed samples. Try to "
-        f"decrease the number of components, increase reg_covar, scale the input data{hint}."
+    """scikit-learn's text (its tests match it whole), then what gpuclust knows besides."""
+    message = (
+        "Fitting the mixture model failed because some components have ill-defined empirical "
+        "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+        "number of components, increase reg_covar, or scale the input data."
     )
+    if dtype_hint:
+        message += (
+            " The numerical accuracy can also be improved by passing float64 data instead of float32."
+            " (GaussianMixture(dtype='float64') computes in float64 from float32 data.)"
+        )
+    if component is not None:
+        message += f" The first such component is component {component}."
+    return ValueError(message)
 
 
 def _triangular_inverse(tri, upper):

@@ -30,6 +30,11 @@ __all__ = ["COVARIANCE_TYPES", "INIT_PARAMS", "GaussianMixture"]
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
+def _is_float32(value):
+    """Whether an array-like holds float32 (scikit-learn's tolerance for ``weights_init`` depends on it)."""
+    return str(getattr(value, "dtype", "")) in ("float32", "torch.float32")
+
+
 @dataclass
 class _Run:
     """The outcome of one initialization's EM loop."""
@@ -235,30 +240,41 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             raise ValueError(f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {n_samples}")
         if n_samples < 2:
             raise ValueError(f"n_samples={n_samples}: at least 2 samples are needed to fit a mixture.")
+        # The checks and their texts are scikit-learn's (_check_weights, _check_means, _check_precisions).
         if self.weights_init is not None:
-            w = self._as_param(self.weights_init, "weights_init", (K,), device)
+            w = self._as_param(self.weights_init, "weights", (K,), device)
             if bool((w < 0).any()) or bool((w > 1).any()):
-                raise ValueError("weights_init must be in [0, 1].")
-            if abs(float(w.sum()) - 1.0) > 1e-6:
-                raise ValueError(f"weights_init must sum to 1, got sum {float(w.sum()):.5f}.")
+                # scikit-learn prints the minimum as "max value" and the maximum as "min value"; its
+                # own test pins that text.
+                raise ValueError(
+                    "The parameter 'weights' should be in the range [0, 1], but got max value "
+                    f"{float(w.min()):.5f}, min value {float(w.max()):.5f}"
+                )
+            atol = 1e-6 if _is_float32(self.weights_init) else 1e-8
+            if not abs(1.0 - float(w.sum())) <= atol:
+                total = float(w.sum())
+                raise ValueError(f"The parameter 'weights' should be normalized, but got sum(weights) = {total:.5f}")
         if self.means_init is not None:
-            self._as_param(self.means_init, "means_init", (K, n_features), device)
+            self._as_param(self.means_init, "means", (K, n_features), device)
         if self.precisions_init is not None:
+            ct = self.covariance_type
             shape = {"full": (K, n_features, n_features), "tied": (n_features, n_features),
-                     "diag": (K, n_features), "spherical": (K,)}[self.covariance_type]  # fmt: skip
-            p = self._as_param(self.precisions_init, "precisions_init", shape, device)
-            if self.covariance_type in ("full", "tied"):
-                if not torch.allclose(p, p.transpose(-1, -2), rtol=1e-8, atol=1e-10):
-                    raise ValueError("precisions_init must be symmetric.")
+                     "diag": (K, n_features), "spherical": (K,)}[ct]  # fmt: skip
+            p = self._as_param(self.precisions_init, f"{ct} precision", shape, device)
+            if ct in ("full", "tied"):
+                symmetric = torch.isclose(p, p.transpose(-1, -2), rtol=1e-5, atol=1e-8).all()
+                if not (bool(symmetric) and bool((torch.linalg.eigvalsh(p) > 0).all())):
+                    raise ValueError(f"'{ct} precision' should be symmetric, positive-definite")
             elif bool((p <= 0).any()):
-                raise ValueError("precisions_init must be strictly positive.")
+                raise ValueError(f"'{ct} precision' should be positive")
         return K
 
     @staticmethod
     def _as_param(value, name, shape, device):
-        t, _ = as_tensor(value, device=device, dtype=torch.float64, name=name, ndim=len(shape))
+        t, _ = as_tensor(value, device=device, dtype=torch.float64, name=name, ndim=None)
         if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}.")
+            got = tuple(t.shape)
+            raise ValueError(f"The parameter '{name}' should have the shape of {tuple(shape)}, but got {got}")
         return t
 
     def _chunk(self, n, d, K):
@@ -774,6 +790,9 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             Component of each sample.
         """
         self._check_is_fitted("_params")
+        if isinstance(n_samples, Integral) and not isinstance(n_samples, bool) and n_samples < 1:
+            # scikit-learn's text, with the number asked (scikit-learn prints n_components there)
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample.")
         n_samples = check_positive_int(n_samples, "n_samples")
         rs = check_random_state(self.random_state)
         p = self._current_params()

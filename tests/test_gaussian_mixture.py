@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import numpy as np
@@ -249,10 +250,10 @@ def test_output_type_follows_input():
         ({"n_components": 0}, "n_components"),
         ({"n_components": 500}, "Expected n_samples >= n_components but got n_components = 500, n_samples = 50"),
         ({"reg_covar": -1.0}, "reg_covar"),
-        ({"weights_init": [0.5, 0.6]}, "sum to 1"),
-        ({"weights_init": [1.0]}, "weights_init has shape"),
-        ({"means_init": np.zeros((2, 5))}, "means_init has shape"),
-        ({"precisions_init": -np.ones((2, 3)), "covariance_type": "diag"}, "strictly positive"),
+        ({"weights_init": [0.5, 0.6]}, "should be normalized"),
+        ({"weights_init": [1.0]}, "The parameter .weights. should have the shape"),
+        ({"means_init": np.zeros((2, 5))}, "The parameter .means. should have the shape"),
+        ({"precisions_init": -np.ones((2, 3)), "covariance_type": "diag"}, "should be positive"),
         ({"precisions_init": np.array([[[1, 2, 0], [0, 1, 0], [0, 0, 1]]] * 2)}, "symmetric"),
     ],
 )
@@ -414,3 +415,103 @@ def test_fit_and_predict_see_the_same_log_probabilities_bit_for_bit(covariance_t
             Xs = torch.from_numpy(X[start : start + Z.shape[0]]) - shift
             fit_side = working.weighted_log_prob_stacked(Z)
             torch.testing.assert_close(fit_side, working.weighted_log_prob(Xs), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ scikit-learn's error texts (issue 24)
+# The regexes are scikit-learn 1.9's own, from sklearn/mixture/tests/test_gaussian_mixture.py: the
+# text of an error is part of the API a drop-in replacement keeps.
+def test_weights_init_errors_are_sklearns():
+    rng = np.random.RandomState(0)
+    X = rng.rand(50, 3)
+    g = GaussianMixture(2, device="cpu")
+    g.weights_init = bad_shape = rng.rand(2, 1)
+    msg = re.escape(f"The parameter 'weights' should have the shape of (2,), but got {bad_shape.shape}")
+    with pytest.raises(ValueError, match=msg):
+        g.fit(X)
+    g.weights_init = bad_range = rng.rand(2) + 1
+    # scikit-learn prints the minimum as "max value" and the maximum as "min value"; its test pins that.
+    msg = re.escape(
+        "The parameter 'weights' should be in the range [0, 1], but got"
+        f" max value {np.min(bad_range):.5f}, min value {np.max(bad_range):.5f}"
+    )
+    with pytest.raises(ValueError, match=msg):
+        g.fit(X)
+    bad_norm = rng.rand(2)
+    g.weights_init = bad_norm = bad_norm / (bad_norm.sum() + 1)
+    msg = re.escape(f"The parameter 'weights' should be normalized, but got sum(weights) = {np.sum(bad_norm):.5f}")
+    with pytest.raises(ValueError, match=msg):
+        g.fit(X)
+    g.weights_init = np.array([0.5, 0.5 + 1e-7])  # float64: scikit-learn's tolerance is 1e-8
+    with pytest.raises(ValueError, match="should be normalized"):
+        g.fit(X)
+    g.weights_init = np.array([0.5, 0.5 + 1e-7], dtype=np.float32)  # float32: 1e-6
+    g.fit(X)
+
+
+def test_means_init_shape_error_is_sklearns():
+    X = np.random.RandomState(0).rand(50, 3)
+    for bad in (np.zeros((3, 3)), np.zeros(6)):
+        msg = re.escape(f"The parameter 'means' should have the shape of (2, 3), but got {bad.shape}")
+        with pytest.raises(ValueError, match=msg):
+            GaussianMixture(2, means_init=bad, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_precisions_init_errors_are_sklearns(covariance_type):
+    K, D = 2, 3
+    X = np.random.RandomState(0).rand(50, D)
+    bad_shape = {"full": np.ones((K + 1, D, D)), "tied": np.ones((D + 1, D + 1)),
+                 "diag": np.ones((K + 1, D)), "spherical": np.ones(K + 1)}[covariance_type]  # fmt: skip
+    not_pos = np.ones((K, D, D))
+    not_pos[0] = np.eye(D)
+    not_pos[0, 0, 0] = -1.0
+    not_positive = {"full": not_pos, "tied": not_pos[0], "diag": np.full((K, D), -1.0),
+                    "spherical": np.full(K, -1.0)}[covariance_type]  # fmt: skip
+    asymmetric = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = "symmetric, positive-definite" if covariance_type in ("full", "tied") else "positive"
+    g = GaussianMixture(K, covariance_type=covariance_type, device="cpu")
+    g.precisions_init = bad_shape
+    msg = re.escape(f"The parameter '{covariance_type} precision' should have the shape of")
+    with pytest.raises(ValueError, match=msg + re.escape(f" {np.shape(not_positive)}, but got {bad_shape.shape}")):
+        g.fit(X)
+    g.precisions_init = not_positive
+    with pytest.raises(ValueError, match=re.escape(f"'{covariance_type} precision' should be {expected}")):
+        g.fit(X)
+    if covariance_type in ("full", "tied"):
+        g.precisions_init = asymmetric if covariance_type == "tied" else np.stack([np.eye(D), asymmetric])
+        with pytest.raises(ValueError, match=re.escape(f"'{covariance_type} precision' should be {expected}")):
+            g.fit(X)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ill_defined_covariance_error_is_sklearns(covariance_type, dtype):
+    # scikit-learn's test_regularisation: two collapsed clusters, ten components, no regularization.
+    X = np.vstack((np.ones((5, 5)), np.zeros((5, 5)))).astype(dtype)
+    msg = re.escape(
+        "Fitting the mixture model failed because some components have"
+        " ill-defined empirical covariance (for instance caused by "
+        "singleton or collapsed samples). Try to decrease the number "
+        "of components, increase reg_covar, or scale the input data."
+    )
+    if dtype == np.float32:
+        msg += re.escape(" The numerical accuracy can also be improved by passing float64 data instead of float32.")
+    gmm = GaussianMixture(10, reg_covar=0, covariance_type=covariance_type, random_state=0, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match=msg):
+            gmm.fit(X)
+        gmm.set_params(reg_covar=1e-6).fit(X)
+
+
+def test_sample_of_no_samples_is_sklearns_error():
+    gmm = GaussianMixture(2, random_state=0, device="cpu")
+    with pytest.raises(NotFittedError, match="This GaussianMixture instance is not fitted"):
+        gmm.sample(0)
+    gmm.fit(np.random.RandomState(0).rand(40, 3))
+    for bad in (0, -3):
+        msg = re.escape(f"Invalid value for 'n_samples': {bad} . The sampling requires at least one sample.")
+        with pytest.raises(ValueError, match=msg):
+            gmm.sample(bad)
+    with pytest.raises(ValueError, match="n_samples=2.5 must be an integer"):
+        gmm.sample(2.5)
