@@ -17,7 +17,7 @@ from sklearn.utils.validation import _check_feature_names
 
 from . import _gmm_numerics as gm
 from ._arrays import ArrayKind, as_tensor, resolve_dtype
-from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int
+from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast
 from ._chunks import budget_bytes, rows_per_chunk
 from ._comm import gather_init_sample, make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
@@ -439,6 +439,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return MixtureParameters(weights, means, gm.covariances_from_precision_cholesky(prec_chol, ct), prec_chol)
 
     # ------------------------------------------------------------------- fit
+    @no_autocast
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Estimate the parameters with EM, ``n_init`` times, keeping the best lower bound.
@@ -465,6 +466,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._fit(X)
         return self
 
+    @no_autocast
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None, out=None):
         """Fit, then label X with the fitted model (equal to ``fit(X).predict(X)``).
@@ -674,6 +676,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         out = X.empty((X.shape[0],), X.dtype)
         return self._map_tiles(X, self._current_params(), lambda wlp: torch.logsumexp(wlp, dim=1), out)
 
+    @no_autocast
     def predict(self, X, out=None):
         """Most probable component of each sample.
 
@@ -694,6 +697,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         labels = self._labels(X_t, out)
         return out if out is not None else self._output(labels, kind)
 
+    @no_autocast
     def predict_proba(self, X):
         """Posterior probability of each component; rows sum to one.
 
@@ -710,6 +714,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self._map_tiles(X_t, self._current_params(), lambda wlp: torch.softmax(wlp, dim=1), out)
         return self._output(out, kind)
 
+    @no_autocast
     def score_samples(self, X):
         """Log-likelihood of each sample under the model.
 
@@ -724,6 +729,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         X_t, kind = self._prepare(X)
         return self._output(self._score_samples(X_t), kind)
 
+    @no_autocast
     def score(self, X, y=None):
         """Average log-likelihood per sample.
 
@@ -748,6 +754,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         X_t, _ = self._prepare(X)
         return float(self._score_samples(X_t).to(torch.float64).sum()), X_t.shape[0]
 
+    @no_autocast
     def bic(self, X):
         """Bayesian information criterion on X (lower is better).
 
@@ -762,6 +769,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         total, n = self._total_log_likelihood(X)
         return -2 * total + self._n_parameters() * math.log(n)
 
+    @no_autocast
     def aic(self, X):
         """Akaike information criterion on X (lower is better).
 
@@ -776,6 +784,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         total, _ = self._total_log_likelihood(X)
         return -2 * total + 2 * self._n_parameters()
 
+    @no_autocast
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture.
 

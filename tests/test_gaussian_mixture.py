@@ -515,3 +515,37 @@ def test_sample_of_no_samples_is_sklearns_error():
             gmm.sample(bad)
     with pytest.raises(ValueError, match="n_samples=2.5 must be an integer"):
         gmm.sample(2.5)
+
+
+# ------------------------------------------------------------------ no autocast (issue 24)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_autocast_changes_nothing(covariance_type):
+    # Only matmul_precision may choose a lower precision: inside torch.autocast every method
+    # computes as outside it, bit for bit.
+    X, _ = overlapping_blobs(n=600, d=5, k=3, seed=12, dtype=np.float32)
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", tol=1e-6)
+    plain = GaussianMixture(3, **kw).fit(X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = GaussianMixture(3, **kw).fit(X)
+        labels = GaussianMixture(3, **kw).fit_predict(X)
+        calls = {name: getattr(plain, name)(X) for name in ("predict", "predict_proba", "score_samples", "score",
+                                                               "bic", "aic")}  # fmt: skip
+        sample = plain.sample(50)
+    assert (inside.lower_bound_, inside.n_iter_) == (plain.lower_bound_, plain.n_iter_)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+        np.testing.assert_array_equal(getattr(inside, name), getattr(plain, name), err_msg=name)
+    np.testing.assert_array_equal(labels, plain.predict(X))
+    for name, value in calls.items():
+        np.testing.assert_array_equal(value, getattr(plain, name)(X), err_msg=name)
+    for a, b in zip(sample, plain.sample(50)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_public_methods_keep_their_signature_and_docs():
+    import inspect
+
+    for name in ("fit", "fit_predict", "predict", "predict_proba", "score_samples", "score", "bic", "aic", "sample"):
+        method = getattr(GaussianMixture, name)
+        assert method.__name__ == name and method.__doc__ and method.__doc__.strip(), name
+        assert "self" in inspect.signature(method).parameters, name
+    assert list(inspect.signature(GaussianMixture.fit).parameters) == ["self", "X", "y"]
