@@ -607,35 +607,61 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return self._comm.sum_(xtx, "scatter matrix")
 
     def _publish(self, kind):
-        """Fitted attributes in the caller's array type and the working dtype."""
+        """Fitted attributes in the caller's array type and the working dtype, and a snapshot of them.
+
+        Each attribute is its own copy (an edit never reaches ``_params``); the snapshot, on the
+        attribute's device, lets :meth:`_current_params` see any later change to it.
+        """
         p, ct = self._params, self.covariance_type
-        out = lambda t: self._output(t.to(self._dtype), kind)
-        self.weights_ = out(p.weights)
-        self.means_ = out(p.means + self._shift)
-        self.covariances_ = out(p.covariances)
-        self.precisions_cholesky_ = out(p.precisions_cholesky)
-        self.precisions_ = out(gm.precisions_from_cholesky(p.precisions_cholesky, ct))
-        self._published = (self.weights_, self.means_, self.precisions_cholesky_)
+        attribute_device = torch.device("cpu") if kind.namespace == "numpy" else kind.device
+        values = {
+            "weights_": p.weights,
+            "means_": p.means + self._shift,
+            "covariances_": p.covariances,
+            "precisions_cholesky_": p.precisions_cholesky,
+            "precisions_": gm.precisions_from_cholesky(p.precisions_cholesky, ct),
+        }
+        self._published = {}
+        for name, value in values.items():
+            t = value.to(self._dtype, copy=True)
+            setattr(self, name, self._output(t, kind))
+            if name != "precisions_":  # nothing reads it, here as in scikit-learn
+                self._published[name] = t.to(attribute_device, copy=True)
+
+    def _edited(self, name, shape):
+        """The public attribute ``name`` in float64 if it no longer holds what fit published, else None."""
+        value = getattr(self, name)
+        published = getattr(self, "_published", None)
+        snapshot = published.get(name) if isinstance(published, dict) else None
+        if snapshot is not None:
+            try:
+                t, _ = as_tensor(value, device=snapshot.device, name=name, ndim=None, check_finite=False)
+            except (TypeError, ValueError):
+                t = None  # _as_param says what is wrong with it
+            if t is not None and t.dtype == snapshot.dtype and t.shape == snapshot.shape and torch.equal(t, snapshot):
+                return None
+        return self._as_param(value, name, shape, self._device)
 
     def _current_params(self):
-        """The parameters inference uses: the fitted ones, or those a user assigned to the attributes.
+        """The parameters the public attributes hold: the fit's own (float64) while they hold what fit
+        published, the attributes' values where they were changed (in place or by assignment).
 
-        As in scikit-learn, ``weights_``, ``means_`` and ``precisions_cholesky_`` are the model:
-        assigning new arrays to them changes what predict, score and warm starts use.
+        As in scikit-learn, the attributes are the model: predict, score and warm starts read
+        ``weights_``, ``means_`` and ``precisions_cholesky_``, ``sample`` reads ``covariances_``.
         """
-        public = (self.weights_, self.means_, self.precisions_cholesky_)
-        if all(a is b for a, b in zip(public, getattr(self, "_published", ()))):
-            return self._params
-        K, d = self._params.means.shape
-        shapes = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
-        weights = self._as_param(self.weights_, "weights_", (K,), self._device)
-        means = self._as_param(self.means_, "means_", (K, d), self._device) - self._shift
-        prec_chol = self._as_param(self.precisions_cholesky_, "precisions_cholesky_", shapes[self.covariance_type],
-                                   self._device)  # fmt: skip
-        cov = gm.covariances_from_precision_cholesky(prec_chol, self.covariance_type)
-        self._params = gm.MixtureParameters(weights, means, cov, prec_chol)
-        self._published = public
-        return self._params
+        p = self._params
+        w = self._edited("weights_", tuple(p.weights.shape))
+        m = self._edited("means_", tuple(p.means.shape))
+        c = self._edited("covariances_", tuple(p.covariances.shape))
+        P = self._edited("precisions_cholesky_", tuple(p.precisions_cholesky.shape))
+        if w is None and m is None and c is None and P is None:
+            return p
+        return MixtureParameters(
+            p.weights if w is None else w,
+            p.means if m is None else m - self._shift,
+            p.covariances if c is None else c,
+            p.precisions_cholesky if P is None else P,
+        )
 
     # ----------------------------------------------------------- verbose (as scikit-learn prints it)
     def _verbose_init_begins(self, init):
@@ -807,8 +833,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         p = self._current_params()
         d = p.means.shape[1]
         counts = rs.multinomial(n_samples, p.weights.cpu().numpy() / float(p.weights.sum()))
-        means = p.means + self._shift
-        cov = gm.covariances_from_precision_cholesky(p.precisions_cholesky, self.covariance_type)
+        means, cov = p.means + self._shift, p.covariances  # as in scikit-learn, not the precisions
         device = means.device
         parts, labels = [], []
         for k, count in enumerate(counts):

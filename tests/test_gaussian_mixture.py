@@ -549,3 +549,109 @@ def test_public_methods_keep_their_signature_and_docs():
         assert method.__name__ == name and method.__doc__ and method.__doc__.strip(), name
         assert "self" in inspect.signature(method).parameters, name
     assert list(inspect.signature(GaussianMixture.fit).parameters) == ["self", "X", "y"]
+
+
+# ------------------------------------------------------------------ the public attributes are the model (issue 24)
+def _numpy(a):
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _sklearn_from_attributes(gmm):
+    """scikit-learn's GaussianMixture holding gpuclust's public attributes (in float64)."""
+    ref = SkGMM(gmm.n_components, covariance_type=gmm.covariance_type, random_state=gmm.random_state)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+        setattr(ref, name, _numpy(getattr(gmm, name)).astype(np.float64))
+    ref.n_features_in_, ref.converged_ = gmm.n_features_in_, True
+    return ref
+
+
+def _edit_in_place(gmm, name):
+    a = getattr(gmm, name)
+    if name == "means_":
+        a[0] += 100
+    elif name == "weights_":
+        a[0] *= 1e-3
+    elif gmm.covariance_type == "tied":
+        a[0, 0] *= 3  # stays upper triangular
+    else:
+        a[0] *= 3
+
+
+@pytest.mark.parametrize("output", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("name", ["means_", "weights_", "precisions_cholesky_"])
+def test_in_place_edits_of_the_attributes_change_inference(name, covariance_type, dtype, output):
+    # scikit-learn's predict, predict_proba and score_samples read weights_, means_ and
+    # precisions_cholesky_: an edit of them, in place or by assignment, changes what they return.
+    X, _ = overlapping_blobs(n=500, d=4, k=3, seed=13, dtype=dtype)
+    X = torch.from_numpy(X) if output == "torch" else X
+    gmm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, device="cpu")
+    labels = gmm.fit_predict(X)
+    assert isinstance(getattr(gmm, name), torch.Tensor if output == "torch" else np.ndarray)
+    original = {n: getattr(gmm, n) + 0 for n in ("weights_", "means_", "precisions_cholesky_")}
+    before = _numpy(gmm.score_samples(X))
+    _edit_in_place(gmm, name)
+    ref = _sklearn_from_attributes(gmm)
+    X64 = _numpy(X).astype(np.float64)
+    after = _numpy(gmm.score_samples(X))
+    assert np.abs(after - before).max() > 1e-3, "the edit was ignored"
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(after, ref.score_samples(X64), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(_numpy(gmm.predict_proba(X)), ref.predict_proba(X64), atol=rtol)
+    assert gmm.score(X) == pytest.approx(ref.score(X64), rel=rtol)
+    # Labels as scikit-learn's, wherever its two best components are not within rounding of each other.
+    log_proba = np.sort(np.log(np.maximum(ref.predict_proba(X64), 1e-300)), axis=1)
+    clear = log_proba[:, -1] - log_proba[:, -2] > (1e-9 if dtype == np.float64 else 1e-3)
+    np.testing.assert_array_equal(_numpy(gmm.predict(X))[clear], ref.predict(X64)[clear])
+    # Assigning the fitted values back restores the fit itself: predict equals fit_predict bit for bit.
+    for n, value in original.items():
+        setattr(gmm, n, value)
+    np.testing.assert_array_equal(_numpy(gmm.predict(X)), _numpy(labels))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_edits_survive_a_pickle_round_trip_and_unedited_copies_predict_as_the_fit(dtype):
+    import pickle
+
+    X, _ = overlapping_blobs(n=500, d=4, k=3, seed=14, dtype=dtype)
+    gmm = GaussianMixture(3, covariance_type="full", random_state=0, device="cpu")
+    labels = gmm.fit_predict(X)
+    copy = pickle.loads(pickle.dumps(gmm))
+    np.testing.assert_array_equal(copy.predict(X), labels)  # bit for bit: the fit's own parameters
+    copy.means_[0] += 100
+    np.testing.assert_array_equal(gmm.predict(X), labels)  # the original is untouched
+    edited = pickle.loads(pickle.dumps(copy))
+    ref = _sklearn_from_attributes(copy)
+    for est in (copy, edited):
+        np.testing.assert_allclose(est.score_samples(X), ref.score_samples(X.astype(np.float64)),
+                                   rtol=1e-10 if dtype == np.float64 else 1e-4)  # fmt: skip
+    assert not np.array_equal(copy.predict(X), labels)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_sample_reads_weights_means_and_covariances_as_sklearn(covariance_type):
+    # scikit-learn's sample reads weights_, means_ and covariances_; for diag and spherical it draws
+    # the same numbers from the same random_state as gpuclust, so the samples are equal.
+    X, _ = overlapping_blobs(n=500, d=4, k=3, seed=15)
+    gmm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, device="cpu").fit(X)
+    gmm.means_[1] -= 50
+    gmm.covariances_[2] *= 4
+    gmm.weights_[:] = [0.2, 0.5, 0.3]
+    ref = _sklearn_from_attributes(gmm)
+    for ours, theirs in zip(gmm.sample(2000), ref.sample(2000)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_warm_start_starts_from_edited_attributes():
+    X, _ = overlapping_blobs(n=500, d=4, k=3, seed=16)
+    kw = dict(covariance_type="diag", random_state=0, device="cpu", max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = GaussianMixture(3, warm_start=True, **kw).fit(X)
+        ref = SkGMM(3, warm_start=True, **{k: v for k, v in kw.items() if k != "device"}).fit(X)
+        for est in (ours, ref):
+            est.means_[0] += 3
+            est.fit(X)
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-9)
+    assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-9)
