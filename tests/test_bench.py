@@ -29,7 +29,7 @@ def test_tiny_grid_writes_well_formed_results(tmp_path):
     assert [r["status"] for r in rows] == ["ok"] * len(GRIDS["cpu-small"])
     assert read_jsonl(tmp_path / "tiny.jsonl") == json.loads(json.dumps(rows))
     for r in rows:
-        assert r["seconds_min"] <= r["seconds_median"] <= r["seconds_max"]
+        assert 0 < r["seconds_min"] <= r["seconds_median"] <= r["seconds_max"]
         assert r["peak_memory_bytes"] > 0 and 0 <= r["completeness"] <= 1 and "nmi" in r and "ari" in r
         assert r["environment"]["torch"] and "cpu_count" in r["environment"]
         if r["algorithm"] == "gmm":
@@ -132,7 +132,7 @@ def test_peak_memory_does_not_include_the_previous_fit(monkeypatch):
 
     monkeypatch.setattr(bench, "_make_estimator", tracking)
     row = run_case(Case("gmm", "torch", "cpu", "synthetic", 300, 3, 2, covariance_type="diag", iters=2), repeats=2)
-    assert row["status"] == "ok" and len(alive_at_fit) == 1 + 2 * 2
+    assert row["status"] == "ok" and len(alive_at_fit) == 1 + 2 * (2 + row["remeasured"])
     assert alive_at_fit == [0] * len(alive_at_fit)
     assert 0 < row["memory_before_fit_bytes"] <= row["peak_memory_bytes"]
 
@@ -277,3 +277,57 @@ def test_converged_fits_predicted_over_the_limit_are_skipped_saying_why(tmp_path
     # Without a limit (or under it) the same case runs.
     again = run_grid([per_iter, converged], tmp_path, "nolimit", repeats=1, converged_limit=None)
     assert [r["status"] for r in again] == ["ok", "ok"]
+
+
+# --- the per-iteration time is never negative (issue 24) ------------------------------------------------
+
+_TINY = Case("gmm", "torch", "cpu", "synthetic", 100, 2, 2, covariance_type="diag", iters=2)
+
+
+def _scripted_clock(monkeypatch, short, long):
+    """Real fits, but their times are the scripted ones: 1-iteration fits take ``short``, long ones ``long``."""
+    real = bench._timed_fit
+    script = {1: list(short), 1 + _TINY.iters: list(long)}
+
+    def timed(case, X, init, max_iter, tol):
+        fit = real(case, X, init, max_iter, tol)
+        if max_iter in script:  # the warm-up (2 iterations) keeps its own time
+            fit.seconds = script[max_iter].pop(0)
+        return fit
+
+    monkeypatch.setattr(bench, "_timed_fit", timed)
+    return script
+
+
+def test_a_long_fit_no_slower_than_a_short_one_is_never_a_negative_time(monkeypatch):
+    # The clock's noise is larger than the iterations' work every time: no time can be given.
+    _scripted_clock(monkeypatch, short=[0.005] * 20, long=[0.003] * 20)
+    row = run_case(_TINY, repeats=1)
+    assert row["status"] == "skipped" and "noise" in row["reason"], row
+    assert "seconds_median" not in row
+
+
+def test_a_noisy_pair_is_measured_again_and_the_fastest_fits_are_used(monkeypatch):
+    # First pair: the 1-iteration fit was slowed down (5 ms) past the long one (3 ms); then 1 ms and 4 ms.
+    script = _scripted_clock(monkeypatch, short=[0.005, 0.001], long=[0.003, 0.004])
+    row = run_case(_TINY, repeats=1)
+    assert row["status"] == "ok", row
+    assert row["seconds_median"] == pytest.approx((0.003 - 0.001) / _TINY.iters)  # the fastest of each
+    assert row["remeasured"] == 1 and script == {1: [], 3: []}
+
+
+def test_every_time_is_positive_whatever_the_clock_says(monkeypatch):
+    rng = np.random.default_rng(0)
+    _scripted_clock(monkeypatch, short=list(rng.uniform(0, 0.01, 200)), long=list(rng.uniform(0, 0.01, 200)))
+    for _ in range(5):
+        row = run_case(_TINY, repeats=3)
+        if row["status"] == "ok":
+            assert 0 < row["seconds_min"] <= row["seconds_median"] <= row["seconds_max"]
+        else:
+            assert row["status"] == "skipped" and "noise" in row["reason"]
+
+
+def test_a_fit_that_stops_after_one_iteration_has_no_time_per_iteration(monkeypatch):
+    monkeypatch.setattr(bench, "_iterations", lambda est, asked: 1)  # tol=0, and yet it stopped at once
+    row = run_case(_TINY, repeats=1)
+    assert row["status"] == "skipped" and "stopped after 1 iteration" in row["reason"], row

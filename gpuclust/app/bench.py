@@ -4,7 +4,9 @@ Each case is one (algorithm, covariance type, backend, device, data, N, D, K, dt
 Timing follows the usual rules: a warm-up fit first, CUDA synchronized before every
 clock read, several repeats, median and spread reported. Per-iteration time is
 differential, ``(T(1 + iters) - T(1)) / iters`` with ``tol=0``, so set-up, init and
-final passes cancel for every backend alike. Peak memory is
+final passes cancel for every backend alike; a pair whose long fit is not slower than
+its short one is timed again (the fastest of each kept), and a case whose iterations
+stay below the clock's noise is a skipped row, never a time at or below zero. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and the kernel's peak resident set size
 (``VmHWM``, restarted per fit; sampled every 2 ms where it cannot be restarted) on
 the CPU, both taken after the previous fit's estimator has been freed (and CUDA's
@@ -570,6 +572,44 @@ def _iterations(est, asked):
     return asked if n is None else int(n)
 
 
+# How many (1-iteration, long) pairs a repeat may time before a case is declared below the clock's noise.
+MAX_PAIRS = 5
+
+
+def _per_iteration(case, X, init, max_iter):
+    """One repeat's seconds per iteration, ``(T(max_iter) - T(1)) / (iterations beyond the first)``.
+
+    Noise only ever adds time, so T(1) and T(max_iter) are each the fastest of the fits timed in
+    this repeat. Where the long fit is not slower than the short one (the iterations' work is below
+    the clock's noise: tiny cases, a busy machine), one more pair is timed, up to ``MAX_PAIRS``;
+    then the case is a skipped row saying so, never a time at or below zero. Returns the seconds,
+    the last long fit (for memory and quality; no earlier fit is kept alive while one is timed)
+    and the number of pairs timed.
+    """
+    short = long = None
+    for pairs in range(1, MAX_PAIRS + 1):
+        fit = None  # the previous pair's long fit must not count in this pair's peaks
+        first = _timed_fit(case, X, init, 1, 0.0)
+        if short is None or first.seconds < short[0]:
+            short = (first.seconds, _iterations(first.est, 1))
+        del first
+        fit = _timed_fit(case, X, init, max_iter, 0.0)
+        extra = _iterations(fit.est, max_iter) - short[1]
+        if extra < 1:
+            raise _Skipped(
+                f"no time per iteration: with tol=0 the fit stopped after {short[1] + extra} iteration(s), "
+                "none beyond the first to time"
+            )
+        long = fit.seconds if long is None else min(long, fit.seconds)
+        if long > short[0]:
+            return (long - short[0]) / extra, fit, pairs
+    raise _Skipped(
+        f"no time per iteration: in {MAX_PAIRS} tries a {max_iter}-iteration fit was never slower than a "
+        f"1-iteration fit ({1e3 * long:.3f} ms against {1e3 * short[0]:.3f} ms): the iterations take "
+        "less time than the clock's noise here; use a larger N, D or K, or more iterations"
+    )
+
+
 def _measure(case, repeats, seed):
     X_np, labels = make_data(case, seed)
     X = _to_backend(case, X_np)
@@ -577,14 +617,13 @@ def _measure(case, repeats, seed):
     stop = stopping(case)
     _timed_fit(case, X, init, 2, 0.0)  # warm-up (kernels, allocator, thread pools); freed at once
     times, peaks, befores, methods = [], [], [], set()
+    remeasured = 0
     for _ in range(repeats):
         fit = None  # the previous repeat's estimator must not count in this repeat's peak
         if case.mode == "per_iter":
-            first = _timed_fit(case, X, init, 1, 0.0)
-            t_1, n_1 = first.seconds, _iterations(first.est, 1)
-            del first
-            fit = _timed_fit(case, X, init, stop.max_iter, 0.0)
-            times.append((fit.seconds - t_1) / max(1, _iterations(fit.est, stop.max_iter) - n_1))
+            seconds, fit, pairs = _per_iteration(case, X, init, stop.max_iter)
+            times.append(seconds)
+            remeasured += pairs - 1
         else:
             fit = _timed_fit(case, X, init, stop.max_iter, stop.tol)
             times.append(fit.seconds)
@@ -598,6 +637,7 @@ def _measure(case, repeats, seed):
         "seconds_min": min(times),
         "seconds_max": max(times),
         "repeats": repeats,
+        **({"remeasured": remeasured} if case.mode == "per_iter" else {}),
         # None where the library does not say (the row's n_iter_note says so); never a guess.
         "n_iter": None if n_iter is None else int(n_iter),
         **({"n_iter_note": "not reported by the library"} if n_iter is None else {}),
