@@ -175,9 +175,13 @@ def test_checkpoint_with_pickled_callable_is_refused_without_running_it(tmp_path
     payload = torch.load(ckpt, weights_only=True)
     payload["config"]["extra"] = _RunsAShellCommand(marker)
     torch.save(payload, ckpt)
-    with pytest.raises(ValueError, match="not a readable gpuclust checkpoint"):
+    with pytest.raises(ValueError, match="not a readable gpuclust checkpoint") as err:
         load_checkpoint(ckpt)
     assert not marker.exists()
+    # One line that names what was refused, and no advice to load it unsafely (issue 24).
+    (line,) = str(err.value).splitlines()
+    assert "posix.system" in line  # what the file would have called
+    assert "weights_only" not in line and "trust" not in line and "\x1b" not in line
 
 
 def _mutate(payload, path, value):

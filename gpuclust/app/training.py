@@ -16,6 +16,7 @@ from torch import nn
 
 from ..device import resolve_device, synchronize, uses_cuda_paths
 from ._atomic import atomic_write
+from ._torch_load import load_plain, why_refused
 from .autoencoder import AutoencoderConfig, ConvAutoencoder, images_to_tensor
 
 logger = logging.getLogger("gpuclust")
@@ -196,12 +197,9 @@ def load_checkpoint(path, device="cpu"):
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
     device = resolve_device(device)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = load_plain(path, map_location=device)
     except Exception as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ValueError(
-            f"{path} is not a readable gpuclust checkpoint (only tensors and plain data are loaded): {first}"
-        ) from None
+        raise ValueError(f"{path} is not a readable gpuclust checkpoint ({why_refused(exc)})") from None
     _validate_checkpoint(ckpt, path)
     try:
         config = AutoencoderConfig.from_dict(ckpt["config"]["architecture"])
