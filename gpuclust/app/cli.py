@@ -145,7 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write codes.npz: the autoencoder's codes of the training split and the test set "
         "(train_codes, test_codes), the training-split image indices and both sets' labels",
     )
-    run.add_argument("--out", metavar="DIR", help="run folder (default runs/run-DATE-TIME)")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default runs/run-DATE-TIME). A rerun into it replaces the files an earlier run wrote "
+        "there (listed in its .gpuclust-run.json) and never touches other files; if it holds a file of the same "
+        "name as one a run writes (report.md, results.json, ...) that gpuclust did not write, the run stops "
+        "before any work, unless --overwrite",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace such files in --out (yours, or a run's from before gpuclust kept that list)",
+    )
     _add_common(run)
 
     tr = sub.add_parser(
@@ -246,10 +258,16 @@ def _load_array(path):
         if p.suffix == ".npy":
             return np.load(p, allow_pickle=False)
         if p.suffix == ".pt":
+            from ._torch_load import load_plain, why_refused
+
             with warnings.catch_warnings():
                 # torch's "sparse CSR support is in beta" note is not the user's concern.
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                obj = torch.load(p, map_location="cpu", weights_only=True)
+                try:
+                    obj = load_plain(p)
+                except Exception as exc:
+                    reason = why_refused(exc)
+                    raise UsageError(f"{p} is not a features file gpuclust can read safely ({reason})") from None
             if not isinstance(obj, torch.Tensor):
                 raise UsageError(f"{p}: expected a single tensor, found {type(obj).__name__}")
             return obj
@@ -306,6 +324,31 @@ def _check_can_create(path: Path, flag: str, want_dir: bool):
         raise UsageError(f"{flag} {path}: {folder} is not writable")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same file where both exist (links too), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_distinct(outputs, inputs=()):
+    """UsageError, before any work, when an output is the same file as another output or as an input.
+
+    ``outputs`` and ``inputs`` are (flag, path) pairs; a None path (a flag not given) is left out.
+    """
+    outputs = [(flag, Path(p)) for flag, p in outputs if p is not None]
+    inputs = [(flag, Path(p)) for flag, p in inputs if p is not None]
+    for i, (flag, path) in enumerate(outputs):
+        others = [(f, p, "another output") for f, p in outputs[:i]] + [(f, p, "one of the inputs") for f, p in inputs]
+        for other_flag, other, what in others:
+            if _same_file(path, other):
+                raise UsageError(
+                    f"{flag} {path} is the same file as {other_flag} {other}, {what}: writing it would destroy "
+                    "that one; name another file"
+                )
+
+
 def _check_array_file(path, flag):
     if path is not None:
         suffix = Path(path).suffix
@@ -329,10 +372,17 @@ def _load_fashion(split, args, say):
 
 def cmd_run(args, say):
     from .pipeline import RunConfig, default_run_dir, run_experiments
-    from .report import results_table, write_run_folder
+    from .report import foreign_files, results_table, write_run_folder
 
     out = Path(args.out) if args.out else default_run_dir()
     _check_can_create(out, "--out", want_dir=True)
+    foreign = foreign_files(out)
+    if foreign and not args.overwrite:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UsageError(
+            f"--out {out} holds {shown}, which gpuclust did not write there; a run would replace "
+            f"{'it' if len(foreign) == 1 else 'them'}: choose another folder, or pass --overwrite"
+        )
     config = RunConfig(
         profile=args.profile,
         epochs=args.epochs,
@@ -350,7 +400,7 @@ def cmd_run(args, say):
         save_codes=args.save_codes,
     )
     run = run_experiments(config, on_progress=say)
-    paths = write_run_folder(run, out)
+    paths = write_run_folder(run, out, overwrite=args.overwrite)
     print(results_table(run["results"], run["seed_report"]))
     print(f"\nreport: {paths['report']}\nresults: {paths['results']}")
     return 0
@@ -364,6 +414,7 @@ def cmd_train_ae(args, say):
 
     _check_can_create(Path(args.checkpoint), "--checkpoint", want_dir=False)
     _check_array_file(args.features, "--features")
+    _check_distinct([("--checkpoint", args.checkpoint), ("--features", args.features)])
     if args.allow_changed_settings and not args.resume:
         raise UsageError("--allow-changed-settings only applies with --resume")
     if args.resume:
@@ -422,9 +473,7 @@ def cmd_cluster(args, say):
     from ..datasets import flatten_pixels
 
     _check_array_file(args.save_labels, "--save-labels")
-    inputs = [Path(f).resolve() for f in (args.features, args.labels) if f]
-    if args.save_labels and Path(args.save_labels).resolve() in inputs:
-        raise UsageError(f"--save-labels {args.save_labels} is one of the inputs; name another file")
+    _check_distinct([("--save-labels", args.save_labels)], [("--features", args.features), ("--labels", args.labels)])
     if args.labels and not args.features:
         raise UsageError("--labels scores --features; without --features the pixels' own labels are used")
     if args.features and _streams(args):
@@ -615,12 +664,34 @@ def cmd_bench(args, say):
 
     if args.grid not in GRIDS:
         raise UsageError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
+    _check_bench_device(args.grid, args.device)
     _check_can_create(Path(args.out), "--out", want_dir=True)
     rows, path = run_named_grid(args.grid, args.out, tag=args.tag, repeats=args.repeats, seed=args.seed,
                                 device=args.device, say=say)  # fmt: skip
     ok = sum(r["status"] == "ok" for r in rows)
     print(f"{ok}/{len(rows)} cases measured; results in {path}")
     return 0
+
+
+def _check_bench_device(grid, device):
+    """UsageError, before any case runs, when the device asked for (or the grid's own, under "auto") is not here."""
+    import torch
+
+    from ..device import resolve_device
+    from .bench import CPU_ONLY_BACKENDS, GRIDS
+
+    if device != "auto":
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise UsageError(f"--device {device}: {exc}") from None
+    elif not torch.cuda.is_available() and any(
+        c.device.startswith("cuda") for c in GRIDS[grid] if c.backend not in CPU_ONLY_BACKENDS + ("cuml",)
+    ):
+        raise UsageError(
+            f"--grid {grid} runs on CUDA and no CUDA GPU is available (torch.cuda.is_available() is False); "
+            "--device cpu runs its cases on the CPU"
+        )
 
 
 COMMANDS = {"run": cmd_run, "train-ae": cmd_train_ae, "cluster": cmd_cluster, "select": cmd_select, "bench": cmd_bench}

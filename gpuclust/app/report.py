@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 from pathlib import Path
@@ -137,10 +138,62 @@ def _write_npz(path, arrays, save):
     atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
-def write_run_folder(run: dict, out_dir) -> dict:
-    """Write results.json, report.md, predictions.npz and the plots; return the paths written."""
+# What a run writes into its folder (names and patterns), and the list it keeps of what it wrote there.
+RUN_FILES = (
+    "results.json",
+    "report.md",
+    "predictions.npz",
+    "codes.npz",
+    "loss_curve.png",
+    "covariance_types.png",
+    "confusion_task*.png",
+)
+MANIFEST = ".gpuclust-run.json"
+
+
+def _is_run_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILES)
+
+
+def _written_before(out: Path) -> set[str]:
+    """The files earlier runs wrote into ``out``: its manifest's list (none without one)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and _is_run_file(f)}
+
+
+def foreign_files(out_dir) -> list[str]:
+    """Files in ``out_dir`` that a run could replace but no gpuclust run wrote there (the user's own)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    ours = _written_before(out)
+    return sorted(p.name for p in out.iterdir() if _is_run_file(p.name) and p.name not in ours)
+
+
+def _write_manifest(out: Path, names):
+    atomic_write_json(out / MANIFEST, {"written_by": "gpuclust run", "files": sorted(names)})
+
+
+def write_run_folder(run: dict, out_dir, overwrite: bool = False) -> dict:
+    """Write results.json, report.md, predictions.npz and the plots; return the paths written.
+
+    Only files that earlier runs wrote into the folder (listed in its ``.gpuclust-run.json``) are
+    replaced, or removed when this run does not write them again. A file named like one a run
+    writes that gpuclust did not write raises FileExistsError before anything is written, unless
+    ``overwrite``; any other file is left alone.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    foreign = foreign_files(out)
+    if foreign and not overwrite:
+        raise FileExistsError(
+            f"{out} holds {', '.join(foreign)}, which gpuclust did not write there; "
+            "pass overwrite=True (--overwrite) to replace them"
+        )
+    before = _written_before(out)
     predictions = run["predictions"]
     summary = {k: v for k, v in run.items() if k not in ("predictions", "test_labels", "codes")}
     paths = {
@@ -149,18 +202,19 @@ def write_run_folder(run: dict, out_dir) -> dict:
         "loss_curve": out / "loss_curve.png",
         "covariance_types": out / "covariance_types.png",
         "predictions": out / "predictions.npz",
+        **({"codes": out / "codes.npz"} if run.get("codes") else {}),  # --save-codes: for clustering elsewhere
+        **{f"confusion_{task}": out / f"confusion_{task}.png" for task in predictions},
     }
+    _write_manifest(out, before | {p.name for p in paths.values()})  # first: a run cut short knows its files
     atomic_write_json(paths["results"], summary)
     arrays = {"test_labels": np.asarray(run["test_labels"]), **{k: np.asarray(v) for k, v in predictions.items()}}
     _write_npz(paths["predictions"], arrays, np.savez_compressed)
-    if run.get("codes"):  # --save-codes: the codes, for clustering them elsewhere
-        paths["codes"] = out / "codes.npz"
+    if "codes" in paths:
         _write_npz(paths["codes"], run["codes"], np.savez)
     plot_loss_curve(run["training"], paths["loss_curve"])
     if not plot_covariance_tradeoff(run["results"], paths["covariance_types"]):
         del paths["covariance_types"]
     for task, pred in predictions.items():
-        paths[f"confusion_{task}"] = out / f"confusion_{task}.png"
         score = next(r["completeness"] for r in run["results"] if r["task"] == task)
         plot_confusion(
             run["test_labels"],
@@ -170,20 +224,11 @@ def write_run_folder(run: dict, out_dir) -> dict:
             paths[f"confusion_{task}"],
         )
     atomic_write_text(paths["report"], render_report(run, paths))
-    _remove_stale_plots(out, paths)
+    written = {p.name for p in paths.values()}
+    for name in before - written:  # an earlier run's plots (or codes) that this run did not make again
+        (out / name).unlink(missing_ok=True)
+    _write_manifest(out, written)
     return paths
-
-
-# The plots (and codes) a run writes; any of these in the folder that this run did not write are a previous run's.
-RUN_PLOTS = ("loss_curve.png", "covariance_types.png", "confusion_*.png", "codes.npz")
-
-
-def _remove_stale_plots(out: Path, paths: dict):
-    written = {Path(p).name for p in paths.values()}
-    for pattern in RUN_PLOTS:
-        for path in out.glob(pattern):
-            if path.name not in written and path.is_file():
-                path.unlink()
 
 
 def render_report(run: dict, paths: dict) -> str:
@@ -215,8 +260,7 @@ def render_report(run: dict, paths: dict) -> str:
         f"commit {env.get('git_commit') or 'unknown'}. Autoencoder preset `{cfg['preset']}` "
         f"(latent {tr['latent_dim']}-d), trained in {tr['seconds']:.1f} s, best epoch {tr['best_epoch']}.",
         "",
-        "All scores on the held-out 10,000-image test set. *Seed report* is the seed's completeness "
-        "(called accuracy there).",
+        f"{_scored_on(run)} *Seed report* is the seed's completeness (called accuracy there).",
         "",
         results_table(run["results"], run["seed_report"]),
         "",
@@ -257,6 +301,14 @@ def render_report(run: dict, paths: dict) -> str:
         if path.suffix == ".png":
             lines.append(f"![{key}]({path.name})")
     return "\n".join(lines) + "\n"
+
+
+def _scored_on(run: dict) -> str:
+    """What the scores were computed on: the whole test set, or the images a smoke run kept."""
+    n = len(run["test_labels"])
+    if n == 10_000:
+        return "All scores on the held-out 10,000-image test set."
+    return f"All scores on {n:,} held-out test images only (the first {n:,} of the test set's 10,000)."
 
 
 def load_results(path) -> dict:
