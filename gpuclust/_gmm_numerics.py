@@ -114,6 +114,22 @@ _COVARIANCE_ESTIMATORS = {
 }
 
 
+def covariance_tied_uncentred(xtx, n_samples, shift, nk, means, reg_covar):
+    """scikit-learn's tied estimate ``(X^T X - sum_k nk_k mu_k mu_k^T) / sum_k nk_k`` on the data as given.
+
+    For responsibilities that sum to one over every sample it equals :func:`_covariances_tied`;
+    for the ``"k-means++"`` and ``"random_from_data"`` starts (one sample per component) it does
+    not: X^T X runs over all samples but the counts over the K chosen ones, so it is the
+    uncentred second moment of the samples not chosen, divided by K, and depends on where the
+    origin is. It is scikit-learn's initial covariance there, so it is formed here too, from the
+    shifted frame: X^T X = ``xtx`` + n shift shift^T (the shift is the data mean).
+    """
+    raw_means = means + shift
+    cov = (xtx + n_samples * torch.outer(shift, shift) - (nk[:, None] * raw_means).T @ raw_means) / nk.sum()
+    cov.diagonal().add_(reg_covar)
+    return cov
+
+
 def estimate_parameters(stats: SufficientStats, reg_covar: float, covariance_type: str, xtx=None):
     """Weights (unnormalised, as nk), means and covariances from the sufficient statistics.
 

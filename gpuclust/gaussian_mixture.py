@@ -77,6 +77,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         of gpuclust's own :class:`~gpuclust.KMeans` on the same device; ``"k-means++"``
         and ``"random_from_data"``: each component starts at one sample (chosen by
         k-means++ seeding, or uniformly); ``"random"``: uniform random responsibilities.
+        As in scikit-learn, a tied covariance that starts from single samples is the
+        uncentred second moment of the other samples divided by ``n_components``.
     weights_init : array-like of shape (n_components,), default=None
         Initial weights; None derives them from ``init_params``.
     means_init : array-like of shape (n_components, n_features), default=None
@@ -422,11 +424,9 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 gm.accumulate_stats(stats, Xs, resp, ct)
             nk, means, cov = gm.estimate_parameters(self._reduce_stats(stats), self.reg_covar, ct, self._xtx)
             if ct == "tied" and self.init_params in ("random_from_data", "k-means++"):
-                # Components start at single samples, whose pooled scatter is zero; start the
-                # shared covariance at the data's instead. (scikit-learn's formula mixes X^T X
-                # over all samples with counts over K samples here.)
-                cov = self._xtx / self._n_global
-                cov.diagonal().add_(self.reg_covar)
+                # Components start at single samples: scikit-learn's formula then mixes X^T X over
+                # all samples with counts over the K chosen ones; its initial covariance is kept.
+                cov = gm.covariance_tied_uncentred(self._xtx, self._n_global, self._shift, nk, means, self.reg_covar)
             weights = nk / self._n_global
         if self.weights_init is not None:
             weights = self._as_param(self.weights_init, "weights_init", (K,), device)
