@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import numbers
+import os
+import sys
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -25,6 +28,22 @@ TORCH_PARAMETER_CONSTRAINTS = {
     "memory_budget": [None, Interval(Integral, 1, None, closed="left")],
     "distributed": ["boolean"],
 }
+
+
+# Frames in these folders are gpuclust's own or scikit-learn's wrappers (``_fit_context``, pipelines):
+# a warning is reported at the first frame outside them, the user's line.
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (__file__, sys.modules["sklearn"].__file__)  # sklearn is imported above
+)
+
+
+def warn_user(message, category):
+    """``warnings.warn`` pointing at the caller's own line, however deep in gpuclust it is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def no_autocast(method):

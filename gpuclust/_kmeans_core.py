@@ -7,6 +7,7 @@ converts or validates user input (that is :mod:`gpuclust.kmeans`'s job).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -302,6 +303,10 @@ def apply_relocations(offers, sums, weights, comm=LOCAL):
     empty = torch.nonzero(weights == 0).flatten()
     n_empty = int(empty.numel())
     offers = comm.gather_rows(offers, "empty-cluster relocation")  # in rank order: rows in order
+    if not bool((offers[:, 0] > 0).any()):
+        # Every sample sits on its centre: more clusters than distinct samples. As in scikit-learn,
+        # nothing is relocated (moving a sample would only empty another cluster).
+        return
     chosen = offers[farthest_first(offers[:, 0], n_empty)]
     for new_id, offer in zip(empty.tolist(), chosen):
         w, old_id, x = offer[1], int(offer[2]), offer[3:]
@@ -432,22 +437,29 @@ class _HamerlyBounds:
 CANDIDATE_TILE_ROWS = 8192
 
 
+class LloydRun(NamedTuple):
+    """What a Lloyd run ends with; the labels and inertia of these centres are the estimator's final pass."""
+
+    centers: torch.Tensor
+    n_iter: int
+
+
 def lloyd(
     X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL, log=None
 ):
     """Lloyd's algorithm from ``centers``, with scikit-learn's stopping rule.
 
     Stops when the labels stop changing (strict convergence) or the total squared
-    centre shift falls to ``tol`` (already scaled to the data). A final
-    assignment pass makes the labels match the final centres and gives the inertia.
-    With ``prune`` (Hamerly's bounds), each iteration re-assigns only the samples
+    centre shift falls to ``tol`` (already scaled to the data). The labels and
+    inertia of the final centres are the caller's final pass (``KMeans._assign_tiles``,
+    the routine inference uses). With ``prune`` (Hamerly's bounds), each iteration re-assigns only the samples
     that might change cluster; the result is the same as without. Under
     torch.distributed (``comm``), each rank holds a block of rows and the centre
     sums, counts and inertia are all-reduced, so every rank gets the same centres.
 
     Returns
     -------
-    labels (this rank's rows), inertia (python float, over all ranks), centers, n_iter
+    LloydRun (final centres, iterations run)
     """
     k = centers.shape[0]
     sparse = is_sparse(X)
@@ -526,9 +538,7 @@ def lloyd(
             break
         if prune:
             bounds.centers_moved(delta)
-    labels, distances = assign(X, x_sq, centers, chunk)
-    inertia = comm.sum_float(float((distances.to(torch.float64) * sample_weight.to(torch.float64)).sum()), "inertia")
-    return labels, inertia, centers, n_iter
+    return LloydRun(centers, n_iter)
 
 
 def same_clustering(labels_a, labels_b, k, comm=LOCAL) -> bool:
@@ -662,11 +672,11 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
         None: every sample has weight one.
     centers : tensor of shape (k, d), on the compute device
     labels : ndarray of shape (n,), optional
-        Host array the labels are written into (int64); a new one by default.
+        Host array (int64) holding the labels between passes; a new one by default.
 
     Returns
     -------
-    labels (host ndarray, this rank's rows), inertia (over all ranks), centers, n_iter
+    LloydRun (final centres, iterations run)
     """
     k, d = centers.shape
     unit = sample_weight is None
@@ -713,8 +723,7 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
         centers, _, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
         if converged:
             break
-    inertia = comm.sum_float(assign_pass(centers), "inertia")
-    return labels, inertia, centers, n_iter
+    return LloydRun(centers, n_iter)
 
 
 def _farthest_offers_streamed(tiles, host_labels, weights_of, centers, n_empty):

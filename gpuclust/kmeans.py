@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,11 +17,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from . import _kmeans_core as core
 from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, resolve_dtype, to_output
 from ._backends import cuml_available, require
-from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast
+from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast, warn_user
 from ._chunks import chunk_slices, rows_per_chunk
 from ._comm import LOCAL, gather_init_sample, make_comm
 from .device import resolve_device
-from .sources import TensorRows, init_sample, is_out_of_core
+from .sources import init_sample, is_out_of_core
 
 logger = logging.getLogger("gpuclust")
 
@@ -38,6 +38,16 @@ CPU_AUTO_BACKEND = "torch"
 # 4.31 / 3.01; 7840 (pixels): 14.1 / 12.0. On overlapping blobs at d*k = 2048 Lloyd was twice as
 # fast (few samples keep their bounds): the pruning pays only where clusters are apart.
 HAMERLY_FROM_GEMM_WIDTH = 2048
+
+
+@dataclass
+class _Run:
+    """One run of ``n_init``: final centres (in the data's coordinates), labels, inertia, iterations."""
+
+    centers: torch.Tensor
+    labels: torch.Tensor
+    inertia: float
+    n_iter: int
 
 
 class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -206,21 +216,27 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         else:
             n_init = int(self.n_init)
         if is_array_init and n_init != 1:
-            warnings.warn(
+            warn_user(
                 "Explicit initial center position passed: performing only one init in "
                 f"{type(self).__name__} instead of n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=4,
             )
             n_init = 1
+        if self.algorithm == "elkan" and k == 1:
+            warn_user(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.", RuntimeWarning
+            )
         return k, n_init
 
     def _check_centers(self, centers, name, k, d):
+        """Initial centres as a tensor of shape (k, d), with scikit-learn's messages (tools match on them)."""
         t, _ = as_tensor(centers, device=self._device, dtype=self._dtype, name=name)
-        if tuple(t.shape) != (k, d):
+        shape = tuple(t.shape)
+        if shape[0] != k:
+            raise ValueError(f"The shape of the initial centers {shape} does not match the number of clusters {k}.")
+        if shape[1] != d:
             raise ValueError(
-                f"The shape of the initial centers {tuple(t.shape)} does not match "
-                f"(n_clusters, n_features) = ({k}, {d})."
+                f"The shape of the initial centers {shape} does not match the number of features of the data {d}."
             )
         return t
 
@@ -309,54 +325,61 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             raise ValueError(f"distributed=True needs backend='torch' (got {backend!r}).")
         if backend == "torch":
             # A callable init gets X validated, in the array type of the input (numpy for lists and DataFrames).
-            user_X = to_output(X_t, kind) if callable(self.init) else None
+            user_X = _callable_init_input(X, X_t, kind) if callable(self.init) else None
             shift = None if is_sparse(X_t) else _centring_shift(X_t, x_sq, self._comm)
-            if shift is None:
-                result = self._fit_torch(X_t, x_sq, w, k, n_init, init_t, sample_weight is None, user_X, None)
-            else:
+            if shift is not None:
                 # Distances as |x|^2 - 2 x.c + |c|^2 lose every digit to rounding when the data sit
                 # far from the origin: fit on centred data, as scikit-learn does with every dense X.
-                X_c = X_t - shift.to(X_t.dtype)
-                init_c = None if init_t is None else init_t - shift.to(X_t.dtype)
-                result = self._fit_torch(X_c, core.squared_norms(X_c), w, k, n_init, init_c, sample_weight is None,
-                                         user_X, shift)  # fmt: skip
-                del X_c
+                X_t_centred = X_t - shift.to(X_t.dtype)
+                x_sq = core.squared_norms(X_t_centred)
+                init_t = None if init_t is None else init_t - shift.to(X_t.dtype)
+            else:
+                X_t_centred = X_t
+            best = self._fit_torch(X_t_centred, x_sq, w, k, n_init, init_t, sample_weight is None, user_X, shift)
+            del X_t_centred
         else:
             shift = None
-            if backend == "sklearn":
-                result = self._fit_sklearn(X_t, w, k, n_init, init_t, sample_weight)
-            else:
-                result = self._fit_cuml(X_t, w, k, n_init, init_t, sample_weight)
-        centers, labels, inertia, n_iter = result
+            fit_backend = self._fit_sklearn if backend == "sklearn" else self._fit_cuml
+            best = _Run(*fit_backend(X_t, w, k, n_init, init_t, sample_weight))
         self._set_fit_input(X_t, kind)
         self.backend_ = backend
-        self._publish_centers(centers, kind, shift)
-        if shift is not None:
-            labels, inertia = self._final_assignment(TensorRows(X_t), None if sample_weight is None else w)
-        sizes = self._comm.sum_(torch.bincount(labels, minlength=k).to(torch.float64), "cluster sizes")
-        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
-        self.labels_ = self._output(labels, kind)
-        self.inertia_ = float(inertia)
-        self.n_iter_ = int(n_iter)
+        self._set_fitted(best, kind, shift)
+        self.labels_ = self._output(best.labels, kind)
         return self
 
-    def _publish_centers(self, centers, kind, shift):
-        """Set ``cluster_centers_`` from a run's centres (centred by ``shift`` if not None)."""
-        if shift is not None:
-            centers = (centers.to(torch.float64) + shift.to(centers.device)).to(centers.dtype)
+    def _set_fitted(self, run, kind, shift):
+        """Record the kept run: centres (already in the data's coordinates), inertia, iterations."""
+        sizes = self._comm.sum_(torch.bincount(torch.as_tensor(run.labels), minlength=run.centers.shape[0])
+                                .to(device=run.centers.device, dtype=torch.float64), "cluster sizes")  # fmt: skip
+        self._warn_if_few_clusters(int((sizes > 0).sum()), run.centers.shape[0])
         self._fit_shift = shift
-        self._n_features_out = int(centers.shape[0])
-        self.cluster_centers_ = self._output(centers, kind)
+        self._n_features_out = int(run.centers.shape[0])
+        self.cluster_centers_ = self._output(run.centers, kind)
+        self.inertia_ = float(run.inertia)
+        self.n_iter_ = int(run.n_iter)
 
-    def _final_assignment(self, rows, sample_weight, labels_out=None):
-        """Labels and inertia of the training rows against the published centres, by inference's routine.
+    def _replaces(self, run, best):
+        """scikit-learn's rule for ``n_init``: a later run wins only with a lower inertia and another partition."""
+        if best is None:
+            return True
+        k = run.centers.shape[0]
+        return run.inertia < best.inertia and not core.same_clustering(run.labels, best.labels, k, self._comm)
 
-        Where the fit centred far-away data, its own last assignment used centres that publishing
-        rounds (``centred + mean`` in the data's dtype); labelling again with what was published
-        makes ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly.
+    def _finish_run(self, tiles, centers, n_iter, shift, sample_weight, labels):
+        """A run's :class:`_Run`: its centres as published, and the labels and inertia inference gives them.
+
+        ``centers`` are the run's final centres in the fit's coordinates (centred by ``shift`` if not
+        None); ``tiles`` yields the training rows in those coordinates. The centres are rounded
+        as publishing rounds them (``centred + mean`` in the data's dtype) and every row is labelled
+        by :meth:`_assign_tiles`, the routine behind ``predict`` and ``score``, so that
+        ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly.
         """
-        labels, local = self._labels_and_inertia(rows, sample_weight, labels_out)
-        return labels, self._comm.sum_float(local, "inertia")
+        published = centers
+        if shift is not None:
+            published = (centers.to(torch.float64) + shift.to(centers.device)).to(centers.dtype)
+            centers = published - shift.to(device=centers.device, dtype=centers.dtype)
+        local = self._assign_tiles(tiles, centers, sample_weight, labels)
+        return _Run(published, labels, self._comm.sum_float(local, "inertia"), n_iter)
 
     def _fit_source(self, X, sample_weight, out):
         """Fit on out-of-core X: every pass reads it tile by tile (see ``fit``)."""
@@ -401,36 +424,25 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             comm.broadcast_(centers, 0, "initial centres")
             if log is not None:
                 log("Initialization complete")
-            # The caller's array doubles as the working labels only when it is int64 (Lloyd indexes with it).
+            # The caller's array doubles as the labels when it is int64 and there is one run.
             direct = labels_out is not None and n_init == 1 and labels_out.dtype == np.int64
-            labels = labels_out if direct else None
-            result = core.lloyd_streamed(
-                tiles, n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
-                comm=comm, log=log,
-            )  # fmt: skip
-            if best is None or (result[1] < best[1] and not core.same_clustering(result[0], best[0], k, comm)):
-                best = result
-        labels, inertia, centers, n_iter = best
+            labels = labels_out if direct else np.empty(n, dtype=np.int64)
+            run = core.lloyd_streamed(tiles, n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
+                                      comm=comm, log=log)  # fmt: skip
+            run = self._finish_run(tiles(), run.centers, run.n_iter, shift, w, torch.from_numpy(labels))
+            if self._replaces(run, best):
+                best = run
         self._set_fit_source(rows)
         self.backend_ = "torch"
-        self._publish_centers(centers, self._input_kind, shift)
+        self._set_fitted(best, self._input_kind, shift)
+        labels = best.labels.numpy()
         if labels_out is not None and labels is not labels_out:
             labels_out[...] = labels
-            labels = labels_out
-        if shift is not None:  # one more pass: the labels of the published centres (see _final_assignment)
-            target = torch.from_numpy(labels) if labels.dtype == np.int64 else None
-            relabelled, inertia = self._final_assignment(rows, w, target)
-            if target is None:
-                labels[...] = relabelled.numpy()
-        sizes = comm.sum_(torch.from_numpy(np.bincount(labels, minlength=k)).to(torch.float64), "cluster sizes")
-        self._warn_if_few_clusters(int((sizes > 0).sum()), k)
         self.labels_ = labels if out is None else out
-        self.inertia_ = float(inertia)
-        self.n_iter_ = int(n_iter)
         return self
 
     def _model_centers(self, dtype):
-        """The centres inference uses, in the geometry ``fit`` used: ``(centres, their squared norms)``.
+        """The centres inference uses, in the geometry ``fit`` used.
 
         As in scikit-learn, ``cluster_centers_`` is the model: it is read anew on every call, so an
         assigned array or an in-place edit (also after a pickle round trip) changes what predict,
@@ -442,9 +454,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if tuple(centers.shape) != (k, d):
             raise ValueError(f"cluster_centers_ has shape {tuple(centers.shape)}, expected ({k}, {d}).")
         shift = self._data_shift(dtype)
-        if shift is not None:
-            centers = centers - shift
-        return centers, core.squared_norms(centers)
+        return centers if shift is None else centers - shift
 
     def _data_shift(self, dtype):
         """The data mean ``fit`` subtracted before expanding distances (None if it did not), in ``dtype``."""
@@ -465,40 +475,41 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 tile = (tile.to_dense() if core.is_sparse(tile) else tile) - shift
             yield r, tile
 
-    def _nearest_tiles(self, rows):
-        """Yield ``(rows, labels, squared distances)`` of each tile against the model's centres.
+    @staticmethod
+    def _assign_tiles(tiles, centers, sample_weight=None, labels=None):
+        """Label every tile by its nearest centre; return the weighted inertia (float64, this rank's rows).
 
-        The one routine behind ``predict``, ``score`` and the labels and inertia of a fit on
-        centred data, so that ``predict(X)`` equals ``labels_`` and ``score(X)`` equals
-        ``-inertia_``.
+        The one routine behind ``predict``, ``score`` and a fit's final labels and inertia. Labels
+        come from the expanded distances; the inertia sums the exact ``||x - c||^2`` of each row to
+        its centre, as scikit-learn's does, so it keeps the dtype's precision on any data.
+        ``labels``: where the labels go (any device), or None.
         """
-        centers, c_sq = self._model_centers(rows.dtype)
-        n, d = rows.shape
-        for r, tile in self._centred_tiles(rows, rows.dtype, self._chunk(n, d, centers.shape[0])):
+        c_sq = core.squared_norms(centers)
+        total = torch.zeros((), dtype=torch.float64, device=centers.device)
+        for r, tile in tiles:
             x_sq = core.squared_norms(tile)
             _check_no_overflow(x_sq)
-            yield r, *core.nearest_center(tile, centers, c_sq, x_sq)
-
-    def _labels_and_inertia(self, rows, sample_weight, labels_out=None):
-        """Labels of ``rows`` (into ``labels_out`` if given) and their weighted inertia (float64, local)."""
-        n = rows.shape[0]
-        labels = rows.empty((n,), torch.int64) if labels_out is None else labels_out
-        total = torch.zeros((), dtype=torch.float64, device=self._device)
-        for r, lab, dist in self._nearest_tiles(rows):
-            labels[r].copy_(lab)
-            dist = dist.to(torch.float64)
+            lab, _ = core.nearest_center(tile, centers, c_sq, x_sq, distances=False)
+            dist = core.distances_to_own_center(tile, x_sq, centers, lab).to(torch.float64)
             if sample_weight is not None:
                 dist = dist * sample_weight[r].to(device=dist.device, dtype=torch.float64)
             total += dist.sum()
-        return labels, float(total)
+            if labels is not None:
+                labels[r].copy_(lab)
+        return float(total)
+
+    def _inference_tiles(self, rows):
+        """The centred tiles of ``rows`` (in ``rows.dtype``) and the model's centres."""
+        centers = self._model_centers(rows.dtype)
+        n, d = rows.shape
+        return self._centred_tiles(rows, rows.dtype, self._chunk(n, d, centers.shape[0])), centers
 
     def _warn_if_few_clusters(self, n_distinct, k):
         if n_distinct < k:
-            warnings.warn(
+            warn_user(
                 f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters ({k}). "
                 "Possibly due to duplicate points in X.",
                 ConvergenceWarning,
-                stacklevel=4,
             )
 
     def _chunk(self, n, d, k):
@@ -529,8 +540,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         comm = self._comm
         tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq, comm) * self.tol
         chunk = self._chunk(n, d, k)
-        prune = self.algorithm in ("hamerly", "elkan") or (
-            self.algorithm == "auto" and X.device.type == "cpu" and d * k >= HAMERLY_FROM_GEMM_WIDTH
+        prune = k > 1 and (
+            self.algorithm in ("hamerly", "elkan")
+            or (self.algorithm == "auto" and X.device.type == "cpu" and d * k >= HAMERLY_FROM_GEMM_WIDTH)
         )
         # Under torch.distributed every rank seeds from the same gathered rows; rank 0's centres
         # are broadcast so that all ranks start identically.
@@ -549,22 +561,13 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             comm.broadcast_(centers, 0, "initial centres")
             if log is not None:
                 log("Initialization complete")
-            labels, inertia, centers, n_iter = core.lloyd(
-                X,
-                w,
-                x_sq,
-                centers,
-                max_iter=self.max_iter,
-                tol=tol,
-                chunk=chunk,
-                unit_weight=unit_weight,
-                prune=prune,
-                comm=comm,
-                log=log,
-            )
-            # scikit-learn's rule: a later run wins only with a lower inertia and another partition.
-            if best is None or (inertia < best[2] and not core.same_clustering(labels, best[1], k, comm)):
-                best = (centers, labels, inertia, n_iter)
+            run = core.lloyd(X, w, x_sq, centers, max_iter=self.max_iter, tol=tol, chunk=chunk,
+                             unit_weight=unit_weight, prune=prune, comm=comm, log=log)  # fmt: skip
+            tiles = ((r, core.rows_of(X, r)) for r in chunk_slices(n, chunk))
+            labels = torch.empty(n, dtype=torch.int64, device=X.device)
+            run = self._finish_run(tiles, run.centers, run.n_iter, shift, None if unit_weight else w, labels)
+            if self._replaces(run, best):
+                best = run
         return best
 
     def _fit_sklearn(self, X, w, k, n_init, init_t, sample_weight):
@@ -628,8 +631,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         rows, kind = self._prepare_rows(X, "cluster_centers_")
         if not rows.out_of_core and out is not None:
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        target = None if out is None else rows.empty((rows.shape[0],), torch.int64, out)
-        labels, _ = self._labels_and_inertia(rows, None, target)
+        labels = rows.empty((rows.shape[0],), torch.int64, out)
+        self._assign_tiles(*self._inference_tiles(rows), labels=labels)
         if rows.out_of_core:
             return labels.numpy() if out is None else out
         return self._output(labels, kind)
@@ -653,7 +656,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         For out-of-core X the result is a NumPy array.
         """
         rows, kind = self._prepare_rows(X, "cluster_centers_")
-        centers, c_sq = self._model_centers(torch.float64)
+        centers = self._model_centers(torch.float64)
+        c_sq = core.squared_norms(centers)
         n, d = rows.shape
         out = rows.empty((n, centers.shape[0]), rows.dtype)
         for r, tile in self._centred_tiles(rows, torch.float64, self._chunk(n, d, 2 * centers.shape[0])):
@@ -669,11 +673,28 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
         rows, _ = self._prepare_rows(X, "cluster_centers_")
-        device = self._device if not rows.out_of_core else torch.device("cpu")
         w = None
         if sample_weight is not None:
-            w = as_sample_weight(sample_weight, rows.shape[0], device=device, dtype=torch.float64)
-        return -self._labels_and_inertia(rows, w)[1]
+            w = as_sample_weight(sample_weight, rows.shape[0], device=torch.device("cpu"), dtype=torch.float64)
+        return -self._assign_tiles(*self._inference_tiles(rows), sample_weight=w)
+
+
+def _callable_init_input(X, X_t, kind):
+    """What a callable ``init`` receives: X validated, in the caller's array type.
+
+    As scikit-learn passes it: dense input as an array of the input's type (NumPy for lists and
+    DataFrames), scipy sparse input as a CSR matrix or array (as given), torch sparse input as
+    a torch CSR tensor.
+    """
+    if not is_sparse(X_t):
+        return to_output(X_t, kind)
+    if kind.namespace != "numpy":
+        return X_t.to(kind.device)
+    import scipy.sparse as sp
+
+    parts = (X_t.values().cpu().numpy(), X_t.col_indices().cpu().numpy(), X_t.crow_indices().cpu().numpy())
+    container = sp.csr_array if isinstance(X, sp.sparray) else sp.csr_matrix
+    return container(parts, shape=tuple(X_t.shape))
 
 
 def _distances(tile, centers, c_sq):
@@ -795,9 +816,12 @@ def kmeans_plusplus(
     if x_squared_norms is None:
         x_sq = core.squared_norms(X_t)
     else:
-        x_sq, _ = as_tensor(x_squared_norms, device=target, dtype=X_t.dtype, name="x_squared_norms", ndim=1)
-        if x_sq.shape[0] != n:
-            raise ValueError(f"x_squared_norms has {x_sq.shape[0]} entries but X has {n} samples.")
+        x_sq, _ = as_tensor(x_squared_norms, device=target, dtype=X_t.dtype, name="x_squared_norms", ndim=None)
+        if x_sq.ndim == 0 or x_sq.shape[0] != n:  # scikit-learn's message, checked first as there
+            length = x_sq.shape[0] if x_sq.ndim else 0
+            raise ValueError(f"The length of x_squared_norms {length} should be equal to the length of n_samples {n}.")
+        if x_sq.ndim != 1:
+            raise ValueError(f"x_squared_norms must be 1-d of shape (n_samples,); got shape {tuple(x_sq.shape)}.")
     X_seed, shift = X_t, None if is_sparse(X_t) else _centring_shift(X_t, x_sq, LOCAL)
     if shift is not None:  # the same draws, on distances that keep their digits
         X_seed = X_t - shift.to(X_t.dtype)

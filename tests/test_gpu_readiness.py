@@ -261,7 +261,7 @@ def _lloyd_host_reads(monkeypatch, max_iter, chunk, weighted):
         out = core.lloyd(X, w if weighted else torch.ones(600), core.squared_norms(X), X[:5].clone(),
                          max_iter=max_iter, tol=0.0, chunk=chunk, unit_weight=not weighted, prune=False)  # fmt: skip
     monkeypatch.undo()
-    assert out[3] == max_iter  # tol=0 and labels still moving: no early stop
+    assert out.n_iter == max_iter  # tol=0 and labels still moving: no early stop
     return counter
 
 
