@@ -582,6 +582,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             tol=self.tol,
             random_state=self.random_state,
             algorithm="lloyd",
+            verbose=self.verbose,
         )
         est.fit(X.cpu().numpy(), sample_weight=None if sample_weight is None else w.cpu().numpy())
         as_t = lambda a: torch.as_tensor(np.asarray(a), device=X.device)
@@ -606,6 +607,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             tol=self.tol,
             random_state=seed,
             output_type="cupy",
+            verbose=self.verbose,
         )
         est.fit(X_cp, sample_weight=None if sample_weight is None else cupy.from_dlpack(w.contiguous()))
         centers = torch.from_dlpack(cupy.asarray(est.cluster_centers_)).to(X.dtype)

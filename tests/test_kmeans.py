@@ -581,3 +581,10 @@ def test_same_clustering_is_a_renaming_test():
     # scikit-learn's test maps the first labelling onto the second: a coarser second one passes it.
     assert same_clustering(a, torch.tensor([1, 1, 1, 0, 0]), 3)
     assert not same_clustering(torch.tensor([1, 1, 1, 0, 0]), a, 3)
+
+
+def test_verbose_reaches_the_sklearn_backend(capsys):
+    X, _ = overlapping_blobs(n=300, d=3, k=3, seed=1)
+    KMeans(3, backend="sklearn", verbose=1, device="cpu", random_state=0).fit(X)
+    out = capsys.readouterr().out
+    assert out.startswith("Initialization complete") and "Iteration 0" in out
