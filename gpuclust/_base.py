@@ -70,12 +70,6 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
-def check_nonnegative_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name}={value!r} must be a non-negative number.")
-    return float(value)
-
-
 class TorchEstimatorMixin:
     """Input handling shared by KMeans and GaussianMixture.
 
@@ -135,11 +129,6 @@ class TorchEstimatorMixin:
             return rows, ArrayKind("numpy", torch.device("cpu"))
         X_t, kind = self._prepare_input(X, attribute)
         return TensorRows(X_t), kind
-
-    def _prepare_fit_input(self, X):
-        X_t, kind = self._convert_fit_input(X)
-        self._set_fit_input(X_t, kind)
-        return X_t, kind
 
     def _check_is_fitted(self, attribute):
         if not hasattr(self, attribute):

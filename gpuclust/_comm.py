@@ -34,10 +34,6 @@ class LocalComm:
         """Concatenate every rank's rows, in rank order, on every rank."""
         return tensor
 
-    def row_offset(self, n_local: int) -> int:
-        """Global index of this rank's first row (ranks hold consecutive blocks)."""
-        return 0
-
 
 LOCAL = LocalComm()
 
@@ -112,12 +108,6 @@ class TorchDistComm(LocalComm):
             parts = [q.cuda() for q in parts]
         self._run(what or "all_gather", dist.all_gather, parts, p)
         return torch.cat([q[: int(c)].to(tensor.device) for q, c in zip(parts, counts.tolist())])
-
-    def row_offset(self, n_local):
-        counts = torch.zeros(self.world_size, dtype=torch.float64)
-        counts[self.rank] = n_local
-        self.sum_(counts, "row offsets")
-        return int(counts[: self.rank].sum())
 
 
 def make_comm(distributed: bool):

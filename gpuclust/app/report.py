@@ -12,8 +12,6 @@ import numpy as np
 from ._atomic import atomic_write, atomic_write_json, atomic_write_text
 from ._plots import pyplot, save_png
 
-SCORE_COLUMNS = ("completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy")
-
 
 def plot_loss_curve(training, path):
     plt = pyplot()
@@ -309,7 +307,3 @@ def _scored_on(run: dict) -> str:
     if n == 10_000:
         return "All scores on the held-out 10,000-image test set."
     return f"All scores on {n:,} held-out test images only (the first {n:,} of the test set's 10,000)."
-
-
-def load_results(path) -> dict:
-    return json.loads(Path(path).read_text())
