@@ -668,3 +668,29 @@ def test_warm_start_starts_from_edited_attributes():
             est.fit(X)
     np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-9)
     assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-9)
+
+
+# ------------------------------------------------------------------ every method sees the geometry fit saw (issue 24)
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_methods_after_a_fit_far_from_the_origin_see_the_fits_geometry(covariance_type, dtype, offset):
+    # The fit subtracts the data mean; predict, score_samples and score must subtract the same.
+    # (float32 at 1e8 rounds the data to multiples of 8: only the consistency is checked there.)
+    X0, _ = overlapping_blobs(n=800, d=4, k=3, seed=21)
+    X = (X0 + offset).astype(dtype)
+    tol = 1e-8 if dtype == np.float64 else 1e-6  # float32's lower bound is noisy below that
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", tol=tol, max_iter=500)
+    gmm = GaussianMixture(3, **kw)
+    labels = gmm.fit_predict(X)
+    np.testing.assert_array_equal(gmm.predict(X), labels)
+    np.testing.assert_array_equal(gmm.predict_proba(X).argmax(1), labels)
+    score = gmm.score(X)
+    assert score == pytest.approx(np.mean(gmm.score_samples(X), dtype=np.float64), rel=1e-12)
+    # score is the lower bound one more E-step would give: within the tolerance of lower_bound_.
+    assert gmm.converged_ and abs(score - gmm.lower_bound_) < (1e-7 if dtype == np.float64 else 1e-5)
+    if dtype == np.float64:  # the same fit as at the origin
+        at_origin = GaussianMixture(3, **kw).fit(X0)
+        assert gmm.lower_bound_ == pytest.approx(at_origin.lower_bound_, rel=1e-9)
+        np.testing.assert_array_equal(labels, at_origin.predict(X0))
+        np.testing.assert_allclose(gmm.means_ - offset, at_origin.means_, atol=1e-6)
