@@ -155,6 +155,13 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     KMeans : the hard-assignment special case, also used to initialize.
     sklearn.mixture.GaussianMixture : the reference implementation.
 
+    Notes
+    -----
+    As in scikit-learn, the fitted attributes are the model: a change to ``weights_``, ``means_``
+    or ``precisions_cholesky_`` (in place or by assignment) changes what ``predict``, ``score``
+    and a warm start use, and ``sample`` also reads ``covariances_``. Every public method runs
+    with torch's autocast switched off: only ``matmul_precision`` lowers the precision.
+
     Examples
     --------
     >>> import numpy as np
@@ -515,7 +522,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         best = None
         for init in range(1 if warm else self.n_init):
             self._verbose_init_begins(init)
-            params = self._current_params() if warm else self._initialize(X_t, random_state)
+            params = self._current_params(covariances=True) if warm else self._initialize(X_t, random_state)
             run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf, stacked)
             self._verbose_init_ends(run)
             if best is None or run.lower_bound > best.lower_bound:
@@ -642,17 +649,19 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 return None
         return self._as_param(value, name, shape, self._device)
 
-    def _current_params(self):
+    def _current_params(self, covariances=False):
         """The parameters the public attributes hold: the fit's own (float64) while they hold what fit
         published, the attributes' values where they were changed (in place or by assignment).
 
         As in scikit-learn, the attributes are the model: predict, score and warm starts read
-        ``weights_``, ``means_`` and ``precisions_cholesky_``, ``sample`` reads ``covariances_``.
+        ``weights_``, ``means_`` and ``precisions_cholesky_``; ``sample`` and warm starts also read
+        ``covariances_`` (``covariances=True``). Each read compares an attribute with its snapshot,
+        O(size of the attribute).
         """
         p = self._params
         w = self._edited("weights_", tuple(p.weights.shape))
         m = self._edited("means_", tuple(p.means.shape))
-        c = self._edited("covariances_", tuple(p.covariances.shape))
+        c = self._edited("covariances_", tuple(p.covariances.shape)) if covariances else None
         P = self._edited("precisions_cholesky_", tuple(p.precisions_cholesky.shape))
         if w is None and m is None and c is None and P is None:
             return p
@@ -690,7 +699,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     # ------------------------------------------------------------- inference
     def _prepare(self, X):
         X_t, kind = self._prepare_rows(X, "_params")
-        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._current_params().means.shape[0])
+        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._params.means.shape[0])
         return X_t, kind
 
     def _labels(self, X, out=None):
@@ -830,7 +839,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample.")
         n_samples = check_positive_int(n_samples, "n_samples")
         rs = check_random_state(self.random_state)
-        p = self._current_params()
+        p = self._current_params(covariances=True)
         d = p.means.shape[1]
         counts = rs.multinomial(n_samples, p.weights.cpu().numpy() / float(p.weights.sum()))
         means, cov = p.means + self._shift, p.covariances  # as in scikit-learn, not the precisions
