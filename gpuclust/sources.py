@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._arrays import default_dtype
+from ._chunks import TileBuffers
 from ._comm import INIT_SAMPLE_ELEMENTS
 from .device import uses_cuda_paths
 
@@ -111,26 +112,41 @@ class RowSource:
         """
         raise NotImplementedError
 
-    def tiles(self, rows_per_tile: int, device: torch.device, dtype: torch.dtype):
+    def tiles(self, rows_per_tile: int, device: torch.device, dtype: torch.dtype, buffers: TileBuffers | None = None):
         """Yield ``(rows, tile)`` with ``tile`` a (m, n_features) tensor of ``dtype`` on ``device``.
 
         A tile may share memory with a reused buffer: it is valid until the generator is
         resumed (on CUDA, work queued on the current stream before resuming is ordered before
         the buffer's next copy). On CUDA the copies run on a side stream, one tile ahead.
+
+        ``buffers``: where the host tiles are read and converted (a fit's
+        :class:`~gpuclust._chunks.TileBuffers`, reused by all its passes); new ones for this pass
+        by default. Either way no tile allocates memory of its own.
         """
         if uses_cuda_paths(device):
             for rows, tile in _DeviceFeed(self, rows_per_tile, device):
                 yield rows, tile.to(dtype)
             return
-        for rows, host in self.host_tiles(rows_per_tile):
-            if host.dtype.byteorder not in ("=", "|"):  # big-endian files and blocks
-                host = host.astype(_native(host.dtype))
-            if not host.flags.writeable:
-                # A read-only map's rows: torch must not share memory it cannot write (it would warn);
-                # torch.tensor copies them, once, into the working dtype.
-                yield rows, torch.tensor(host, dtype=dtype, device=device)
-                continue
-            yield rows, torch.from_numpy(host).to(device=device, dtype=dtype)
+        buffers = TileBuffers() if buffers is None else buffers
+        m, d = self._tile_rows(rows_per_tile), self.n_features
+        raw = torch.from_numpy(np.empty(0, dtype=_native(self.dtype))).dtype
+        host_buffers = [buffers.get(f"host {i}", (m, d), raw, torch.device("cpu")).numpy() for i in range(2)]
+        cpu = torch.device(device).type == "cpu"
+        for rows, host in self.host_tiles(rows_per_tile, host_buffers):
+            converted = None if dtype == raw else buffers.get("converted", (m, d), dtype, torch.device("cpu"))
+            if host.dtype.byteorder in ("=", "|") and host.flags.writeable:
+                tile = torch.from_numpy(host)
+                tile = tile if converted is None else converted[: host.shape[0]].copy_(tile)
+            else:
+                # Rows in another byte order or read-only (a subclass's): numpy copies them into a
+                # buffer of the working dtype (torch must not share memory it cannot write).
+                tile = buffers.get("converted", (m, d), dtype, torch.device("cpu"))[: host.shape[0]]
+                np.copyto(tile.numpy(), host, casting="unsafe")
+            yield rows, tile if cpu else tile.to(device)
+
+    def _tile_rows(self, rows_per_tile: int) -> int:
+        """Rows of the largest tile of ``rows_per_tile``."""
+        return rows_per_tile if self.n_rows is None else max(1, min(rows_per_tile, self.n_rows))
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The rows at sorted ``indices``, in one pass."""
@@ -252,7 +268,7 @@ class _FileSource(RowSource):
         row_bytes = self.n_features * self.dtype.itemsize
         if buffers is None:
             m = min(rows_per_tile, self.n_rows)
-            buffers = [np.empty((m, self.n_features), dtype=self.dtype) for _ in range(2)]
+            buffers = [np.empty((m, self.n_features), dtype=_native(self.dtype)) for _ in range(2)]
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for i, start in enumerate(range(0, self.n_rows, rows_per_tile)):
@@ -265,11 +281,8 @@ class _FileSource(RowSource):
                     if got <= 0:
                         raise ValueError(f"{self.name}: ended early, at byte {position + done}.")
                     done += got
-                if self.dtype.byteorder not in ("=", "|"):
-                    if host.dtype == self.dtype:  # our own buffers, in the file's byte order
-                        host = host.astype(self.dtype.newbyteorder("="))
-                    else:  # the caller's buffers are native (pinned, for CUDA): swap the file's bytes in place
-                        host.byteswap(inplace=True)
+                if self.dtype.byteorder not in ("=", "|"):  # the buffers are native: swap the file's bytes in place
+                    host.byteswap(inplace=True)
                 self._check_block(host, f"rows {start}-{stop - 1}")
                 yield slice(start, stop), host
         finally:
@@ -300,9 +313,13 @@ class _ArraySource(RowSource):
         self.dtype = np.dtype(array.dtype).newbyteorder("=")
 
     def host_tiles(self, rows_per_tile, buffers=None):
-        for start in range(0, self.n_rows, rows_per_tile):
+        if buffers is None:
+            m = min(rows_per_tile, self.n_rows)
+            buffers = [np.empty((m, self.n_features), dtype=self.dtype) for _ in range(2)]
+        for i, start in enumerate(range(0, self.n_rows, rows_per_tile)):
             stop = min(start + rows_per_tile, self.n_rows)
-            host = np.ascontiguousarray(self.array[start:stop], dtype=self.dtype)
+            host = buffers[i % 2][: stop - start]
+            np.copyto(host, self.array[start:stop], casting="equiv")  # at most the byte order changes
             self._check_block(host, f"rows {start}-{stop - 1}")
             yield slice(start, stop), host
 
@@ -342,7 +359,7 @@ class _BlockSource(RowSource):
         d = self.n_features
         m = rows_per_tile if self.n_rows is None else min(rows_per_tile, self.n_rows)
         if buffers is None:
-            buffers = [np.empty((m, d), dtype=self.dtype) for _ in range(2)]
+            buffers = [np.empty((m, d), dtype=_native(self.dtype)) for _ in range(2)]
         filled, start, count, tile_no = 0, 0, 0, 0
         for i, block in enumerate(self._blocks()):
             self._check_block(block, f"block {i} (rows {count}-{count + block.shape[0] - 1})")
@@ -461,10 +478,11 @@ def scan(source: RowSource, device: torch.device, dtype: torch.dtype):
     total_sq = torch.zeros((), dtype=torch.float64, device=device)
     largest = torch.zeros((), dtype=torch.float64, device=device)
     n = 0
-    for rows, tile in source.tiles(SCAN_ROWS, device, dtype):
-        t64 = tile.to(torch.float64)
-        col += t64.sum(0)
-        sq = torch.linalg.vector_norm(tile, dim=1).square_()
+    buffers = TileBuffers()
+    for rows, tile in source.tiles(SCAN_ROWS, device, dtype, buffers):
+        col += tile.sum(0, dtype=torch.float64)  # the bits of ``tile.to(float64).sum(0)``, with no float64 copy
+        sq = buffers.get("norms", (tile.shape[0],), tile.dtype, tile.device)
+        sq = torch.linalg.vector_norm(tile, dim=1, out=sq).square_()
         total_sq += sq.sum(dtype=torch.float64)
         largest = torch.maximum(largest, sq.max().to(torch.float64))
         n = rows.stop
@@ -473,11 +491,19 @@ def scan(source: RowSource, device: torch.device, dtype: torch.dtype):
 
 
 def column_sums(X: torch.Tensor) -> torch.Tensor:
-    """Column sums of an in-memory X in float64, in the same tiles as :func:`scan`'s."""
+    """Column sums of an in-memory X in float64, in the same tiles as :func:`scan`'s (the same bits)."""
     col = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], SCAN_ROWS):
-        col += X[start : start + SCAN_ROWS].to(torch.float64).sum(0)
+        col += X[start : start + SCAN_ROWS].sum(0, dtype=torch.float64)
     return col
+
+
+def squared_norms_total(x_sq: torch.Tensor) -> torch.Tensor:
+    """Sum in float64 of in-memory rows' squared norms ``x_sq``, in :func:`scan`'s tiles and order (its bits)."""
+    total = torch.zeros((), dtype=torch.float64, device=x_sq.device)
+    for start in range(0, x_sq.shape[0], SCAN_ROWS):
+        total += x_sq[start : start + SCAN_ROWS].sum(dtype=torch.float64)
+    return total
 
 
 def init_sample(source: RowSource, weights, comm, random_state, device, dtype, max_elements=None):
@@ -506,13 +532,17 @@ def init_sample(source: RowSource, weights, comm, random_state, device, dtype, m
 
 
 class TensorRows:
-    """In-memory data as the estimators' passes see it: tiles are slices of the tensor (no copy)."""
+    """In-memory data as the estimators' passes see it: tiles are slices of the tensor (no copy).
+
+    ``buffers``: the :class:`~gpuclust._chunks.TileBuffers` the passes over these rows share.
+    """
 
     out_of_core = False
 
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
         self.shape, self.device, self.dtype = tensor.shape, tensor.device, tensor.dtype
+        self.buffers = TileBuffers()  # what the passes over these rows reuse tile after tile
 
     def tiles(self, rows_per_tile: int):
         """Yield ``(rows, X[rows])`` for consecutive slices of ``rows_per_tile`` rows."""
@@ -529,7 +559,8 @@ class SourceRows:
     """Out-of-core data as the estimators' passes see it: tiles read from a :class:`RowSource`.
 
     Per-sample results go to host memory (a NumPy array, or the caller's ``out``), never to one
-    device array of n_samples rows.
+    device array of n_samples rows. Every pass reads into the same host buffers (``buffers``, made
+    on the first pass and kept while this object lives: one fit, or one inference call).
     """
 
     out_of_core = True
@@ -537,10 +568,11 @@ class SourceRows:
     def __init__(self, source: RowSource, device: torch.device, dtype: torch.dtype):
         self.source, self.device, self.dtype = source, device, dtype
         self.shape = (source.n_rows, source.n_features)
+        self.buffers = TileBuffers()
 
     def tiles(self, rows_per_tile: int):
         """Yield ``(rows, tile)`` with the tile on the compute device."""
-        yield from self.source.tiles(rows_per_tile, self.device, self.dtype)
+        yield from self.source.tiles(rows_per_tile, self.device, self.dtype, self.buffers)
 
     def empty(self, shape, dtype, out=None):
         """A host tensor sharing memory with a new NumPy array, or with ``out`` (checked)."""
