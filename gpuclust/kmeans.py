@@ -728,9 +728,12 @@ def _centring_shift(X, x_sq, comm):
     Where the offset dominates, the expanded distances need centring to keep their digits; where
     it does not, centring would only cost a copy of X.
     """
-    n_local = X.shape[0]
-    col_sums = (torch.ones(1, n_local, dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
-    return _centring_shift_from_sums(col_sums, x_sq.sum(dtype=torch.float64), n_local, comm)
+    from .sources import column_sums, squared_norms_total
+
+    # The sums an out-of-core scan takes, in its tiles and order: the same mean and the same choice,
+    # so a fit on a file or blocks centres as the fit in memory does, bit for bit (a float32
+    # ``ones @ X`` product here differed from them by an ulp of the mean).
+    return _centring_shift_from_sums(column_sums(X), squared_norms_total(x_sq), X.shape[0], comm)
 
 
 def _centring_shift_from_sums(col_sums, total_sq, n_local, comm):

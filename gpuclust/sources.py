@@ -29,6 +29,10 @@ __all__ = ["RowSource", "as_source", "init_sample", "is_out_of_core", "with_prog
 # Rows per tile of the validation pass (column sums, norms), the same for every source and
 # for in-memory data, so that the sums it gives are identical however X is passed.
 SCAN_ROWS = 1 << 16
+# Bytes of float64 in one block of the column sums. torch converts what it sums to float64 first:
+# a whole 65,536-row tile of 784 features took a 411 MB copy and 0.11 s, in blocks of 4 MiB 8 ms.
+# In memory and out of core the blocks are the same (they start at each tile), so are the sums.
+SUM_BLOCK_BYTES = 4 << 20
 
 
 def is_out_of_core(X) -> bool:
@@ -480,7 +484,7 @@ def scan(source: RowSource, device: torch.device, dtype: torch.dtype):
     n = 0
     buffers = TileBuffers()
     for rows, tile in source.tiles(SCAN_ROWS, device, dtype, buffers):
-        col += tile.sum(0, dtype=torch.float64)  # the bits of ``tile.to(float64).sum(0)``, with no float64 copy
+        _add_column_sums(col, tile)
         sq = buffers.get("norms", (tile.shape[0],), tile.dtype, tile.device)
         sq = torch.linalg.vector_norm(tile, dim=1, out=sq).square_()
         total_sq += sq.sum(dtype=torch.float64)
@@ -494,8 +498,15 @@ def column_sums(X: torch.Tensor) -> torch.Tensor:
     """Column sums of an in-memory X in float64, in the same tiles as :func:`scan`'s (the same bits)."""
     col = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], SCAN_ROWS):
-        col += X[start : start + SCAN_ROWS].sum(0, dtype=torch.float64)
+        _add_column_sums(col, X[start : start + SCAN_ROWS])
     return col
+
+
+def _add_column_sums(col: torch.Tensor, tile: torch.Tensor) -> None:
+    """``col +=`` the column sums of ``tile`` in float64, in blocks of :data:`SUM_BLOCK_BYTES` from its first row."""
+    step = max(1, SUM_BLOCK_BYTES // (8 * max(1, tile.shape[1])))
+    for start in range(0, tile.shape[0], step):
+        col += tile[start : start + step].sum(0, dtype=torch.float64)
 
 
 def squared_norms_total(x_sq: torch.Tensor) -> torch.Tensor:

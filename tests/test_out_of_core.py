@@ -412,3 +412,22 @@ def test_read_only_rows_are_never_shared_with_torch(tmp_path):
         np.testing.assert_array_equal(tile.numpy(), X[::2][rows])
     kw = dict(n_clusters=3, random_state=0, n_init=1, device="cpu", chunk_size=1)
     np.testing.assert_array_equal(KMeans(**kw).fit(mm).labels_, KMeans(**kw).fit(X[::2]).labels_)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0.0, 50.0, 1e4])
+@pytest.mark.parametrize("form", ["path", "memmap", "blocks"])
+def test_kmeans_centres_far_from_the_origin_equal_in_memory(data, tmp_path, form, offset, dtype):
+    # Data far from the origin are centred on their mean: in memory it was a float32 product
+    # ``ones @ X``, out of core float64 sums per tile, and the centres ended 1 ulp apart (offset
+    # 50, float32). Both now take the same float64 sums in the same tiles (sources.column_sums).
+    X = (data.astype(np.float64) + offset).astype(dtype)
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    source = {"path": str(path), "memmap": np.load(path, mmap_mode="r"), "blocks": as_blocks(X)}[form]
+    ref = KMeans(**KM).fit(X)
+    est = KMeans(**KM).fit(source)
+    assert_same_centres(est.cluster_centers_, ref.cluster_centers_, err_msg=form)
+    np.testing.assert_array_equal(est.labels_, ref.labels_)
+    assert est.n_iter_ == ref.n_iter_
+    assert est.inertia_ == pytest.approx(ref.inertia_, rel=1e-6 if uses_cuda_paths(torch.device("cpu")) else 1e-12)
