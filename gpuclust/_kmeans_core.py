@@ -113,24 +113,40 @@ def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
     return max(total, 0.0) / (n * d)
 
 
-def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True):
+def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True, buffers=None):
     """Label and squared distance to the nearest centre for one tile of rows.
 
     ``||x||^2 - 2 x.c + ||c||^2``: one GEMM per tile (:func:`gpuclust._linear.linear`), never
     an (n, k, d) tensor. ``out``: the (labels, distances) tensors to write into. Without
     ``distances`` the second tensor holds the minimum of ``-2 x.c + ||c||^2`` only (two
     kernels fewer, for callers that use the labels alone).
+
+    Float32 on the CPU, whose product (oneDNN's) returns a new tensor, runs in blocks of rows
+    (:func:`gpuclust._chunks.row_blocks`): a block's scores, not a whole tile's, are allocated at
+    a time, and every row gets the same bits as in one product. Elsewhere the tile is one
+    product, written into the (rows, k) buffer ``"scores"`` of ``buffers`` (a
+    :class:`gpuclust._chunks.TileBuffers`) if given.
     """
-    if is_sparse(Xc):
-        scores = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
-    else:
-        # -2 C is exact, so this is ``addmm(c_sq, Xc, C.T, alpha=-2)`` on the faster path.
-        scores = linear(Xc, centers * -2.0, c_sq)
+    m, k = Xc.shape[0], centers.shape[0]
     if out is None:
-        min_scores, labels = scores.min(dim=1)
+        out = (torch.empty(m, dtype=torch.int64, device=Xc.device), torch.empty(m, dtype=Xc.dtype, device=Xc.device))
+    labels, min_scores = out
+    if is_sparse(Xc):
+        whole = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
+        torch.min(whole, dim=1, out=(min_scores, labels))
+    elif Xc.device.type == "cpu" and Xc.dtype == torch.float32:
+        from ._chunks import row_blocks
+
+        W = centers * -2.0  # exact: ``addmm(c_sq, Xc, C.T, alpha=-2)`` on the faster path
+        for b in row_blocks(m, k * Xc.element_size()):
+            torch.min(linear(Xc[b], W, c_sq), dim=1, out=(min_scores[b], labels[b]))
     else:
-        labels, min_scores = out
-        torch.min(scores, dim=1, out=(min_scores, labels))
+        if buffers is None:
+            whole = linear(Xc, centers * -2.0, c_sq)
+        else:  # ``linear``'s own product off oneDNN's path, into the buffer
+            scores = buffers.get("scores", (m, k), Xc.dtype, Xc.device)
+            whole = torch.addmm(c_sq, Xc, (centers * -2.0).T, out=scores)
+        torch.min(whole, dim=1, out=(min_scores, labels))
     if not distances:
         return labels, min_scores
     return labels, min_scores.add_(x_sq).clamp_min_(0)
@@ -157,20 +173,31 @@ def assign(X, x_sq, centers, chunk, out=None, distances=True):
     return labels, dist
 
 
-def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0):
-    """sums[labels[i]] += sign * w[i] * X[i] (float64 accumulators)."""
-    k = sums.shape[0]
+def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0, buffers=None):
+    """sums[labels[i]] += sign * w[i] * X[i] (float64 accumulators).
+
+    ``buffers``: a :class:`gpuclust._chunks.TileBuffers` that the (rows, k) one-hot, the weighted
+    rows and the float64 weights are written into, instead of new tensors per call.
+    """
+    k, m = sums.shape[0], X.shape[0]
+
+    def scratch(name, shape, dtype):
+        if buffers is None:
+            return torch.empty(shape, dtype=dtype, device=X.device)
+        return buffers.get(name, shape, dtype, X.device)
+
     if uses_cuda_paths(X.device):
         # A one-hot GEMM is deterministic on the GPU, unlike index_add_'s atomics.
-        onehot = torch.zeros(X.shape[0], k, dtype=X.dtype, device=X.device)
+        onehot = scratch("onehot", (m, k), X.dtype).zero_()
         onehot.scatter_(1, labels.unsqueeze(1), 1.0 if unit_weight else w.unsqueeze(1))
         sums.add_((onehot.T @ X).to(torch.float64), alpha=sign)
         weights.add_(onehot.sum(0, dtype=torch.float64), alpha=sign)
         return
     part = torch.zeros(k, X.shape[1], dtype=X.dtype, device=X.device)
-    part.index_add_(0, labels, X if unit_weight else X * w.unsqueeze(1))
+    values = X if unit_weight else torch.mul(X, w.unsqueeze(1), out=scratch("weighted", X.shape, X.dtype))
+    part.index_add_(0, labels, values)
     sums.add_(part.to(torch.float64), alpha=sign)
-    weights.index_add_(0, labels, w.to(torch.float64), alpha=sign)
+    weights.index_add_(0, labels, scratch("weights64", (m,), torch.float64).copy_(w), alpha=sign)
 
 
 def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
@@ -618,48 +645,83 @@ def kmeans_plusplus(
 
 
 class _MovedSums:
-    """Accumulates, tile by tile, what :func:`update_cluster_sums` adds for the moved samples."""
+    """Accumulates, tile by tile, what :func:`update_cluster_sums` adds for the moved samples.
 
-    def __init__(self, sums, weights, unit_weight):
+    ``buffers``: the :class:`gpuclust._chunks.TileBuffers` of a fit, where moved rows are gathered
+    (and, for weighted samples, the old labels and weights kept until :meth:`finish`).
+    """
+
+    def __init__(self, sums, weights, unit_weight, buffers=None):
+        from ._chunks import TileBuffers
+
         self.sums, self.weights, self.unit = sums, weights, unit_weight
-        self.plus = self.minus = None
-        self.old_labels, self.old_weights, self.moved = [], [], 0
+        self.buffers = TileBuffers() if buffers is None else buffers
+        self.plus = self.minus = self.minus_weights = None
+        self.moved = 0
 
     def add(self, tile, w, labels, labels_old):
-        moved = torch.nonzero(labels != labels_old).flatten()
+        m, d = tile.shape
+        changed = torch.ne(labels, labels_old, out=self.buffers.get("changed", (m,), torch.bool, tile.device))
+        moved = torch.nonzero(changed).flatten()
         if moved.numel() == 0:
             return
-        self.add_moved(tile[moved], w[moved], labels[moved], labels_old[moved])
+        gathered = self.buffers.get("moved rows", (m, d), tile.dtype, tile.device)[: moved.numel()]
+        Xm = torch.index_select(tile, 0, moved, out=gathered)
+        self.add_moved(Xm, w[moved], labels[moved], labels_old[moved])
 
     def add_moved(self, Xm, wm, new, old):
-        """Rows ``Xm`` (weights ``wm``) leave clusters ``old`` for clusters ``new``."""
-        self.moved += int(Xm.shape[0])
+        """Rows ``Xm`` (weights ``wm``) leave clusters ``old`` for clusters ``new``.
+
+        ``Xm`` is the caller's scratch copy: weighted rows are scaled in it, in place.
+        """
+        n_before, c = self.moved, int(Xm.shape[0])
+        self.moved += c
         if uses_cuda_paths(Xm.device):  # one-hot GEMMs, summed per tile in float64
-            _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0)
-            _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0)
+            _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0, self.buffers)
+            _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0, self.buffers)
             return
         if self.plus is None:
             self.plus = torch.zeros(self.sums.shape, dtype=Xm.dtype, device=Xm.device)
             self.minus = torch.zeros_like(self.plus)
-        values = Xm if self.unit else Xm * wm.unsqueeze(1)
+            self.minus_weights = torch.zeros_like(self.weights)
+        values = Xm if self.unit else Xm.mul_(wm.unsqueeze(1))
         # index_add_ adds rows serially on the CPU: tile after tile equals one call over all moved rows.
         self.plus.index_add_(0, new, values)
         self.minus.index_add_(0, old, values)
-        self.weights.index_add_(0, new, wm.to(torch.float64))
-        self.old_labels.append(old)
-        self.old_weights.append(wm.to(torch.float64))
+        wm64 = wm.to(torch.float64)
+        self.weights.index_add_(0, new, wm64)
+        if self.unit:
+            # Counts are exact in float64: subtracting them per cluster at the end is subtracting
+            # the ones in any order, so nothing per moved sample is kept.
+            self.minus_weights.index_add_(0, old, wm64)
+            return
+        # Weighted: finish subtracts the weights one by one in row order, as they were added;
+        # they are kept in buffers that grow by doubling (a few allocations a fit, not one per tile).
+        at = n_before
+        self.buffers.grown("old labels", at + c, torch.int64, Xm.device, at)[at : at + c].copy_(old)
+        self.buffers.grown("old weights", at + c, torch.float64, Xm.device, at)[at : at + c].copy_(wm64)
 
     def finish(self):
         """Apply the pass's additions, then its subtractions; returns the number of moved samples."""
         if self.plus is not None:
             self.sums.add_(self.plus.to(torch.float64))
             self.sums.add_(self.minus.to(torch.float64), alpha=-1.0)
-            self.weights.index_add_(0, torch.cat(self.old_labels), torch.cat(self.old_weights), alpha=-1.0)
+            if self.unit:
+                self.weights.sub_(self.minus_weights)
+            else:
+                n, device = self.moved, self.weights.device
+                old = self.buffers.grown("old labels", n, torch.int64, device, n)[:n]
+                self.weights.index_add_(0, old, self.buffers.grown("old weights", n, torch.float64, device, n)[:n],
+                                        alpha=-1.0)  # fmt: skip
         return self.moved
 
 
 def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=None, comm=LOCAL, log=None):
     """Lloyd's algorithm over data read tile by tile, with :func:`lloyd`'s stopping rule and results.
+
+    Every pass writes its per-tile results (scores, labels, distances, gathered rows) into one set
+    of buffers made on the first tile (:class:`gpuclust._chunks.TileBuffers`): what a pass
+    allocates does not grow with the number of tiles.
 
     Parameters
     ----------
@@ -678,14 +740,17 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
     -------
     LloydRun (final centres, iterations run)
     """
+    from ._chunks import TileBuffers
+
     k, d = centers.shape
     unit = sample_weight is None
     labels = np.empty(n, dtype=np.int64) if labels is None else labels
     host_labels = torch.from_numpy(labels)
+    buffers = TileBuffers()
 
     def weights_of(rows, tile):
         if unit:
-            return torch.ones(tile.shape[0], dtype=tile.dtype, device=tile.device)
+            return buffers.get("ones", (tile.shape[0],), tile.dtype, tile.device, fill=1.0)
         return sample_weight[rows].to(device=tile.device, dtype=tile.dtype)
 
     def assign_pass(centers, update=None):
@@ -693,22 +758,28 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
         c_sq = squared_norms(centers)
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for rows, tile in tiles():
-            lab, dist = nearest_center(tile, centers, c_sq, squared_norms(tile))
+            m, device = tile.shape[0], tile.device
+            # squared_norms(tile), into a buffer
+            x_sq = torch.linalg.vector_norm(tile, dim=1, out=buffers.get("x_sq", (m,), tile.dtype, device)).square_()
+            out = (buffers.get("labels", (m,), torch.int64, device), buffers.get("distances", (m,), tile.dtype, device))
+            lab, dist = nearest_center(tile, centers, c_sq, x_sq, out, buffers=buffers)
             w = weights_of(rows, tile)
             if update is not None:
-                update(tile, w, lab, host_labels[rows].to(tile.device))
+                update(tile, w, lab, host_labels[rows].to(device))
             host_labels[rows].copy_(lab)
-            inertia += (dist.to(torch.float64) * w.to(torch.float64)).sum()
+            dist64 = buffers.get("distances64", (m,), torch.float64, device).copy_(dist)
+            inertia += (dist64 if unit else dist64.mul_(w)).sum()
         return float(inertia)
 
     sums = torch.zeros(k, d, dtype=torch.float64, device=centers.device)
     weights = torch.zeros(k, dtype=torch.float64, device=centers.device)
-    inertia_i = assign_pass(centers, lambda tile, w, new, old: _add_rows(sums, weights, tile, w, new, unit))
+    first_sums = lambda tile, w, new, old: _add_rows(sums, weights, tile, w, new, unit, 1.0, buffers)
+    inertia_i = assign_pass(centers, first_sums)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         changed = 0
         if n_iter > 1:
-            moved = _MovedSums(sums, weights, unit)
+            moved = _MovedSums(sums, weights, unit, buffers)
             inertia_i = assign_pass(centers, moved.add)
             changed = moved.finish()
         if log is not None:
