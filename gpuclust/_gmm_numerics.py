@@ -48,7 +48,9 @@ def new_stats(n_components, n_features, covariance_type, device) -> SufficientSt
     return SufficientStats(torch.zeros(K, **f64), torch.zeros(K, D, **f64), sxx)
 
 
-def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tensor, covariance_type: str) -> None:
+def accumulate_stats(
+    stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tensor, covariance_type: str, buffers=None
+) -> None:
     """Add one tile's contribution (``Xs`` shifted samples, ``resp`` responsibilities) to ``stats``.
 
     Sums and second moments are multiplied in float64 whatever the working dtype: the M-step
@@ -56,19 +58,32 @@ def accumulate_stats(stats: SufficientStats, Xs: torch.Tensor, resp: torch.Tenso
     against float64 second moments) carry rounding errors of the order of ``reg_covar`` on
     data such as pixels, where a negative variance or an indefinite covariance follows. For full
     covariance the products are added straight into the (K, D, D) accumulator, so a tile
-    never holds a K x D x D temporary.
+    never holds a K x D x D temporary. ``buffers`` (a :class:`gpuclust._chunks.TileBuffers`): where
+    the float64 tiles and the products are written, instead of new tensors per tile.
     """
     f64 = torch.float64
-    resp64, Xs64 = resp.to(f64), Xs.to(f64)
+    (c, D), K = Xs.shape, resp.shape[1]
+
+    def in_f64(name, t):
+        if t.dtype == f64 or buffers is None:
+            return t.to(f64)
+        return buffers.get(name, t.shape, f64, t.device).copy_(t)
+
+    def scratch(name, shape):
+        if buffers is None:
+            return torch.empty(shape, dtype=f64, device=Xs.device)
+        return buffers.get(name, shape, f64, Xs.device)
+
+    resp64, Xs64 = in_f64("resp64", resp), in_f64("x64", Xs)
     stats.nk += resp64.sum(0)
     stats.sx.addmm_(resp64.T, Xs64)
     if covariance_type == "full":
-        weighted = resp64.T.unsqueeze(2) * Xs64.unsqueeze(0)  # (K, c, D)
+        weighted = torch.mul(resp64.T.unsqueeze(2), Xs64.unsqueeze(0), out=scratch("weighted", (K, c, D)))
         stats.sxx.baddbmm_(weighted.transpose(1, 2), Xs64.expand(weighted.shape[0], -1, -1))
     elif covariance_type == "diag":
-        stats.sxx.addmm_(resp64.T, Xs64 * Xs64)
+        stats.sxx.addmm_(resp64.T, torch.mul(Xs64, Xs64, out=scratch("squares", (c, D))))
     elif covariance_type == "spherical":
-        stats.sxx.addmm_(resp64.T, (Xs64 * Xs64).sum(1, keepdim=True))
+        stats.sxx.addmm_(resp64.T, torch.mul(Xs64, Xs64, out=scratch("squares", (c, D))).sum(1, keepdim=True))
 
 
 def tile_bytes_per_row(covariance_type, n_components, n_features, itemsize):
@@ -224,18 +239,36 @@ class WorkingParameters:
             cast(stacked),
         )
 
-    def weighted_log_prob(self, Xs):
-        """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K)."""
+    def weighted_log_prob(self, Xs, buffers=None):
+        """log(weight_k) + log N(x | mean_k, cov_k) for each row of the tile and each component: (c, K).
+
+        ``buffers`` (diag and spherical; a :class:`gpuclust._chunks.TileBuffers`): where the stacked
+        tile and the result are written, instead of new tensors.
+        """
         if self.stacked is not None:
-            return self.weighted_log_prob_stacked(stack_squares(Xs, self.covariance_type))
+            if buffers is None:
+                return self.weighted_log_prob_stacked(stack_squares(Xs, self.covariance_type))
+            (c, D), K = Xs.shape, self.const.shape[0]
+            width = D + _square_columns(self.covariance_type, D)
+            Z = stack_squares(Xs, self.covariance_type, buffers.get("stacked", (c, width), Xs.dtype, Xs.device))
+            return self.weighted_log_prob_stacked(Z, buffers.get("log-probabilities", (c, K), Xs.dtype, Xs.device))
         with _matmul_precision(self.matmul_precision, Xs.device):
             quad = _SQUARED_DISTANCE[self.covariance_type](self, Xs)
         return quad.mul_(-0.5).add_(self.const)
 
-    def weighted_log_prob_stacked(self, Z):
-        """:meth:`weighted_log_prob` of a diag or spherical tile given stacked (:func:`stack_squares`): one GEMM."""
+    def weighted_log_prob_stacked(self, Z, out=None):
+        """:meth:`weighted_log_prob` of a diag or spherical tile given stacked (:func:`stack_squares`): one GEMM.
+
+        ``out``: a (rows, K) tensor the result is written into (:func:`gpuclust._chunks.linear_into`,
+        the same bits).
+        """
+        from ._chunks import linear_into
+
         with _matmul_precision(self.matmul_precision, Z.device):
-            quad = linear(Z, self.stacked, self.offset)
+            if out is None:
+                quad = linear(Z, self.stacked, self.offset)
+            else:
+                quad = linear_into(Z, self.stacked, self.offset, out)
         return quad.mul_(-0.5).add_(self.const)
 
 
@@ -247,6 +280,9 @@ class WorkingParameters:
 # Spherical needs only the squared norm: D + 1 columns, not 2D.
 
 STACKED_TYPES = ("diag", "spherical")
+
+# Float64 values per 64 bytes: where every kept tile starts (see :meth:`StackedTiles._allocate`).
+_ALIGN_F64 = 8
 
 
 def _square_columns(covariance_type, n_features):
@@ -310,8 +346,8 @@ class StackedTiles:
 
     def __init__(self, n_rows, tile_rows, n_features, covariance_type, dtype, device, keep=False):
         self.D, self.covariance_type, self.keep, self.filled = n_features, covariance_type, keep, False
-        width = n_features + _square_columns(covariance_type, n_features)
-        self._shape = (n_rows if keep else tile_rows, tile_rows, width)
+        self.n_rows, self.tile_rows = n_rows, tile_rows
+        self.width = n_features + _square_columns(covariance_type, n_features)
         self._dtype, self._device = dtype, device
         self.z64 = self.z = None
 
@@ -321,10 +357,25 @@ class StackedTiles:
         return n_rows * (n_features + _square_columns(covariance_type, n_features)) * 8
 
     def _allocate(self):
-        rows64, rows, width = self._shape
-        self.z64 = torch.empty(rows64, width, dtype=torch.float64, device=self._device)
-        same = self._dtype == torch.float64
-        self.z = self.z64 if same else torch.empty(rows, width, dtype=self._dtype, device=self._device)
+        rows, width = self.tile_rows, self.width
+        if self.keep:
+            # One block per tile, each starting on a 64-byte boundary as a buffer of its own
+            # does: MKL's float64 GEMM rounds differently for differently aligned operands, so
+            # kept tiles packed back to back gave other bits than the per-pass buffer.
+            self._pitch = -(-rows * width // _ALIGN_F64) * _ALIGN_F64
+            n_tiles = -(-self.n_rows // rows)
+            self.z64 = torch.empty(n_tiles * self._pitch, dtype=torch.float64, device=self._device)
+        else:
+            self.z64 = torch.empty(rows, width, dtype=torch.float64, device=self._device)
+        if self._dtype != torch.float64:  # float64 tiles are used as they are
+            self.z = torch.empty(rows, width, dtype=self._dtype, device=self._device)
+
+    def _tile64(self, index, c):
+        """The float64 buffer of tile ``index`` (``c`` rows): its kept block, or the one reused buffer."""
+        if not self.keep:
+            return self.z64[:c]
+        start = index * self._pitch
+        return self.z64[start : start + c * self.width].view(c, self.width)
 
     def tiles(self, X, rows_per_tile, shift):
         """Yield ``(z, z64)``, the stacked tile of ``x - shift`` in the working dtype and in float64.
@@ -334,12 +385,12 @@ class StackedTiles:
         """
         if self.z64 is None:
             self._allocate()
-        for rows, tile in X.tiles(rows_per_tile):
+        for index, (_, tile) in enumerate(X.tiles(rows_per_tile)):
             c = tile.shape[0]
-            z64 = self.z64[rows] if self.keep else self.z64[:c]
+            z64 = self._tile64(index, c)
             if not (self.keep and self.filled):
                 self._form(tile, shift, z64)
-            if self.z is self.z64:
+            if self._dtype == torch.float64:
                 yield z64, z64
             else:
                 yield self.z[:c].copy_(z64), z64
@@ -357,9 +408,15 @@ class StackedTiles:
         stack_squares(difference, self.covariance_type, z64)
 
 
-def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor) -> None:
-    """:func:`accumulate_stats` for diag and spherical from the stacked tile in float64: one GEMM."""
-    resp64 = resp.to(torch.float64)
+def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: torch.Tensor, resp64=None) -> None:
+    """:func:`accumulate_stats` for diag and spherical from the stacked tile in float64: one GEMM.
+
+    ``resp64``: a float64 tensor of ``resp``'s shape that float32 responsibilities are copied into.
+    """
+    if resp.dtype == torch.float64 or resp64 is None:
+        resp64 = resp.to(torch.float64)
+    else:
+        resp64 = resp64.copy_(resp)
     stats.nk += resp64.sum(0)
     both = resp64.T @ Z64
     D = stats.sx.shape[1]
