@@ -292,10 +292,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ tiles
     def _tiles(self, X):
-        """Yield ``(rows, shifted tile)``: the data mean is subtracted one tile at a time."""
+        """Yield ``(rows, shifted tile)``: the data mean is subtracted one tile at a time.
+
+        The shifted tile is written into one buffer of X's (``X.buffers``): it is valid until the
+        next tile is asked for.
+        """
         shift = self._shift.to(X.dtype)
         for rows, tile in X.tiles(self._chunk_rows):
-            yield rows, tile - shift
+            yield rows, torch.sub(tile, shift, out=X.buffers.get("shifted", tile.shape, X.dtype, X.device))
 
     def _map_tiles(self, X, params, reduce, out):
         """Fill ``out[rows] = reduce(weighted log-probabilities of the tile)`` tile by tile; return ``out``.
@@ -304,7 +308,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         for rows, Xs in self._tiles(X):
-            out[rows].copy_(reduce(working.weighted_log_prob(Xs)))
+            out[rows].copy_(reduce(working.weighted_log_prob(Xs, X.buffers)))
         return out
 
     # ------------------------------------------------------------------- E and M
@@ -332,17 +336,24 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
+        # Every tile's (rows, K) log-probabilities and float64 responsibilities go to buffers kept
+        # with X for the whole fit (X.buffers), not to new tensors: nothing a pass allocates grows
+        # with its number of tiles.
+        buffers = X.buffers
         if self.covariance_type in gm.STACKED_TYPES:
             for Z, Z64 in stacked.tiles(X, self._chunk_rows, self._shift.to(X.dtype)):
-                log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
+                shape = (Z.shape[0], K)
+                wlp = working.weighted_log_prob_stacked(Z, buffers.get("log-probabilities", shape, Z.dtype, X.device))
+                log_norm, resp = gm.normalize_log_prob(wlp)
                 total += log_norm.sum(dtype=torch.float64)
-                gm.accumulate_stats_stacked(stats, Z64, resp)
+                resp64 = None if resp.dtype == torch.float64 else buffers.get("resp64", shape, torch.float64, X.device)
+                gm.accumulate_stats_stacked(stats, Z64, resp, resp64)
             stats.log_likelihood = float(total)
             return self._reduce_stats(stats)
         for _, Xs in self._tiles(X):
             log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob(Xs))
             total += log_norm.sum(dtype=torch.float64)
-            gm.accumulate_stats(stats, Xs, resp, self.covariance_type)
+            gm.accumulate_stats(stats, Xs, resp, self.covariance_type, buffers)
         stats.log_likelihood = float(total)
         return self._reduce_stats(stats)
 
