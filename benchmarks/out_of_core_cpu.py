@@ -3,13 +3,15 @@
 Writes a 20,000,000 x 32 float32 .npy file (2.4 GiB; under /tmp, never in the repository), then
 - measures the file's read bandwidth (pread in 64 MiB blocks, as the estimators read; twice, the
   second with the page cache warm if the file fits in it): the read floor of a pass is bytes / bandwidth;
-- fits, each in its own process so that its peak resident memory (ru_maxrss) is its own:
-  KMeans K=256 and GaussianMixture diag K=64 (k-means++ seeding), ``max_iter`` small, ``tol=0``,
-  timing every pass over the file (through gpuclust.sources.with_progress);
+- fits, each in its own process so that its peak memory is its own: KMeans K=256 and
+  GaussianMixture diag K=64 (k-means++ seeding), ``max_iter`` small, ``tol=0``, with torch's
+  default number of threads (see --threads), timing every pass over the file (through
+  gpuclust.sources.with_progress) and recording the peak resident memory (VmHWM) and the peak
+  anonymous memory (RssAnon, sampled every 10 ms, above what the process held before the fit);
 - checks that fits on a memmap of a smaller slice equal the in-memory fits of the same rows, bit for bit.
 Writes benchmarks/results/out_of_core_cpu.md.
 
-    python benchmarks/out_of_core_cpu.py [--rows 20000000] [--path /tmp/gpuclust_ooc.npy] [--keep]
+    python benchmarks/out_of_core_cpu.py [--rows 20000000] [--path /tmp/gpuclust_ooc.npy] [--keep] [--threads N]
 
 On a GPU (not run here): 1,000,000,000 x 32 float32 is 128 GB, more than an H100's 80 GB. Streamed
 from host memory (pinned buffers, double-buffered on a side stream), a pass costs at least
@@ -49,6 +51,19 @@ def write_data(path, rows, d, seed=0, block=1 << 20):
         out[start : start + m] = centres[rng.integers(0, 64, m)] + rng.standard_normal((m, d), dtype=np.float32)
     out.flush()
     del out
+
+
+def commit():
+    """The repository's commit (short), with ``+dirty`` when files differ from it; ``unknown`` outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def read_bandwidth(path, block=64 << 20):
@@ -99,11 +114,50 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def status_bytes(key):
+    """A ``kB`` line of /proc/self/status (``RssAnon``, ``VmHWM``) in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class AnonPeak:
+    """The high-water mark of RssAnon (anonymous resident memory) while the block runs, sampled every 10 ms.
+
+    The kernel keeps no high-water mark of RssAnon alone (VmHWM counts mapped files too); a pass
+    takes seconds here, so 10 ms sampling misses nothing that lasts.
+    """
+
+    def __enter__(self):
+        import threading
+
+        self.before = self.peak = status_bytes("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, status_bytes("RssAnon"))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, status_bytes("RssAnon"))
+
+
 def child(kind, path, max_iter, threads):
-    """One fit in this process; prints a JSON line with its pass times and peak RSS."""
+    """One fit in this process; prints a JSON line with its pass times and peak memory."""
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
 
     from gpuclust import GaussianMixture, KMeans
     from gpuclust.sources import with_progress
@@ -111,17 +165,21 @@ def child(kind, path, max_iter, threads):
     torch.manual_seed(0)
     X = with_progress(path, PassTimer)
     t0 = time.perf_counter()
-    if kind == "kmeans":
-        est = KMeans(256, max_iter=max_iter, tol=0, random_state=0, device="cpu").fit(X)
-        extra = {"inertia": est.inertia_}
-    else:
-        est = GaussianMixture(
-            64, covariance_type="diag", init_params="k-means++", max_iter=max_iter, tol=0, random_state=0, device="cpu"
-        ).fit(X)
-        extra = {"lower_bound": est.lower_bound_}
+    with AnonPeak() as anon:
+        if kind == "kmeans":
+            est = KMeans(256, max_iter=max_iter, tol=0, random_state=0, device="cpu").fit(X)
+            extra = {"inertia": est.inertia_}
+        else:
+            est = GaussianMixture(
+                64, covariance_type="diag", init_params="k-means++", max_iter=max_iter, tol=0, random_state=0,
+                device="cpu",
+            ).fit(X)  # fmt: skip
+            extra = {"lower_bound": est.lower_bound_}
     total = time.perf_counter() - t0
     peak = peak_rss()
-    print(json.dumps({"kind": kind, "passes": PassTimer.log, "total_s": total, "peak_rss": peak, **extra}))
+    print(json.dumps({"kind": kind, "passes": PassTimer.log, "total_s": total, "peak_rss": peak,
+                      "anon_before": anon.before, "peak_anon": anon.peak, "threads": torch.get_num_threads(),
+                      **extra}))  # fmt: skip
 
 
 def equality(path, rows):
@@ -156,9 +214,9 @@ def main(argv=None):
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads of the fits (default 1: on this shared 2-core machine two OpenMP threads made "
-        "index_add_ take ~100 ms a call instead of ~0.5 ms, and the GEMM no faster)",
+        default=0,
+        help="torch threads of the fits (default 0: torch's default, as a user gets it; until issue 24 the "
+        "results used 1, which hid the growth of glibc's arenas that two threads caused)",
     )
     parser.add_argument("--child", choices=("kmeans", "gmm"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -180,7 +238,8 @@ def main(argv=None):
         results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     km_equal, gm_equal = equality(args.path, args.slice_rows)
     load_after = os.getloadavg()
     if not args.keep:
@@ -191,7 +250,8 @@ def main(argv=None):
         "",
         f"Written by `benchmarks/out_of_core_cpu.py`. Data: {args.rows:,} x {args.features} float32 "
         f"({size / GIB:.2f} GiB on disk, in /tmp), {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s) in the fits (see --threads). Load average before / after: "
+        f"{results['kmeans']['threads']} torch thread(s) in the fits "
+        f"({'torch default' if not args.threads else '--threads'}), commit {commit()}. Load average before / after: "
         f"{' '.join(f'{x:.2f}' for x in load_before)} / {' '.join(f'{x:.2f}' for x in load_after)} "
         "(other jobs share these cores: a load above the core count means a busy machine).",
         "",
@@ -199,16 +259,19 @@ def main(argv=None):
         f"- Read bandwidth (pread, 64 MiB blocks): {bandwidth[0] / GIB:.2f} GiB/s first read, "
         f"{bandwidth[1] / GIB:.2f} GiB/s second (page cache). **Read floor of one pass: {floor:.2f} s.**",
         "",
-        "| fit | peak RSS of the fit process | passes over the file | compute passes: time each (median) "
+        "| fit | peak anonymous memory of the fit (RssAnon high-water, above the process before it) "
+        "| peak RSS of the fit process (VmHWM) | passes over the file | compute passes: time each (median) "
         "| vs read floor | whole fit |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, label, skip in (("kmeans", "KMeans K=256", 2), ("gmm", "GaussianMixture diag K=64", 2)):
         r = results[kind]
         compute = sorted(r["passes"][skip:])
         median = compute[len(compute) // 2]
+        anon = r["peak_anon"] - r["anon_before"]
         lines.append(
-            f"| {label}, max_iter={args.max_iter} | {r['peak_rss'] / GIB:.2f} GiB ({r['peak_rss'] / 2**20:.0f} MiB) "
+            f"| {label}, max_iter={args.max_iter} | +{anon / GIB:.2f} GiB ({anon / 2**20:.0f} MiB) "
+            f"| {r['peak_rss'] / GIB:.2f} GiB ({r['peak_rss'] / 2**20:.0f} MiB) "
             f"| {len(r['passes'])} | {median:.2f} s | {median / floor:.1f}x | {r['total_s']:.1f} s |"
         )
     lines += [
