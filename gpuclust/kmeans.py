@@ -476,13 +476,14 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             yield r, tile
 
     @staticmethod
-    def _assign_tiles(tiles, centers, sample_weight=None, labels=None):
+    def _assign_tiles(tiles, centers, sample_weight=None, labels=None, inertia=True):
         """Label every tile by its nearest centre; return the weighted inertia (float64, this rank's rows).
 
         The one routine behind ``predict``, ``score`` and a fit's final labels and inertia. Labels
         come from the expanded distances; the inertia sums the exact ``||x - c||^2`` of each row to
         its centre, as scikit-learn's does, so it keeps the dtype's precision on any data.
-        ``labels``: where the labels go (any device), or None.
+        ``labels``: where the labels go (any device), or None. ``inertia=False`` skips the exact
+        distances (``predict`` needs the labels alone) and returns 0.0.
         """
         c_sq = core.squared_norms(centers)
         total = torch.zeros((), dtype=torch.float64, device=centers.device)
@@ -490,12 +491,14 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             x_sq = core.squared_norms(tile)
             _check_no_overflow(x_sq)
             lab, _ = core.nearest_center(tile, centers, c_sq, x_sq, distances=False)
+            if labels is not None:
+                labels[r].copy_(lab)
+            if not inertia:
+                continue
             dist = core.distances_to_own_center(tile, x_sq, centers, lab).to(torch.float64)
             if sample_weight is not None:
                 dist = dist * sample_weight[r].to(device=dist.device, dtype=torch.float64)
             total += dist.sum()
-            if labels is not None:
-                labels[r].copy_(lab)
         return float(total)
 
     def _inference_tiles(self, rows):
@@ -634,7 +637,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if not rows.out_of_core and out is not None:
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
         labels = rows.empty((rows.shape[0],), torch.int64, out)
-        self._assign_tiles(*self._inference_tiles(rows), labels=labels)
+        self._assign_tiles(*self._inference_tiles(rows), labels=labels, inertia=False)
         if rows.out_of_core:
             return labels.numpy() if out is None else out
         return self._output(labels, kind)
