@@ -40,3 +40,38 @@ def overlapping_blobs(n=1500, d=6, k=4, seed=0, dtype=np.float64):
         m = labels == j
         X[m] = rng.randn(m.sum(), d) @ A + centers[j]
     return X.astype(dtype), labels
+
+
+def fake_run(tasks=("task1_kmeans_pixels",), gmm=False, n_test=4):
+    """A minimal results dict of the main job, as ``gpuclust.app.report.write_run_folder`` takes it."""
+    rows = [
+        {"task": t, "completeness": 0.5, "homogeneity": 0.5, "v_measure": 0.5, "nmi": 0.5, "ari": 0.5,
+         "cluster_accuracy": 0.5, "fit_seconds": 0.1, "device": "cpu", "backend": "torch",
+         **({"covariance_type": "diag"} if gmm else {})}
+        for t in tasks
+    ]  # fmt: skip
+    labels = [i % 2 for i in range(n_test)]
+    return {
+        "config": {
+            "profile": "quick",
+            "epochs": 1,
+            "preset": "dense10",
+            "limit": None,
+            "patience": 10,
+            "batch_size": 480,
+        },  # fmt: skip
+        "environment": {"device": "cpu", "device_name": "cpu", "torch": "x", "gpuclust": "x"},
+        "results": rows,
+        "training": {
+            "train_loss": [1.0],
+            "val_loss": [1.0],
+            "best_epoch": 1,
+            "seconds": 1.0,
+            "n_train_images": 10,
+            "latent_dim": 10,
+        },  # fmt: skip
+        "predictions": {t: list(labels) for t in tasks},
+        "test_labels": labels,
+        "seed_report": {"task3_ae_gmm_diag": 0.5626},
+        "class_names": [str(i) for i in range(10)],
+    }

@@ -310,34 +310,9 @@ def test_cluster_refuses_labels_written_over_an_input(tmp_path, capsys, variant,
 
 
 def _fake_run(n_test=4):
-    rows = [
-        {"task": "task1_kmeans_pixels", "completeness": 0.5, "homogeneity": 0.5, "v_measure": 0.5, "nmi": 0.5,
-         "ari": 0.5, "cluster_accuracy": 0.5, "fit_seconds": 0.1, "device": "cpu", "backend": "torch"}
-    ]  # fmt: skip
-    return {
-        "config": {
-            "profile": "quick",
-            "epochs": 1,
-            "preset": "dense10",
-            "limit": None,
-            "patience": 10,
-            "batch_size": 480,
-        },  # fmt: skip
-        "environment": {"device": "cpu", "device_name": "cpu", "torch": "x", "gpuclust": "x"},
-        "results": rows,
-        "training": {
-            "train_loss": [1.0],
-            "val_loss": [1.0],
-            "best_epoch": 1,
-            "seconds": 1.0,
-            "n_train_images": 10,
-            "latent_dim": 10,
-        },  # fmt: skip
-        "predictions": {"task1_kmeans_pixels": [i % 2 for i in range(n_test)]},
-        "test_labels": [i % 2 for i in range(n_test)],
-        "seed_report": {"task3_ae_gmm_diag": 0.5626},
-        "class_names": [str(i) for i in range(10)],
-    }
+    from conftest import fake_run
+
+    return fake_run(n_test=n_test)
 
 
 def test_run_refuses_an_out_folder_holding_files_it_did_not_write(no_data_anywhere, tmp_path, capsys):

@@ -268,39 +268,9 @@ def test_cli_resume_refuses_changed_settings(tmp_path, fashion_train):
 
 
 def test_rerun_into_the_same_folder_leaves_no_stale_plots(tmp_path):
-    from gpuclust.app.report import write_run_folder
+    from conftest import fake_run
 
-    def fake_run(tasks, gmm):
-        rows = [
-            {"task": t, "completeness": 0.5, "homogeneity": 0.5, "v_measure": 0.5, "nmi": 0.5, "ari": 0.5,
-             "cluster_accuracy": 0.5, "fit_seconds": 0.1, "device": "cpu", "backend": "torch",
-             **({"covariance_type": "diag"} if gmm else {})}
-            for t in tasks
-        ]  # fmt: skip
-        return {
-            "config": {
-                "profile": "quick",
-                "epochs": 1,
-                "preset": "dense10",
-                "limit": None,
-                "patience": 10,
-                "batch_size": 480,
-            },  # fmt: skip
-            "environment": {"device": "cpu", "device_name": "cpu", "torch": "x", "gpuclust": "x"},
-            "results": rows,
-            "training": {
-                "train_loss": [1.0],
-                "val_loss": [1.0],
-                "best_epoch": 1,
-                "seconds": 1.0,
-                "n_train_images": 10,
-                "latent_dim": 10,
-            },  # fmt: skip
-            "predictions": {t: [0, 1, 0, 1] for t in tasks},
-            "test_labels": [0, 1, 0, 1],
-            "seed_report": {"task3_ae_gmm_diag": 0.5626},
-            "class_names": [str(i) for i in range(10)],
-        }
+    from gpuclust.app.report import write_run_folder
 
     write_run_folder(fake_run(["task1_kmeans_pixels", "task3_ae_gmm_diag"], gmm=True), tmp_path)
     assert (tmp_path / "confusion_task3_ae_gmm_diag.png").is_file() and (tmp_path / "covariance_types.png").is_file()
