@@ -75,7 +75,7 @@ class HostReads(TorchDispatchMode):
 def load_data(n, d, dry_run):
     if not dry_run and (n, d) == (60000, 784):
         try:
-            from gpuclust.datasets import flatten_pixels, load_fashion_mnist
+            from gpuclust.app.datasets import flatten_pixels, load_fashion_mnist
 
             return flatten_pixels(load_fashion_mnist("train", os.environ.get("GPUCLUST_DATA"))[0][:n]), "fashion-mnist"
         except (FileNotFoundError, ValueError, OSError):

@@ -289,7 +289,7 @@ def check_cupy(ctx, algorithm):
 
 def _images(ctx, n):
     try:
-        from gpuclust.datasets import load_fashion_mnist
+        from gpuclust.app.datasets import load_fashion_mnist
 
         images, _ = load_fashion_mnist("train", os.environ.get("GPUCLUST_DATA"))
         return images[:n], "fashion-mnist"

@@ -246,7 +246,7 @@ def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
     """The GPU check stages the dataset in .data/ and points GPUCLUST_DATA at it; the bench must read it."""
     import numpy as np
 
-    import gpuclust.datasets
+    import gpuclust.app.datasets
 
     seen = []
 
@@ -255,7 +255,7 @@ def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50)
 
-    monkeypatch.setattr(gpuclust.datasets, "load_fashion_mnist", fake_loader)
+    monkeypatch.setattr(gpuclust.app.datasets, "load_fashion_mnist", fake_loader)
     monkeypatch.setenv("GPUCLUST_DATA", str(tmp_path))
     bench._DATA_CACHE.clear()
     X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpuclust.datasets as ds
+import gpuclust.app.datasets as ds
 from gpuclust.app.cli import main
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpuclust.datasets as ds
-from gpuclust import FASHION_MNIST_CLASSES, load_fashion_mnist, train_validation_split
+import gpuclust.app.datasets as ds
+from gpuclust.app.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, train_validation_split
 
 
 def idx_bytes(array, type_code=0x08, magic=b"\x00\x00"):
@@ -379,3 +379,40 @@ def test_download_into_the_given_location(local_server, tmp_path, monkeypatch):
         "t10k-labels-idx1-ubyte.gz",
     ]
     assert not ds.cache_dir().exists()
+
+
+# --- the loader moved to the application (issue 25); the old names warn until 0.5 ---------------
+
+
+@pytest.mark.parametrize("name", ["load_fashion_mnist", "FASHION_MNIST_CLASSES", "train_validation_split"])
+def test_deprecated_top_level_names_warn_and_give_the_applications_objects(name):
+    import gpuclust
+
+    with pytest.warns(FutureWarning, match=rf"gpuclust\.{name} is deprecated since 0\.3 .* removed in 0\.5") as got:
+        value = getattr(gpuclust, name)
+    assert value is getattr(ds, name)
+    assert f"use gpuclust.app.datasets.{name}" in str(got[0].message)
+    assert got[0].filename == __file__  # the caller's line, not gpuclust's
+
+
+def test_deprecated_names_warn_through_from_import_too():
+    with pytest.warns(FutureWarning, match="gpuclust.load_fashion_mnist is deprecated"):
+        from gpuclust import load_fashion_mnist as old
+    assert old is ds.load_fashion_mnist
+
+
+def test_deprecated_names_are_not_in_all_nor_dir_and_star_import_does_not_warn():
+    import warnings
+
+    import gpuclust
+
+    moved = {"load_fashion_mnist", "FASHION_MNIST_CLASSES", "train_validation_split"}
+    assert not moved & set(gpuclust.__all__)
+    assert not moved & set(dir(gpuclust)) and set(gpuclust.__all__) <= set(dir(gpuclust))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec("from gpuclust import *", {})
+    with pytest.raises(AttributeError, match="has no attribute 'datasets'"):
+        gpuclust.datasets  # noqa: B018 (the module moved to gpuclust.app.datasets; no alias is kept)
+    with pytest.raises(ModuleNotFoundError):
+        import gpuclust.datasets

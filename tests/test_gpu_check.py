@@ -28,7 +28,7 @@ def _installed(module):
 
 
 def _fashion_mnist_available():
-    from gpuclust.datasets import load_fashion_mnist
+    from gpuclust.app.datasets import load_fashion_mnist
 
     try:
         load_fashion_mnist("train")

@@ -70,8 +70,8 @@ class Refuse:
             raise ImportError(f'{name} is not installed (test)')
 sys.meta_path.insert(0, Refuse())
 import gpuclust
-from gpuclust import GaussianMixture, KMeans, kmeans_plusplus, load_fashion_mnist
-import gpuclust.metrics, gpuclust.distributed, gpuclust.datasets, gpuclust.device
+from gpuclust import GaussianMixture, KMeans, kmeans_plusplus
+import gpuclust.metrics, gpuclust.distributed, gpuclust.device
 gpuclust.KMeans
 import numpy as np
 X = np.random.RandomState(0).rand(60, 3)
@@ -82,6 +82,43 @@ print('ok')
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_importing_the_library_loads_neither_the_application_nor_a_downloader():
+    # Its dependencies (torch, scikit-learn) load urllib and http themselves: what counts is what
+    # gpuclust adds on top of them. The deprecated gpuclust.load_fashion_mnist loads the app on use only.
+    code = """
+import sys
+import numpy, scipy, sklearn, sklearn.cluster, sklearn.mixture, sklearn.metrics, torch
+before = set(sys.modules)
+import gpuclust
+gpuclust.KMeans, gpuclust.GaussianMixture
+import gpuclust.metrics, gpuclust.distributed, gpuclust.device
+added = sorted(m for m in set(sys.modules) - before
+               if m.startswith('gpuclust.app') or m.split('.')[0] in ('urllib', 'http', 'gzip', 'tqdm', 'matplotlib'))
+assert not added, added
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    gpuclust.load_fashion_mnist
+assert 'gpuclust.app.datasets' in sys.modules and caught[0].category is FutureWarning, caught
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_only_way_from_the_library_to_the_application_is_the_deprecated_names():
+    # ``gpuclust.__getattr__`` imports gpuclust.app.datasets by name (importlib), for the names that
+    # moved there in 0.3 only; no other library module holds an application module's name as a string.
+    naming = {
+        (name, node.value)
+        for name, path in LIBRARY.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and re.fullmatch(rf"{APP_PREFIX}(\.\w+)*", node.value)
+    }  # fmt: skip
+    assert naming == {("gpuclust", "gpuclust.app.datasets")}, naming
 
 
 def _graph(modules):

@@ -246,7 +246,7 @@ def make_data(case: Case, seed: int = 0):
         labels = rng.integers(0, case.k, size=case.n)
         X = centers[labels] + rng.normal(size=(case.n, case.d)).astype(np.float32)
     else:
-        from ..datasets import flatten_pixels, load_fashion_mnist
+        from .datasets import flatten_pixels, load_fashion_mnist
 
         images, labels = load_fashion_mnist("train", os.environ.get("GPUCLUST_DATA"))
         images, labels = images[: case.n], labels[: case.n]

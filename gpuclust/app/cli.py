@@ -359,7 +359,7 @@ def _check_array_file(path, flag):
 
 def _load_fashion(split, args, say):
     """Fashion-MNIST as the flags say; tells where the files came from."""
-    from ..datasets import load_fashion_mnist
+    from .datasets import load_fashion_mnist
 
     return load_fashion_mnist(
         split,
@@ -409,7 +409,7 @@ def cmd_run(args, say):
 def cmd_train_ae(args, say):
     import numpy as np
 
-    from ..datasets import train_validation_split
+    from .datasets import train_validation_split
     from .training import encode, load_checkpoint, train_autoencoder
 
     _check_can_create(Path(args.checkpoint), "--checkpoint", want_dir=False)
@@ -470,7 +470,7 @@ def _check_labels(y, n_samples, source):
 
 
 def cmd_cluster(args, say):
-    from ..datasets import flatten_pixels
+    from .datasets import flatten_pixels
 
     _check_array_file(args.save_labels, "--save-labels")
     _check_distinct([("--save-labels", args.save_labels)], [("--features", args.features), ("--labels", args.labels)])
@@ -641,7 +641,7 @@ def cmd_select(args, say):
     else:
         from sklearn.decomposition import PCA
 
-        from ..datasets import flatten_pixels
+        from .datasets import flatten_pixels
 
         images, _ = _load_fashion("train", args, say)
         X = PCA(args.pca, random_state=args.seed).fit_transform(flatten_pixels(images[: args.n_samples]))

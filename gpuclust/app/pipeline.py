@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets import FASHION_MNIST_CLASSES, flatten_pixels, load_fashion_mnist, train_validation_split
 from ..device import resolve_device, synchronize
 from ..gaussian_mixture import COVARIANCE_TYPES, GaussianMixture
 from ..kmeans import KMeans
 from ..metrics import all_scores
 from .autoencoder import DEFAULT_PRESET
 from .costs import gmm_flops_per_iteration
+from .datasets import FASHION_MNIST_CLASSES, flatten_pixels, load_fashion_mnist, train_validation_split
 from .environment import environment
 
 logger = logging.getLogger("gpuclust")

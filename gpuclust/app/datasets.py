@@ -1,4 +1,9 @@
-"""Fashion-MNIST: find it, or download it, then read and validate the IDX files."""
+"""Fashion-MNIST for the application: find it, or download it, then read and validate the IDX files.
+
+Part of the application, not the library (it downloads over HTTP): ``gpuclust.load_fashion_mnist``
+and its two companions still reach it, with a FutureWarning, until 0.5. ``$GPUCLUST_DATA`` names
+the folder to read from, ``$GPUCLUST_FASHION_MNIST_URL`` a download mirror.
+"""
 
 from __future__ import annotations
 
@@ -342,25 +347,7 @@ def load_fashion_mnist(
     if split not in _SPLIT_STEMS:
         raise ValueError(f"split={split!r} is not one of 'train', 'test'.")
     stems = _SPLIT_STEMS[split]
-    explicit = _explicit_location(data_dir)
-    if explicit is not None:
-        directory, given = explicit
-        if download:
-            directory.mkdir(parents=True, exist_ok=True)
-            paths = [_find_file(directory, stem) for stem in stems]
-        else:
-            paths = _check_explicit_dir(directory, given, stems)
-        missing = [stem for stem, path in zip(stems, paths) if path is None]
-        if missing and not download:
-            raise FileNotFoundError(
-                f"{directory} (from {given}) has no {missing[0]}.gz or {missing[0]} (Fashion-MNIST {split} split); "
-                "it is the only place looked in."
-            )
-        candidates = [(directory, paths)]
-        target = directory
-    else:
-        candidates = [(d, [_find_file(d, stem) for stem in stems]) for d in search_dirs()]
-        target = cache_dir()
+    candidates, target = _candidates(split, stems, data_dir, download)
     for directory, paths in candidates:
         if all(paths):
             return _loaded(split, directory, paths, stems, verify, on_source)
@@ -369,6 +356,30 @@ def load_fashion_mnist(
     base_url = os.environ.get("GPUCLUST_FASHION_MNIST_URL", FASHION_MNIST_URL)
     paths = [_find_file(target, stem) or _download_file(stem, target, base_url, progress) for stem in stems]
     return _loaded(split, target, paths, stems, verify, on_source)
+
+
+def _candidates(split, stems, data_dir, download):
+    """([(folder, the split's files there or None)], the folder downloads go to), in search order.
+
+    An explicit location is the only candidate: FileNotFoundError naming it when it lacks a file
+    and nothing may be downloaded.
+    """
+    explicit = _explicit_location(data_dir)
+    if explicit is None:
+        return [(d, [_find_file(d, stem) for stem in stems]) for d in search_dirs()], cache_dir()
+    directory, given = explicit
+    if download:
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [_find_file(directory, stem) for stem in stems]
+    else:
+        paths = _check_explicit_dir(directory, given, stems)
+    missing = [stem for stem, path in zip(stems, paths) if path is None]
+    if missing and not download:
+        raise FileNotFoundError(
+            f"{directory} (from {given}) has no {missing[0]}.gz or {missing[0]} (Fashion-MNIST {split} split); "
+            "it is the only place looked in."
+        )
+    return [(directory, paths)], directory
 
 
 def _loaded(split, directory, paths, stems, verify, on_source):
