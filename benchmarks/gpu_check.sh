@@ -30,7 +30,7 @@
 #                       full`. Not in the 8 minutes: give it a call of its own.
 #
 # --dry-run (or GPUCLUST_GPU_CHECK_DRY_RUN=1): every step at toy size on the CPU (the smoke
-# checks with the CUDA branches forced and gloo for NCCL, the tests collected only, the bench's
+# checks on the CPU's own branches and gloo for NCCL, the tests collected only, the bench's
 # gpu-toy grid), in well under a minute; tests/test_gpu_check.py runs it in CI.
 # Staging the dataset and the peer wheels (carry: [".data", ".whl"]) and what to do with the files
 # that come back: benchmarks/README.md.

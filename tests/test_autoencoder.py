@@ -242,21 +242,37 @@ def test_resume_with_changed_settings_is_refused_naming_them(tmp_path, change, m
     assert len(history.train_loss) == 2
 
 
-def test_forced_cuda_paths_train_with_bf16_channels_last_and_resume_bit_exact(tmp_path):
-    from gpuclust.device import force_cuda_paths
-
+def test_cuda_path_on_the_cpu_trains_with_bf16_channels_last_and_resumes_bit_exact(tmp_path):
     images = tiny_images(40)
     kw = dict(preset="dense10", batch_size=16, progress=False, device="cpu", seed=1, patience=50)
-    with force_cuda_paths():
-        straight, h_straight = train_autoencoder(images[:32], images[32:], epochs=2, **kw)
-        ckpt = tmp_path / "ae.pt"
-        train_autoencoder(images[:32], images[32:], epochs=1, checkpoint=ckpt, **kw)
-        resumed, h_resumed = train_autoencoder(images[:32], images[32:], epochs=2, checkpoint=ckpt, resume=True, **kw)
+    cuda = dict(kw, channels_last_bf16=True)  # what CUDA runs, asked for on the CPU
+    straight, h_straight = train_autoencoder(images[:32], images[32:], epochs=2, **cuda)
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(images[:32], images[32:], epochs=1, checkpoint=ckpt, **cuda)
+    resumed, h_resumed = train_autoencoder(images[:32], images[32:], epochs=2, checkpoint=ckpt, resume=True, **cuda)
     plain, h_plain = train_autoencoder(images[:32], images[32:], epochs=2, **kw)
     assert h_resumed.train_loss == h_straight.train_loss
-    assert h_plain.train_loss != h_straight.train_loss  # the forced path did run bf16 autocast
+    assert h_plain.train_loss != h_straight.train_loss  # the CUDA path did run bf16 autocast
+    explicit_off, h_off = train_autoencoder(images[:32], images[32:], epochs=2, channels_last_bf16=False, **kw)
+    assert h_off.train_loss == h_plain.train_loss  # None on the CPU is False
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+    assert straight.encoder[0].weight.is_contiguous()  # returned in the default memory format
+    z_bf16, z_plain = encode(straight, images, bf16=True), encode(straight, images)
+    assert z_bf16.dtype == z_plain.dtype == torch.float32 and not torch.equal(z_bf16, z_plain)
+    assert torch.allclose(z_bf16, z_plain, rtol=0.05, atol=0.05)
+
+
+def test_the_cuda_path_is_decided_by_the_device_unless_asked_for():
+    from gpuclust.app.training import channels_last_bf16_on, mixed_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (channels_last_bf16_on(cpu), channels_last_bf16_on(cuda)) == (False, True)
+    assert (channels_last_bf16_on(cpu, True), channels_last_bf16_on(cuda, False)) == (True, False)
+    with mixed_precision(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    with mixed_precision(cpu, True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 # --- shift augmentation (issue 17) ----------------------------------------------------------------

@@ -20,7 +20,9 @@ def test_dry_run_writes_one_row_per_library(tmp_path):
     for r in rows:
         assert r["label"] == "ci" and r["n_iter"] == 4 and r["ms_per_iter_median"] > 0 and r["inertia"] > 0
         assert r["cuda_syncs_per_iter"] is None and r["ops_per_iter"] > 0
-    # gpuclust's Lloyd loop on its CUDA branches: one read of the host per iteration
-    assert rows[0]["host_reads_per_iter"] == 1.0
+    # The dry run counts gpuclust's CPU branches (nothing forces the CUDA ones): some reads of the
+    # host per iteration, at least the stopping test's; the CUDA loop's own count is the GPU run's.
+    assert rows[0]["host_reads_per_iter"] >= 1.0
+    assert rows[0]["device"] == "cpu (dry run)"
     if len(rows) == 2:  # the same data and start: the same clustering, to float32 rounding
         assert abs(rows[0]["inertia"] - rows[1]["inertia"]) <= 1e-5 * rows[0]["inertia"]

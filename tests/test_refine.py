@@ -156,6 +156,24 @@ def test_self_label_learns_the_clusters_from_pixels_deterministically():
         self_label(ae, train[:10], noisy, confidence, test, n_clusters=2, config=cfg)
 
 
+def test_self_label_runs_the_cuda_path_on_the_cpu_when_asked():
+    from gpuclust.app.autoencoder import ConvAutoencoder
+    from gpuclust.app.selflabel import SelfLabelConfig, self_label
+
+    train, y = _stripes(120, 0)
+    test, _ = _stripes(30, 1)
+    torch.manual_seed(0)
+    ae = ConvAutoencoder("dense10")
+    cfg = SelfLabelConfig(epochs=2, batch_size=32, keep_fraction=0.8)
+    labels, confidence = torch.as_tensor(y), torch.ones(120)
+    default, _ = self_label(ae, train, labels, confidence, test, n_clusters=2, config=cfg, seed=0)
+    off, _ = self_label(ae, train, labels, confidence, test, n_clusters=2, config=cfg, channels_last_bf16=False)
+    on, info = self_label(ae, train, labels, confidence, test, n_clusters=2, config=cfg, channels_last_bf16=True)
+    assert torch.equal(default, off)  # None on the CPU: the CPU path
+    assert on.dtype == torch.long and on.shape == (30,) and info["n_trained_on"] == 96
+    assert set(on.tolist()) <= {0, 1}
+
+
 def test_profiles_set_self_labelling():
     full = RunConfig(profile="full").resolved(torch.device("cpu"))
     quick = RunConfig(profile="quick").resolved(torch.device("cpu"))

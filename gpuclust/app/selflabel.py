@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import synchronize, uses_cuda_paths
+from ..device import synchronize
 from .autoencoder import ConvAutoencoder, images_to_tensor
-from .training import mixed_precision, shift_images
+from .training import channels_last_bf16_on, mixed_precision, shift_images
 
 __all__ = ["SelfLabelConfig", "confident_members", "self_label"]
 
@@ -80,6 +80,7 @@ def self_label(
     n_clusters: int = 10,
     config: SelfLabelConfig = SelfLabelConfig(),
     seed: int = 0,
+    channels_last_bf16: bool | None = None,
 ):
     """Train a classifier on the confident members of each cluster; return its labels for ``test_images``.
 
@@ -97,6 +98,9 @@ def self_label(
     n_clusters : int
     config : SelfLabelConfig
     seed : int
+    channels_last_bf16 : bool, optional
+        Train and label in bf16 autocast with a channels_last model (the CUDA path). None (default):
+        on CUDA only; True runs that path on the CPU too (the tests do).
 
     Returns
     -------
@@ -116,9 +120,10 @@ def self_label(
         raise ValueError(f"labels must lie in [0, {n_clusters}) for n_clusters={n_clusters}.")
     # The caller's random state is left as it was: the classifier draws from its own.
     devices = [device] if device.type == "cuda" else []
+    bf16 = channels_last_bf16_on(device, channels_last_bf16)
     with torch.random.fork_rng(devices=devices):
         return _train_and_label(
-            autoencoder, device, train_images, labels, confidence, test_images, n_clusters, config, seed
+            autoencoder, device, bf16, train_images, labels, confidence, test_images, n_clusters, config, seed
         )
 
 
@@ -134,7 +139,9 @@ def _check(config):
         raise ValueError(f"lr={config.lr} must be positive and label_smoothing={config.label_smoothing} in [0, 1).")
 
 
-def _train_and_label(autoencoder, device, train_images, labels, confidence, test_images, n_clusters, config, seed):
+def _train_and_label(
+    autoencoder, device, bf16, train_images, labels, confidence, test_images, n_clusters, config, seed
+):
     synchronize(device)
     t0 = time.perf_counter()
     keep = confident_members(labels, confidence, n_clusters, config.keep_fraction)
@@ -142,7 +149,7 @@ def _train_and_label(autoencoder, device, train_images, labels, confidence, test
     y = labels[keep].to(device)
     torch.manual_seed(seed)
     model = _Classifier(autoencoder, n_clusters).to(device)
-    if uses_cuda_paths(device):
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -157,7 +164,7 @@ def _train_and_label(autoencoder, device, train_images, labels, confidence, test
         for start in range(0, n, config.batch_size):
             rows = order[start : start + config.batch_size]
             inputs = shift_images(x[rows], shifts[rows], config.max_shift)
-            with mixed_precision(device):
+            with mixed_precision(device, bf16):
                 loss = loss_fn(model(inputs).float(), y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -166,7 +173,7 @@ def _train_and_label(autoencoder, device, train_images, labels, confidence, test
     model.eval()
     test = images_to_tensor(test_images, device)
     out = torch.empty(test.shape[0], dtype=torch.long, device=device)
-    with torch.inference_mode(), mixed_precision(device):
+    with torch.inference_mode(), mixed_precision(device, bf16):
         for start in range(0, test.shape[0], 2048):
             out[start : start + 2048] = model(test[start : start + 2048]).argmax(1)
     synchronize(device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..device import resolve_device, synchronize, uses_cuda_paths
+from ..device import resolve_device, synchronize
 from ._atomic import atomic_write
 from ._torch_load import load_plain, why_refused
 from .autoencoder import AutoencoderConfig, ConvAutoencoder, images_to_tensor
@@ -65,15 +65,24 @@ def shift_images(batch: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> t
     return padded[b, 0, rows[:, :, None], cols[:, None, :]][:, None].contiguous()
 
 
-def mixed_precision(device):
-    """bf16 autocast on the CUDA path (under ``force_cuda_paths()`` the CPU's own); elsewhere a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_cuda_paths(device) else nullcontext()
+def channels_last_bf16_on(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether to run the CUDA path (bf16 autocast, channels_last): ``requested``, or on CUDA when None.
+
+    Decided once per call from its arguments: True runs the same path on the CPU (what the tests do).
+    """
+    return device.type == "cuda" if requested is None else bool(requested)
 
 
-def _evaluate(model, data, batch_size, device, loss_fn):
+def mixed_precision(device, enabled: bool | None = None):
+    """bf16 autocast on ``device`` when ``enabled`` (None: on CUDA only); otherwise a no-op context."""
+    on = channels_last_bf16_on(device, enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
+
+
+def _evaluate(model, data, batch_size, device, loss_fn, bf16):
     model.eval()
     total = 0.0
-    with torch.inference_mode(), mixed_precision(device):
+    with torch.inference_mode(), mixed_precision(device, bf16):
         for start in range(0, data.shape[0], batch_size):
             batch = data[start : start + batch_size]
             total += float(loss_fn(model(batch).float(), batch)) * batch.shape[0]
@@ -238,24 +247,9 @@ def resume_differences(saved: dict, config: dict) -> list[str]:
     ]
 
 
-def train_autoencoder(
-    train_images,
-    val_images,
-    *,
-    preset="seed",
-    epochs=200,
-    batch_size=480,
-    lr=1e-3,
-    patience=10,
-    seed=0,
-    device="auto",
-    checkpoint=None,
-    resume=False,
-    progress=True,
-    max_seconds=None,
-    allow_changed_settings=False,
-    augment_shift=0,
-):
+def train_autoencoder(train_images, val_images, *, preset="seed", epochs=200, batch_size=480, lr=1e-3, patience=10,
+                      seed=0, device="auto", checkpoint=None, resume=False, progress=True, max_seconds=None,
+                      allow_changed_settings=False, augment_shift=0, channels_last_bf16=None):  # fmt: skip
     """Train with Adam on mean squared reconstruction error, with early stopping on validation loss.
 
     Parameters
@@ -268,8 +262,7 @@ def train_autoencoder(
         Upper limit; training stops after ``patience`` epochs without a better validation loss.
     batch_size, lr, patience, seed : training settings
     device : str
-        On CUDA the whole data set stays on the GPU (no host copy per batch), with
-        bf16 autocast and channels_last.
+        On CUDA the whole data set stays on the GPU (no host copy per batch).
     checkpoint : path, optional
         Saved atomically after every epoch (model, optimizer, epoch, losses, config).
     resume : bool
@@ -286,6 +279,9 @@ def train_autoencoder(
         Each training image is fed shifted by up to this many pixels in each direction (its own
         random offsets every epoch, zeros filling in) and the loss compares the output with the
         unshifted image: the code must describe the garment, not where it sits. 0: no shift.
+    channels_last_bf16 : bool, optional
+        Train in bf16 autocast with channels_last tensors and deterministic cuDNN (the CUDA path).
+        None (default): on CUDA only; True runs that path on the CPU too (the tests do).
 
     Returns
     -------
@@ -295,6 +291,20 @@ def train_autoencoder(
     """
     from tqdm.auto import tqdm
 
+    _check_training_settings(epochs, batch_size, lr, patience, augment_shift)
+    device = resolve_device(device)
+    run = _start_training(train_images, val_images, device, channels_last_bf16_on(device, channels_last_bf16),
+                          preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                          augment_shift=augment_shift)  # fmt: skip
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        _resume_from(run, checkpoint, allow_changed_settings)
+    _run_epochs(run, tqdm, checkpoint, progress, max_seconds)
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    return run.model.to(memory_format=torch.contiguous_format).eval(), run.history
+
+
+def _check_training_settings(epochs, batch_size, lr, patience, augment_shift):
     if (
         isinstance(augment_shift, bool)
         or not isinstance(augment_shift, numbers.Integral)
@@ -306,13 +316,35 @@ def train_autoencoder(
             raise ValueError(f"{name}={value!r} must be a positive integer.")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr={lr!r} must be a positive finite number.")
-    device = resolve_device(device)
+
+
+@dataclass
+class _Training:
+    """One training run's state: what the epochs change, and what a checkpoint records."""
+
+    model: ConvAutoencoder
+    optimizer: torch.optim.Optimizer
+    train: torch.Tensor
+    val: torch.Tensor
+    device: torch.device
+    bf16: bool  # bf16 autocast (with channels_last): the CUDA path
+    config: dict  # the settings a checkpoint records (and a resumed run must share)
+    history: TrainingHistory = field(default_factory=TrainingHistory)
+    start_epoch: int = 0
+    best_state: dict | None = None
+    patience_left: int = 0
+    loss_fn: nn.Module = field(default_factory=nn.MSELoss)
+
+
+def _start_training(train_images, val_images, device, bf16, *, preset, epochs, batch_size, lr, patience, seed,
+                    augment_shift) -> _Training:  # fmt: skip
+    """The data on ``device``, a fresh seeded model and its optimizer, and the run's settings."""
     train = images_to_tensor(train_images, device)
     val = images_to_tensor(val_images, device)
     fingerprint = data_fingerprint(train, val)
     torch.manual_seed(seed)
     model = ConvAutoencoder(preset).to(device)
-    if uses_cuda_paths(device):
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
         train, val = (
             train.contiguous(memory_format=torch.channels_last),
@@ -321,7 +353,6 @@ def train_autoencoder(
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.MSELoss()
     config = {
         "preset": preset,
         "architecture": model.config.to_dict(),
@@ -334,78 +365,61 @@ def train_autoencoder(
         "augment_shift": augment_shift,
         "data": fingerprint,
     }
-    history, start_epoch, best_state, patience_left = TrainingHistory(), 0, None, patience
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
-        _, ckpt = load_checkpoint(checkpoint, device)
-        if ckpt["config"]["architecture"] != config["architecture"]:
-            raise ValueError(
-                f"checkpoint {checkpoint} is for architecture {ckpt['config']['architecture']} "
-                f"(preset {ckpt['config']['preset']!r}), not {config['architecture']} ({preset!r})."
-            )
-        differs = resume_differences(ckpt["config"], config)
-        if differs and not allow_changed_settings:
-            raise ValueError(
-                f"cannot resume from {checkpoint}: {'; '.join(differs)} (start a new checkpoint, or allow "
-                "the change explicitly with allow_changed_settings=True / --allow-changed-settings)."
-            )
-        if differs:
-            logger.warning("resuming %s with changed settings: %s", checkpoint, "; ".join(differs))
-        model.load_state_dict(ckpt["model"])
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise ValueError(f"checkpoint {checkpoint}: the optimizer state does not fit the model ({exc})") from None
-        history = TrainingHistory(**ckpt["history"])
-        start_epoch, best_state, patience_left = ckpt["epoch"], ckpt["best_state"], ckpt["patience_left"]
-        logger.info("resumed from %s at epoch %d", checkpoint, start_epoch)
-    n = train.shape[0]
+    return _Training(model, optimizer, train, val, device, bf16, config, patience_left=patience)
+
+
+def _resume_from(run: _Training, checkpoint, allow_changed_settings):
+    """Continue ``run`` from ``checkpoint``: refused when its architecture, or its settings unless allowed, differ."""
+    config = run.config
+    _, ckpt = load_checkpoint(checkpoint, run.device)
+    if ckpt["config"]["architecture"] != config["architecture"]:
+        raise ValueError(
+            f"checkpoint {checkpoint} is for architecture {ckpt['config']['architecture']} "
+            f"(preset {ckpt['config']['preset']!r}), not {config['architecture']} ({config['preset']!r})."
+        )
+    differs = resume_differences(ckpt["config"], config)
+    if differs and not allow_changed_settings:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: {'; '.join(differs)} (start a new checkpoint, or allow "
+            "the change explicitly with allow_changed_settings=True / --allow-changed-settings)."
+        )
+    if differs:
+        logger.warning("resuming %s with changed settings: %s", checkpoint, "; ".join(differs))
+    run.model.load_state_dict(ckpt["model"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint {checkpoint}: the optimizer state does not fit the model ({exc})") from None
+    run.history = TrainingHistory(**ckpt["history"])
+    run.start_epoch, run.best_state, run.patience_left = ckpt["epoch"], ckpt["best_state"], ckpt["patience_left"]
+    logger.info("resumed from %s at epoch %d", checkpoint, run.start_epoch)
+
+
+def _run_epochs(run: _Training, tqdm, checkpoint, progress, max_seconds):
+    """Epochs from ``run.start_epoch`` until early stopping, the epoch limit or ``max_seconds`` (``tqdm``: the bar)."""
+    history, epochs = run.history, run.config["epochs"]
     bar = tqdm(
-        range(start_epoch, epochs),
-        initial=start_epoch,
+        range(run.start_epoch, epochs),
+        initial=run.start_epoch,
         total=epochs,
         unit="epoch",
         disable=not progress,
-        desc=f"autoencoder[{preset}] on {device.type}",
+        desc=f"autoencoder[{run.config['preset']}] on {run.device.type}",
     )
     began = time.perf_counter()
     for epoch in bar:
-        if patience_left <= 0:
+        if run.patience_left <= 0:
             break
-        model.train()
-        order = _epoch_order(n, seed, epoch, device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        running = torch.zeros((), device=device)
-        shifts = _epoch_shifts(n, augment_shift, seed, epoch).to(device) if augment_shift else None
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            batch = train[rows]
-            inputs = batch if shifts is None else shift_images(batch, shifts[rows], augment_shift)
-            with mixed_precision(device):
-                loss = loss_fn(model(inputs).float(), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.detach() * batch.shape[0]
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-        history.train_loss.append(float(running) / n)
-        history.val_loss.append(_evaluate(model, val, batch_size, device, loss_fn))
-        history.images_per_second.append(n / seconds)
-        if history.val_loss[-1] < min(history.val_loss[:-1], default=math.inf):
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            history.best_epoch = epoch + 1
-            patience_left = patience
-        else:
-            patience_left -= 1
+        _train_epoch(run, epoch)
         bar.set_postfix(
             train=f"{history.train_loss[-1]:.5f}",
             val=f"{history.val_loss[-1]:.5f}",
             img_s=f"{history.images_per_second[-1]:.0f}",
         )
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, epoch + 1, history, config, best_state, patience_left)
-        if patience_left <= 0:
+            _save_checkpoint(checkpoint, run.model, run.optimizer, epoch + 1, history, run.config, run.best_state,
+                             run.patience_left)  # fmt: skip
+        if run.patience_left <= 0:
             history.stopped_early = True
             logger.info("early stop after epoch %d (best %d)", epoch + 1, history.best_epoch)
             break
@@ -413,14 +427,46 @@ def train_autoencoder(
             logger.info("stopping after epoch %d: time limit of %.0f s reached", epoch + 1, max_seconds)
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.to(memory_format=torch.contiguous_format).eval(), history
 
 
-def encode(model: ConvAutoencoder, images, *, batch_size=2048, device=None) -> torch.Tensor:
+def _train_epoch(run: _Training, epoch):
+    """One pass over the training set, then its losses and speed in the history and early stopping's count."""
+    model, train, device, history = run.model, run.train, run.device, run.history
+    seed, batch_size, shift = run.config["seed"], run.config["batch_size"], run.config["augment_shift"]
+    n = train.shape[0]
+    model.train()
+    order = _epoch_order(n, seed, epoch, device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    running = torch.zeros((), device=device)
+    shifts = _epoch_shifts(n, shift, seed, epoch).to(device) if shift else None
+    for start in range(0, n, batch_size):
+        rows = order[start : start + batch_size]
+        batch = train[rows]
+        inputs = batch if shifts is None else shift_images(batch, shifts[rows], shift)
+        with mixed_precision(device, run.bf16):
+            loss = run.loss_fn(model(inputs).float(), batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        running += loss.detach() * batch.shape[0]
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    history.train_loss.append(float(running) / n)
+    history.val_loss.append(_evaluate(model, run.val, batch_size, device, run.loss_fn, run.bf16))
+    history.images_per_second.append(n / seconds)
+    if history.val_loss[-1] < min(history.val_loss[:-1], default=math.inf):
+        run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.best_epoch = epoch + 1
+        run.patience_left = run.config["patience"]
+    else:
+        run.patience_left -= 1
+
+
+def encode(model: ConvAutoencoder, images, *, batch_size=2048, device=None, bf16=None) -> torch.Tensor:
     """Latent features of ``images``, computed in batches under inference mode.
 
+    ``bf16``: encode under bf16 autocast; None (default) on CUDA only, True on the CPU too.
     Returns a tensor on the model's device (no host copy), ready for gpuclust's
     estimators, or for CuPy/cuML through DLPack.
     """
@@ -428,7 +474,7 @@ def encode(model: ConvAutoencoder, images, *, batch_size=2048, device=None) -> t
     data = images_to_tensor(images, device)
     model.eval()
     out = torch.empty(data.shape[0], model.latent_dim, device=device)
-    with torch.inference_mode(), mixed_precision(device):
+    with torch.inference_mode(), mixed_precision(device, bf16):
         for start in range(0, data.shape[0], batch_size):
             out[start : start + batch_size] = model.encode(data[start : start + batch_size]).float()
     return out
