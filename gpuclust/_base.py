@@ -64,6 +64,22 @@ def no_autocast(method):
     return wrapper
 
 
+@contextlib.contextmanager
+def unchanged_on_error(estimator):
+    """Leave ``estimator``'s state as it was if the block fails.
+
+    A fit or a fitted call that fails anywhere (bad input, overflow, an unreadable file, an
+    interruption) must not leave a half-updated estimator: its attributes are restored.
+    """
+    state = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(state)
+        raise
+
+
 def check_positive_int(value, name, minimum=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")

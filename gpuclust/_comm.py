@@ -8,8 +8,6 @@ sufficient statistics across ranks.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 
@@ -113,27 +111,3 @@ class TorchDistComm(LocalComm):
 def make_comm(distributed: bool):
     """The collectives for an estimator's ``distributed`` setting."""
     return TorchDistComm() if distributed else LOCAL
-
-
-# Seeding across ranks gathers at most this many values (rows x features): 128 MiB in float32.
-INIT_SAMPLE_ELEMENTS = 1 << 25
-
-
-def gather_init_sample(X, sample_weight, comm, random_state, max_elements=INIT_SAMPLE_ELEMENTS):
-    """Rows to seed from, the same on every rank: all rows in rank order while they fit in
-    ``max_elements``, else a uniform sample from every rank in proportion to its rows.
-
-    With all rows, seeding equals a single process's on the concatenated data.
-    """
-    if comm.world_size == 1:
-        return X, sample_weight
-    n_global = int(comm.sum_float(X.shape[0], "sample count"))
-    limit = max(1, max_elements // X.shape[1])
-    if n_global > limit:
-        seed = int(random_state.randint(2**31 - 1))  # same draw on every rank ...
-        g = torch.Generator().manual_seed(seed + comm.rank)  # ... a different stream per rank
-        take = max(1, math.ceil(X.shape[0] * limit / n_global))
-        idx = torch.randperm(X.shape[0], generator=g)[:take].to(X.device)
-        X, sample_weight = X[idx], sample_weight[idx]
-    rows = comm.gather_rows(torch.cat([X, sample_weight.to(X.dtype).unsqueeze(1)], 1), "init sample")
-    return rows[:, :-1], rows[:, -1]

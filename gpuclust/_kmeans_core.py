@@ -6,40 +6,28 @@ converts or validates user input (that is :mod:`gpuclust.kmeans`'s job).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ._arrays import sparse_csr
-from ._chunks import chunk_slices
+from ._arrays import is_sparse
+from ._chunks import TileBuffers, row_blocks, tile_slices
 from ._comm import LOCAL
 from ._linear import linear
-from .device import uses_cuda_paths
+from .sources import column_sums, rows_of, squared_norms_total
 
 # ----------------------------------------------------------------- sparse X
 # A sparse X is a torch sparse CSR tensor; it is never densified. Distances come from
 # sparse-dense products (CSR @ centres^T), row norms and centre sums from its stored values.
 
 
-def is_sparse(X: torch.Tensor) -> bool:
-    return X.layout == torch.sparse_csr
-
-
 def _row_ids(X):
     """Row index of every stored value of a CSR tensor."""
     crow = X.crow_indices()
     return torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), crow.diff())
-
-
-def rows_of(X, rows: slice):
-    """Rows ``rows`` (a slice) of X: a view for dense X, a CSR tensor sharing X's indices and values for sparse."""
-    if not is_sparse(X):
-        return X[rows]
-    crow = X.crow_indices()[rows.start : rows.stop + 1]
-    lo, hi = int(crow[0]), int(crow[-1])
-    return sparse_csr(crow - lo, X.col_indices()[lo:hi], X.values()[lo:hi], (rows.stop - rows.start, X.shape[1]))
 
 
 def dense_rows(X, index: torch.Tensor):
@@ -67,14 +55,6 @@ def squared_norms(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(X, dim=1).square_()
 
 
-def column_sums(X: torch.Tensor) -> torch.Tensor:
-    """Sum of each feature over the rows, float64."""
-    if is_sparse(X):
-        out = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
-        return out.index_add_(0, X.col_indices(), X.values().to(torch.float64))
-    return (torch.ones(1, X.shape[0], dtype=X.dtype, device=X.device) @ X).to(torch.float64)[0]
-
-
 def distances_to_own_center(X, x_sq, centers, labels):
     """Exact ``||x_i - c_{labels_i}||^2`` for every sample (used rarely: empty clusters, verbose)."""
     if not is_sparse(X):
@@ -91,9 +71,10 @@ def distances_to_own_center(X, x_sq, centers, labels):
 def mean_feature_variance(X: torch.Tensor, x_sq: torch.Tensor, comm=LOCAL) -> float:
     """Mean over features of the (biased) per-feature variance, from the row norms already computed.
 
-    ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64.
+    ``sum_j var_j = (sum_i ||x_i||^2 - n ||mean||^2) / n``; computed in float64 from the sums
+    an out-of-core scan takes (:func:`gpuclust.sources.column_sums`, in its tiles and order).
     """
-    return variance_from_sums(column_sums(X), x_sq.sum(dtype=torch.float64), X.shape[0], comm)
+    return variance_from_sums(column_sums(X), squared_norms_total(x_sq), X.shape[0], comm)
 
 
 def variance_from_sums(col_sums, total_sq, n_local, comm=LOCAL) -> float:
@@ -135,8 +116,6 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True, buffers=No
         whole = torch.addmm(c_sq.unsqueeze(0), Xc, centers.T, alpha=-2.0)
         torch.min(whole, dim=1, out=(min_scores, labels))
     elif Xc.device.type == "cpu" and Xc.dtype == torch.float32:
-        from ._chunks import row_blocks
-
         W = centers * -2.0  # exact: ``addmm(c_sq, Xc, C.T, alpha=-2)`` on the faster path
         for b in row_blocks(m, k * Xc.element_size()):
             torch.min(linear(Xc[b], W, c_sq), dim=1, out=(min_scores[b], labels[b]))
@@ -152,7 +131,7 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True, buffers=No
     return labels, min_scores.add_(x_sq).clamp_min_(0)
 
 
-def assign(X, x_sq, centers, chunk, out=None, distances=True):
+def assign(X, x_sq, centers, tile_rows, out=None, distances=True):
     """Nearest centre and squared distance to it for every sample, tile by tile.
 
     ``out``: (labels, distances) tensors to write into (reused across Lloyd iterations).
@@ -168,16 +147,27 @@ def assign(X, x_sq, centers, chunk, out=None, distances=True):
     if out is None:
         out = (torch.empty(n, dtype=torch.int64, device=X.device), torch.empty(n, dtype=X.dtype, device=X.device))
     labels, dist = out
-    for rows in chunk_slices(n, chunk):
+    for rows in tile_slices(n, tile_rows):
         nearest_center(rows_of(X, rows), centers, c_sq, x_sq[rows], (labels[rows], dist[rows]), distances)
     return labels, dist
 
 
-def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0, buffers=None):
+def accumulates_onehot(device: torch.device) -> bool:
+    """The accumulation a fit on ``device`` uses, chosen once per fit: one-hot GEMMs on CUDA.
+
+    A one-hot GEMM is deterministic on a GPU, unlike ``index_add_``'s atomics; on the CPU
+    ``index_add_`` adds rows serially (deterministic) and touches only the rows it adds.
+    Every function taking ``onehot`` runs either way on any device (the tests run both).
+    """
+    return torch.device(device).type == "cuda"
+
+
+def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0, buffers=None, *, onehot=False):
     """sums[labels[i]] += sign * w[i] * X[i] (float64 accumulators).
 
     ``buffers``: a :class:`gpuclust._chunks.TileBuffers` that the (rows, k) one-hot, the weighted
     rows and the float64 weights are written into, instead of new tensors per call.
+    ``onehot``: sum by a one-hot GEMM, else by ``index_add_`` (see :func:`accumulates_onehot`).
     """
     k, m = sums.shape[0], X.shape[0]
 
@@ -186,12 +176,11 @@ def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0, buffers=None):
             return torch.empty(shape, dtype=dtype, device=X.device)
         return buffers.get(name, shape, dtype, X.device)
 
-    if uses_cuda_paths(X.device):
-        # A one-hot GEMM is deterministic on the GPU, unlike index_add_'s atomics.
-        onehot = scratch("onehot", (m, k), X.dtype).zero_()
-        onehot.scatter_(1, labels.unsqueeze(1), 1.0 if unit_weight else w.unsqueeze(1))
-        sums.add_((onehot.T @ X).to(torch.float64), alpha=sign)
-        weights.add_(onehot.sum(0, dtype=torch.float64), alpha=sign)
+    if onehot:
+        hot = scratch("onehot", (m, k), X.dtype).zero_()
+        hot.scatter_(1, labels.unsqueeze(1), 1.0 if unit_weight else w.unsqueeze(1))
+        sums.add_((hot.T @ X).to(torch.float64), alpha=sign)
+        weights.add_(hot.sum(0, dtype=torch.float64), alpha=sign)
         return
     part = torch.zeros(k, X.shape[1], dtype=X.dtype, device=X.device)
     values = X if unit_weight else torch.mul(X, w.unsqueeze(1), out=scratch("weighted", X.shape, X.dtype))
@@ -200,7 +189,7 @@ def _add_rows(sums, weights, X, w, labels, unit_weight, sign=1.0, buffers=None):
     weights.index_add_(0, labels, scratch("weights64", (m,), torch.float64).copy_(w), alpha=sign)
 
 
-def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
+def cluster_sums(X, w, labels, k, tile_rows, unit_weight=False, *, onehot=False):
     """Weighted sum of the members of each cluster, and the weight in each: (k, d) and (k,), float64."""
     sums = torch.zeros(k, X.shape[1], dtype=torch.float64, device=X.device)
     weights = torch.zeros(k, dtype=torch.float64, device=X.device)
@@ -211,49 +200,53 @@ def cluster_sums(X, w, labels, k, chunk, unit_weight=False):
         sums.view(-1).index_add_(0, labels[rows] * d + X.col_indices(), contrib)
         weights.index_add_(0, labels, w.to(torch.float64))
         return sums, weights
-    for rows in chunk_slices(X.shape[0], chunk):
-        _add_rows(sums, weights, X[rows], w[rows], labels[rows], unit_weight)
+    for rows in tile_slices(X.shape[0], tile_rows):
+        _add_rows(sums, weights, X[rows], w[rows], labels[rows], unit_weight, onehot=onehot)
     return sums, weights
 
 
-def update_cluster_sums(sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None, *, chunk=None):
+def update_cluster_sums(
+    sums, weights, X, w, labels, labels_old, unit_weight=False, buffer=None, *, tile_rows=None, onehot=False
+):
     """Move the samples whose label changed from their old cluster's sums to their new one's.
 
     After the first iterations few labels change, so on the CPU this touches a small part of X
     instead of re-reading all of it: one pass over X per Lloyd iteration, not two.
     ``buffer`` (a (rows, d) tensor, CPU) is where the moved rows are gathered, block by block,
     instead of into a fresh tensor per iteration, whose page faults cost as much as the adds.
-    On CUDA (and under :func:`gpuclust.device.force_cuda_paths`) see :func:`_move_rows_onehot`:
-    no gather, no host synchronization, ``chunk`` rows per one-hot tile.
+    ``onehot`` (on CUDA, see :func:`accumulates_onehot`): :func:`_move_rows_onehot`, no gather,
+    no host synchronization, ``tile_rows`` rows per one-hot tile.
 
-    Returns the number of samples that moved: a python int on the CPU, a 0-d int64 tensor on
-    the device on CUDA paths (reading it would wait for the GPU; the caller reads it later).
+    Returns the number of samples that moved, a 0-d int64 tensor on X's device (on the one-hot
+    path reading it would wait for the GPU; the caller reads it with the iteration's other values).
     """
-    if uses_cuda_paths(X.device):
-        return _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk or X.shape[0])
+    if onehot:
+        return _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, tile_rows or X.shape[0])
     moved = torch.nonzero(labels != labels_old).flatten()
+    count = torch.tensor(moved.numel(), dtype=torch.int64, device=X.device)
     if moved.numel() == 0:
-        return 0
+        return count
     if buffer is None:
         Xm, wm = X[moved], w[moved]
         _add_rows(sums, weights, Xm, wm, labels[moved], unit_weight, 1.0)
         _add_rows(sums, weights, Xm, wm, labels_old[moved], unit_weight, -1.0)
-        return int(moved.numel())
+        return count
     # The same float32 adds, in the same order, as one call over all moved rows (index_add_ is
     # serial on the CPU), so the result does not depend on the buffer's size.
     update = _MovedSums(sums, weights, unit_weight)
-    for block in chunk_slices(moved.numel(), buffer.shape[0]):
+    for block in tile_slices(moved.numel(), buffer.shape[0]):
         rows = moved[block]
         Xm = torch.index_select(X, 0, rows, out=buffer[: rows.numel()])
         update.add_moved(Xm, w[rows], labels[rows], labels_old[rows])
-    return update.finish()
+    update.finish()
+    return count
 
 
-def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chunk):
+def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, tile_rows):
     """:func:`update_cluster_sums` in fixed shapes: no nonzero, no gather, no host synchronization.
 
     Gathering the moved rows (``X[nonzero(moved)]``) needs their count on the host, a
-    synchronization per iteration, and a copy of up to all of X. Instead, per tile of ``chunk``
+    synchronization per iteration, and a copy of up to all of X. Instead, per tile of ``tile_rows``
     rows, one (rows, 2k) one-hot holds each moved row's weight in its new cluster's column
     (first k) and its old cluster's (last k), zeros for rows that stayed, and one GEMM sums
     both: ``[plus; minus] = onehot.T @ X``, as the gathered version's two GEMMs did, then
@@ -265,7 +258,7 @@ def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chun
     k = sums.shape[0]
     moved = labels != labels_old
     both = both_w = None
-    for rows in chunk_slices(X.shape[0], chunk):
+    for rows in tile_slices(X.shape[0], tile_rows):
         value = (moved[rows].to(X.dtype) if unit_weight else w[rows] * moved[rows]).unsqueeze(1)
         onehot = torch.zeros(value.shape[0], 2 * k, dtype=X.dtype, device=X.device)
         onehot.scatter_(1, labels[rows].unsqueeze(1), value)
@@ -277,17 +270,6 @@ def _move_rows_onehot(sums, weights, X, w, labels, labels_old, unit_weight, chun
     sums.add_(both[k:], alpha=-1.0)
     weights.add_(both_w[k:], alpha=-1.0)
     return moved.sum()
-
-
-def relocate_empty_clusters(X, sample_weight, labels, distances, sums, weights, comm=LOCAL):
-    """Move each empty cluster onto one of the samples farthest from their centre (as scikit-learn does).
-
-    ``sums`` and ``weights`` are the global statistics (identical on every rank);
-    the farthest samples are chosen over all ranks.
-    """
-    n_empty = int((weights == 0).sum())
-    if n_empty:
-        apply_relocations(farthest_offers(X, sample_weight, labels, distances, n_empty), sums, weights, comm)
 
 
 def farthest_first(distances, count):
@@ -351,34 +333,74 @@ def average_centers(sums, weights, old_centers):
 
 
 def center_step(sums, weights, centers):
-    """New centres from the sums, how far each moved (float64), and the total squared shift (0-d, on the device)."""
+    """New centres from the sums, how far each moved (float64), and the total squared movement (0-d, on the device)."""
     new_centers = average_centers(sums, weights, centers)
     delta = torch.linalg.vector_norm((new_centers - centers).to(torch.float64), dim=1)
     return new_centers, delta, (delta * delta).sum()
 
 
-def has_converged(n_iter, changed, shift, tol, log=None):
+def has_converged(n_iter, changed, moved, tol, log=None):
     """scikit-learn's rule: labels unchanged since the last iteration (strict convergence), or a
-    total squared centre shift (a python float) within ``tol``; ``log`` prints its verbose lines."""
+    total squared centre movement ``moved`` (a python float) within ``tol``; ``log`` prints its verbose lines."""
     if n_iter > 1 and changed == 0:
         if log is not None:
             log(f"Converged at iteration {n_iter - 1}: strict convergence.")
         return True
-    if shift <= tol:
+    if moved <= tol:
         if log is not None:
-            log(f"Converged at iteration {n_iter - 1}: center shift {shift} within tolerance {tol}.")
+            log(f"Converged at iteration {n_iter - 1}: center shift {moved} within tolerance {tol}.")
         return True
     return False
 
 
-def step_centers(sums, weights, centers, n_iter, changed, tol, log=None):
-    """New centres from the sums, how far each moved, and whether Lloyd has converged (:func:`has_converged`)."""
-    new_centers, delta, shift = center_step(sums, weights, centers)
-    strict = n_iter > 1 and changed == 0  # the shift is not read (no synchronization) where it is not needed
-    return new_centers, delta, has_converged(n_iter, changed, None if strict else float(shift), tol, log)
+class LloydSettings(NamedTuple):
+    """What every Lloyd run of a fit shares (in memory, with Hamerly's bounds, or streamed).
+
+    ``tol`` is already scaled to the data; ``onehot`` is the accumulation chosen for the fit
+    (:func:`accumulates_onehot`); ``log`` prints scikit-learn's verbose lines (None: silent).
+    """
+
+    max_iter: int
+    tol: float
+    tile_rows: int
+    unit_weight: bool = False
+    onehot: bool = False
+    comm: object = LOCAL
+    log: object = None
 
 
-def assign_top2(X, x_sq, centers, chunk, rows_subset=None, buffer=None):
+class Step(NamedTuple):
+    """The end of one iteration: the next centres, how far each moved (float64), whether Lloyd stops."""
+
+    centers: torch.Tensor
+    delta: torch.Tensor
+    converged: bool
+
+
+def end_iteration(sums, weights, changed, centers, n_iter, settings, offers):
+    """The step every Lloyd loop ends an iteration with: all-reduce, relocate, move, test.
+
+    ``sums``, ``weights`` and ``changed`` (a 0-d tensor, this rank's moved samples) are packed
+    into one all-reduce; the host then reads what decides the next step (moved samples, empty
+    clusters, centre movement) in one transfer: one synchronization per iteration. An empty
+    cluster (rare) takes the farthest of the samples ``offers(n_empty)`` returns
+    (:func:`farthest_offers`), as scikit-learn re-seeds it.
+    """
+    comm = settings.comm
+    changed_col = changed.to(weights.dtype).expand_as(weights)
+    packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), changed_col.unsqueeze(1)], 1), "centre sums")
+    step_sums, step_weights = packed[:, :-2], packed[:, -2].clone()
+    new_centers, delta, moved = center_step(step_sums, step_weights, centers)
+    n_empty = (step_weights == 0).sum(dtype=torch.float64)
+    n_changed, n_empty, moved = torch.stack([packed[0, -1], n_empty, moved]).tolist()
+    if n_empty:
+        apply_relocations(offers(int(n_empty)), step_sums, step_weights, comm)
+        new_centers, delta, moved = center_step(step_sums, step_weights, centers)
+        moved = float(moved)
+    return Step(new_centers, delta, has_converged(n_iter, int(n_changed), moved, settings.tol, settings.log))
+
+
+def assign_top2(X, x_sq, centers, tile_rows, rows_subset=None, buffer=None):
     """Nearest centre, and squared distances to the nearest and second-nearest, tile by tile.
 
     With ``rows_subset`` (an index tensor), only those samples are assigned: each
@@ -393,10 +415,10 @@ def assign_top2(X, x_sq, centers, chunk, rows_subset=None, buffer=None):
     first = torch.empty(m, dtype=X.dtype, device=X.device)
     second = torch.full((m,), float("inf"), dtype=X.dtype, device=X.device)
     if rows_subset is not None and buffer is None:
-        buffer = torch.empty(min(chunk, m), X.shape[1], dtype=X.dtype, device=X.device)
+        buffer = torch.empty(min(tile_rows, m), X.shape[1], dtype=X.dtype, device=X.device)
     if buffer is not None:
-        chunk = buffer.shape[0]
-    for rows in chunk_slices(m, chunk):
+        tile_rows = buffer.shape[0]
+    for rows in tile_slices(m, tile_rows):
         if rows_subset is None:
             tile = X[rows]
         else:
@@ -471,101 +493,116 @@ class LloydRun(NamedTuple):
     n_iter: int
 
 
-def lloyd(
-    X, sample_weight, x_sq, centers, *, max_iter, tol, chunk, unit_weight=False, prune=True, comm=LOCAL, log=None
-):
+def lloyd(X, sample_weight, x_sq, centers, settings: LloydSettings) -> LloydRun:
     """Lloyd's algorithm from ``centers``, with scikit-learn's stopping rule.
 
-    Stops when the labels stop changing (strict convergence) or the total squared
-    centre shift falls to ``tol`` (already scaled to the data). The labels and
-    inertia of the final centres are the caller's final pass (``KMeans._assign_tiles``,
-    the routine inference uses). With ``prune`` (Hamerly's bounds), each iteration re-assigns only the samples
-    that might change cluster; the result is the same as without. Under
-    torch.distributed (``comm``), each rank holds a block of rows and the centre
+    Every iteration assigns all samples (one GEMM per tile), moves the samples whose label
+    changed from their old cluster's sums to their new one's, then ends with
+    :func:`end_iteration`: it stops when the labels stop changing (strict convergence) or the
+    total squared centre shift falls to ``settings.tol``. The labels and inertia of the final
+    centres are the caller's final pass (``KMeans._assign_tiles``, the routine inference uses).
+    Under torch.distributed (``settings.comm``) each rank holds a block of rows and the centre
     sums, counts and inertia are all-reduced, so every rank gets the same centres.
-
-    Returns
-    -------
-    LloydRun (final centres, iterations run)
     """
-    k = centers.shape[0]
-    sparse = is_sparse(X)
-    prune = prune and not sparse
-    if prune:
-        labels, first, second = assign_top2(X, x_sq, centers, chunk)
-        bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
-    else:
-        labels, _ = assign(X, x_sq, centers, chunk, distances=False)
-        # Two label buffers used in turn and one for the distances: no allocation per iteration.
-        spare = (torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device))
-    sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
-    gather = []  # where moved and candidate rows are gathered: made on first use, then kept
+    labels, _ = assign(X, x_sq, centers, settings.tile_rows, distances=False)
+    # Two label buffers used in turn and one for the distances: no allocation per iteration.
+    spare = [torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device)]
 
-    def gather_buffer():
-        if not gather:
-            gather.append(torch.empty(min(chunk, X.shape[0]), X.shape[1], dtype=X.dtype, device=X.device))
-        return gather[0]
+    def relabel(centers, labels_old):
+        labels, _ = assign(X, x_sq, centers, settings.tile_rows, out=tuple(spare), distances=False)
+        spare[0] = labels_old
+        return labels
 
+    return _iterate(_InMemoryRun(X, sample_weight, x_sq, labels, centers.shape[0], settings), labels, centers, relabel)
+
+
+def hamerly(X, sample_weight, x_sq, centers, settings: LloydSettings) -> LloydRun:
+    """:func:`lloyd` with Hamerly's bounds: each iteration re-assigns only the samples that
+    might change cluster (:class:`_HamerlyBounds`); the labels and centres are Lloyd's. Dense X."""
+    labels, first, second = assign_top2(X, x_sq, centers, settings.tile_rows)
+    bounds = _HamerlyBounds(X, x_sq, labels.clone(), first, second)
+    run = _InMemoryRun(X, sample_weight, x_sq, labels, centers.shape[0], settings)
+
+    def relabel(centers, labels_old):
+        idx = bounds.candidates(centers)
+        if 2 * idx.numel() > X.shape[0]:
+            # Most samples may move: one pass over X beats gathering them.
+            labels, first, second = assign_top2(X, x_sq, centers, settings.tile_rows)
+            bounds.refresh(slice(None), labels, first, second)
+            return labels
+        labels = labels_old.clone()
+        if idx.numel():
+            tile = run.gather_buffer()[:CANDIDATE_TILE_ROWS]
+            lab_s, first_s, second_s = assign_top2(X, x_sq, centers, settings.tile_rows, idx, tile)
+            labels[idx] = lab_s
+            bounds.refresh(idx, lab_s, first_s, second_s)
+        return labels
+
+    return _iterate(run, labels, centers, relabel, bounds.centers_moved)
+
+
+def _iterate(run, labels, centers, relabel, centers_moved=None) -> LloydRun:
+    """The in-memory loop: ``relabel(centers, labels_old)`` gives each iteration's labels (from the
+    second on); ``centers_moved(delta)`` hears how far the centres moved when the loop goes on."""
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        changed = 0
+    for n_iter in range(1, run.settings.max_iter + 1):
+        changed = run.no_change
         if n_iter > 1:
-            labels_old = labels
-            if prune:
-                idx = bounds.candidates(centers)
-                if 2 * idx.numel() > X.shape[0]:
-                    # Most samples may move: one pass over X beats gathering them.
-                    labels, first, second = assign_top2(X, x_sq, centers, chunk)
-                    bounds.refresh(slice(None), labels, first, second)
-                else:
-                    labels = labels_old.clone()
-                    if idx.numel():
-                        tile = gather_buffer()[:CANDIDATE_TILE_ROWS]
-                        lab_s, first_s, second_s = assign_top2(X, x_sq, centers, chunk, idx, tile)
-                        labels[idx] = lab_s
-                        bounds.refresh(idx, lab_s, first_s, second_s)
-            else:
-                labels, _ = assign(X, x_sq, centers, chunk, out=spare, distances=False)
-                spare = (labels_old, spare[1])
-            if sparse:
-                changed = (labels != labels_old).sum()
-                sums, weights = cluster_sums(X, sample_weight, labels, k, chunk, unit_weight)
-            else:
-                # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size),
-                # and the count of moved rows stays on the device (a tensor).
-                buffer = None if uses_cuda_paths(X.device) else gather_buffer()
-                changed = update_cluster_sums(
-                    sums, weights, X, sample_weight, labels, labels_old, unit_weight, buffer, chunk=chunk
-                )
-        if log is not None:
-            own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
-            inertia_i = comm.sum_float(float((own * sample_weight.to(torch.float64)).sum()), "inertia")
-            log(f"Iteration {n_iter - 1}, inertia {inertia_i}.")
-        # Local sums are kept up to date incrementally; the global ones are their sum over ranks.
-        if isinstance(changed, torch.Tensor):
-            changed_col = changed.to(weights.dtype).expand_as(weights)
-        else:
-            changed_col = torch.full_like(weights, changed)
-        packed = comm.sum_(torch.cat([sums, weights.unsqueeze(1), changed_col.unsqueeze(1)], 1), "centre sums")
-        step_sums, step_weights = packed[:, :-2], packed[:, -2].clone()
-        # The next centres as if no cluster were empty; the host reads what decides the next step
-        # (moved samples, empty clusters, centre shift) in one transfer: one synchronization per iteration.
-        new_centers, delta, shift = center_step(step_sums, step_weights, centers)
-        n_empty = (step_weights == 0).sum(dtype=torch.float64)
-        changed, n_empty, shift = torch.stack([packed[0, -1], n_empty, shift]).tolist()
-        changed = int(changed)
-        if n_empty:
-            # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
-            distances = distances_to_own_center(X, x_sq, centers, labels)
-            relocate_empty_clusters(X, sample_weight, labels, distances, step_sums, step_weights, comm)
-            new_centers, delta, shift = center_step(step_sums, step_weights, centers)
-            shift = float(shift)
-        centers = new_centers
-        if has_converged(n_iter, changed, shift, tol, log):
+            labels_old, labels = labels, relabel(centers, labels)
+            changed = run.move(labels, labels_old)
+        step = run.end(labels, centers, n_iter, changed)
+        centers = step.centers
+        if step.converged:
             break
-        if prune:
-            bounds.centers_moved(delta)
+        if centers_moved is not None:
+            centers_moved(step.delta)
     return LloydRun(centers, n_iter)
+
+
+class _InMemoryRun:
+    """One in-memory run's centre sums (this rank's, float64), kept up to date as labels change."""
+
+    def __init__(self, X, sample_weight, x_sq, labels, n_clusters, settings):
+        self.X, self.w, self.x_sq, self.settings = X, sample_weight, x_sq, settings
+        self.sums, self.weights = cluster_sums(X, sample_weight, labels, n_clusters, settings.tile_rows,
+                                               settings.unit_weight, onehot=settings.onehot)  # fmt: skip
+        self.no_change = torch.zeros((), dtype=torch.int64, device=X.device)
+        self._gather = None
+
+    def gather_buffer(self):
+        """Where moved and candidate rows are gathered: made on first use, then kept."""
+        if self._gather is None:
+            X = self.X
+            self._gather = torch.empty(min(self.settings.tile_rows, X.shape[0]), X.shape[1], dtype=X.dtype,
+                                       device=X.device)  # fmt: skip
+        return self._gather
+
+    def move(self, labels, labels_old):
+        """Update the sums for the samples whose label changed; their count (0-d tensor)."""
+        X, w, s = self.X, self.w, self.settings
+        if is_sparse(X):
+            changed = (labels != labels_old).sum()
+            self.sums, self.weights = cluster_sums(X, w, labels, self.sums.shape[0], s.tile_rows, s.unit_weight)
+            return changed
+        # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size),
+        # and the count of moved rows stays on the device.
+        buffer = None if s.onehot else self.gather_buffer()
+        return update_cluster_sums(self.sums, self.weights, X, w, labels, labels_old, s.unit_weight, buffer,
+                                   tile_rows=s.tile_rows, onehot=s.onehot)  # fmt: skip
+
+    def end(self, labels, centers, n_iter, changed):
+        """Print the verbose inertia, then :func:`end_iteration`."""
+        X, w, x_sq, s = self.X, self.w, self.x_sq, self.settings
+        if s.log is not None:
+            own = distances_to_own_center(X, x_sq, centers, labels).to(torch.float64)
+            inertia = s.comm.sum_float(float((own * w.to(torch.float64)).sum()), "inertia")
+            s.log(f"Iteration {n_iter - 1}, inertia {inertia}.")
+
+        def offers(n_empty):
+            # Rare: scikit-learn's re-seeding needs every sample's exact distance to its centre.
+            return farthest_offers(X, w, labels, distances_to_own_center(X, x_sq, centers, labels), n_empty)
+
+        return end_iteration(self.sums, self.weights, changed, centers, n_iter, s, offers)
 
 
 def same_clustering(labels_a, labels_b, k, comm=LOCAL) -> bool:
@@ -651,10 +688,8 @@ class _MovedSums:
     (and, for weighted samples, the old labels and weights kept until :meth:`finish`).
     """
 
-    def __init__(self, sums, weights, unit_weight, buffers=None):
-        from ._chunks import TileBuffers
-
-        self.sums, self.weights, self.unit = sums, weights, unit_weight
+    def __init__(self, sums, weights, unit_weight, buffers=None, onehot=False):
+        self.sums, self.weights, self.unit, self.onehot = sums, weights, unit_weight, onehot
         self.buffers = TileBuffers() if buffers is None else buffers
         self.plus = self.minus = self.minus_weights = None
         self.moved = 0
@@ -676,9 +711,9 @@ class _MovedSums:
         """
         n_before, c = self.moved, int(Xm.shape[0])
         self.moved += c
-        if uses_cuda_paths(Xm.device):  # one-hot GEMMs, summed per tile in float64
-            _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0, self.buffers)
-            _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0, self.buffers)
+        if self.onehot:  # one-hot GEMMs, summed per tile in float64
+            _add_rows(self.sums, self.weights, Xm, wm, new, self.unit, 1.0, self.buffers, onehot=True)
+            _add_rows(self.sums, self.weights, Xm, wm, old, self.unit, -1.0, self.buffers, onehot=True)
             return
         if self.plus is None:
             self.plus = torch.zeros(self.sums.shape, dtype=Xm.dtype, device=Xm.device)
@@ -716,12 +751,13 @@ class _MovedSums:
         return self.moved
 
 
-def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=None, comm=LOCAL, log=None):
+def lloyd_streamed(tiles, n, sample_weight, centers, settings: LloydSettings, labels=None) -> LloydRun:
     """Lloyd's algorithm over data read tile by tile, with :func:`lloyd`'s stopping rule and results.
 
     Every pass writes its per-tile results (scores, labels, distances, gathered rows) into one set
     of buffers made on the first tile (:class:`gpuclust._chunks.TileBuffers`): what a pass
-    allocates does not grow with the number of tiles.
+    allocates does not grow with the number of tiles. Each iteration ends with
+    :func:`end_iteration`, as in memory.
 
     Parameters
     ----------
@@ -731,79 +767,80 @@ def lloyd_streamed(tiles, n, sample_weight, centers, *, max_iter, tol, labels=No
     n : int
         This rank's number of rows.
     sample_weight : host tensor of shape (n,) or None
-        None: every sample has weight one.
+        None: every sample has weight one (``settings.unit_weight`` is then ignored).
     centers : tensor of shape (k, d), on the compute device
+    settings : LloydSettings
     labels : ndarray of shape (n,), optional
         Host array (int64) holding the labels between passes; a new one by default.
-
-    Returns
-    -------
-    LloydRun (final centres, iterations run)
     """
-    from ._chunks import TileBuffers
-
     k, d = centers.shape
     unit = sample_weight is None
     labels = np.empty(n, dtype=np.int64) if labels is None else labels
-    host_labels = torch.from_numpy(labels)
-    buffers = TileBuffers()
+    passes = _StreamedPasses(tiles, sample_weight, torch.from_numpy(labels))
+    sums = torch.zeros(k, d, dtype=torch.float64, device=centers.device)
+    weights = torch.zeros(k, dtype=torch.float64, device=centers.device)
 
-    def weights_of(rows, tile):
-        if unit:
-            return buffers.get("ones", (tile.shape[0],), tile.dtype, tile.device, fill=1.0)
-        return sample_weight[rows].to(device=tile.device, dtype=tile.dtype)
+    def first_sums(tile, w, new, old):
+        _add_rows(sums, weights, tile, w, new, unit, 1.0, passes.buffers, onehot=settings.onehot)
 
-    def assign_pass(centers, update=None):
+    inertia = passes.assign(centers, first_sums)
+    n_iter = 0
+    for n_iter in range(1, settings.max_iter + 1):
+        changed = 0
+        if n_iter > 1:
+            moved = _MovedSums(sums, weights, unit, passes.buffers, settings.onehot)
+            inertia = passes.assign(centers, moved.add)
+            changed = moved.finish()
+        if settings.log is not None:
+            settings.log(f"Iteration {n_iter - 1}, inertia {settings.comm.sum_float(inertia, 'inertia')}.")
+        changed = torch.tensor(changed, dtype=torch.int64, device=centers.device)
+        offers = functools.partial(_farthest_offers_streamed, passes, centers)
+        step = end_iteration(sums, weights, changed, centers, n_iter, settings, offers)
+        centers = step.centers
+        if step.converged:
+            break
+    return LloydRun(centers, n_iter)
+
+
+class _StreamedPasses:
+    """The passes of a streamed run over ``tiles()``, with the labels kept in a host tensor."""
+
+    def __init__(self, tiles, sample_weight, host_labels):
+        self.tiles, self.sample_weight, self.host_labels = tiles, sample_weight, host_labels
+        self.buffers = TileBuffers()
+
+    def weights_of(self, rows, tile):
+        """The tile's sample weights on its device (ones, from one buffer, for unit weights)."""
+        if self.sample_weight is None:
+            return self.buffers.get("ones", (tile.shape[0],), tile.dtype, tile.device, fill=1.0)
+        return self.sample_weight[rows].to(device=tile.device, dtype=tile.dtype)
+
+    def assign(self, centers, update=None):
         """Assign every tile; ``update(tile, w, new, old)`` sees each; returns the weighted inertia."""
-        c_sq = squared_norms(centers)
+        buffers, c_sq = self.buffers, squared_norms(centers)
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
-        for rows, tile in tiles():
+        for rows, tile in self.tiles():
             m, device = tile.shape[0], tile.device
             # squared_norms(tile), into a buffer
             x_sq = torch.linalg.vector_norm(tile, dim=1, out=buffers.get("x_sq", (m,), tile.dtype, device)).square_()
             out = (buffers.get("labels", (m,), torch.int64, device), buffers.get("distances", (m,), tile.dtype, device))
             lab, dist = nearest_center(tile, centers, c_sq, x_sq, out, buffers=buffers)
-            w = weights_of(rows, tile)
+            w = self.weights_of(rows, tile)
             if update is not None:
-                update(tile, w, lab, host_labels[rows].to(device))
-            host_labels[rows].copy_(lab)
+                update(tile, w, lab, self.host_labels[rows].to(device))
+            self.host_labels[rows].copy_(lab)
             dist64 = buffers.get("distances64", (m,), torch.float64, device).copy_(dist)
-            inertia += (dist64 if unit else dist64.mul_(w)).sum()
+            inertia += (dist64 if self.sample_weight is None else dist64.mul_(w)).sum()
         return float(inertia)
 
-    sums = torch.zeros(k, d, dtype=torch.float64, device=centers.device)
-    weights = torch.zeros(k, dtype=torch.float64, device=centers.device)
-    first_sums = lambda tile, w, new, old: _add_rows(sums, weights, tile, w, new, unit, 1.0, buffers)
-    inertia_i = assign_pass(centers, first_sums)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        changed = 0
-        if n_iter > 1:
-            moved = _MovedSums(sums, weights, unit, buffers)
-            inertia_i = assign_pass(centers, moved.add)
-            changed = moved.finish()
-        if log is not None:
-            log(f"Iteration {n_iter - 1}, inertia {comm.sum_float(inertia_i, 'inertia')}.")
-        packed = comm.sum_(
-            torch.cat([sums, weights.unsqueeze(1), torch.full_like(weights, changed).unsqueeze(1)], 1), "centre sums"
-        )
-        step_sums, step_weights, changed = packed[:, :-2], packed[:, -2].clone(), int(packed[0, -1])
-        if bool((step_weights == 0).any()):
-            offers = _farthest_offers_streamed(tiles, host_labels, weights_of, centers, int((step_weights == 0).sum()))
-            apply_relocations(offers, step_sums, step_weights, comm)
-        centers, _, converged = step_centers(step_sums, step_weights, centers, n_iter, changed, tol, log)
-        if converged:
-            break
-    return LloydRun(centers, n_iter)
 
-
-def _farthest_offers_streamed(tiles, host_labels, weights_of, centers, n_empty):
+def _farthest_offers_streamed(passes, centers, n_empty):
     """:func:`farthest_offers` over data read tile by tile (one extra pass; empty clusters are rare)."""
     best = None
-    for rows, tile in tiles():
-        lab = host_labels[rows].to(tile.device)
+    for rows, tile in passes.tiles():
+        lab = passes.host_labels[rows].to(tile.device)
         dist = distances_to_own_center(tile, squared_norms(tile), centers, lab)
-        offers = farthest_offers(tile, weights_of(rows, tile), lab, dist, n_empty)
+        offers = farthest_offers(tile, passes.weights_of(rows, tile), lab, dist, n_empty)
         best = offers if best is None else torch.cat([best, offers])  # earlier rows first
         best = best[farthest_first(best[:, 0], n_empty)]
     return best

@@ -1,10 +1,8 @@
-"""Devices: resolve the ``device=`` argument, synchronize before clocks, and the CUDA-branch switch."""
+"""Devices: resolve the ``device=`` argument, and synchronize before clocks."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 
 import torch
 
@@ -55,28 +53,3 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device``; a no-op on the CPU. Call before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# Tests set this (through force_cuda_paths) to run the branches written for CUDA on CPU tensors,
-# so their logic is checked on every commit and only the kernels are left to a GPU.
-_FORCE_CUDA_PATHS = os.environ.get("GPUCLUST_FORCE_CUDA_PATHS", "") == "1"
-
-
-def uses_cuda_paths(device: torch.device) -> bool:
-    """Whether code on ``device`` takes the branches written for CUDA (always on CUDA; on the CPU only when forced)."""
-    return device.type == "cuda" or _FORCE_CUDA_PATHS
-
-
-@contextlib.contextmanager
-def force_cuda_paths(enabled: bool = True):
-    """Test-only switch: inside the block, CPU tensors take the CUDA-only branches.
-
-    The branches (one-hot GEMM centre sums, channels_last with bf16 autocast in training, ...)
-    then run with CPU kernels, which proves their logic without a GPU. Not thread-safe.
-    """
-    global _FORCE_CUDA_PATHS
-    previous, _FORCE_CUDA_PATHS = _FORCE_CUDA_PATHS, bool(enabled)
-    try:
-        yield
-    finally:
-        _FORCE_CUDA_PATHS = previous

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import numbers
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,13 +16,20 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import _kmeans_core as core
-from ._arrays import as_sample_weight, as_tensor, as_torch, is_sparse, resolve_dtype, to_output
-from ._backends import cuml_available, require
-from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast, warn_user
-from ._chunks import chunk_slices, rows_per_chunk
-from ._comm import LOCAL, gather_init_sample, make_comm
+from ._arrays import ArrayKind, as_sample_weight, as_tensor, as_torch, is_sparse, resolve_dtype, to_output
+from ._backends import cuml_available, fit_cuml, fit_sklearn, require
+from ._base import (
+    TORCH_PARAMETER_CONSTRAINTS,
+    TorchEstimatorMixin,
+    check_positive_int,
+    no_autocast,
+    unchanged_on_error,
+    warn_user,
+)
+from ._chunks import tile_rows_for
+from ._comm import LOCAL, make_comm
 from .device import resolve_device
-from .sources import init_sample, is_out_of_core
+from .sources import TensorRows, centred_sums, column_sums, init_sample, is_out_of_core, squared_norms_total
 
 logger = logging.getLogger("gpuclust")
 
@@ -38,16 +46,6 @@ CPU_AUTO_BACKEND = "torch"
 # 4.31 / 3.01; 7840 (pixels): 14.1 / 12.0. On overlapping blobs at d*k = 2048 Lloyd was twice as
 # fast (few samples keep their bounds): the pruning pays only where clusters are apart.
 HAMERLY_FROM_GEMM_WIDTH = 2048
-
-
-@dataclass
-class _Run:
-    """One run of ``n_init``: final centres (in the data's coordinates), labels, inertia, iterations."""
-
-    centers: torch.Tensor
-    labels: torch.Tensor
-    inertia: float
-    n_iter: int
 
 
 class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -204,12 +202,15 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         return tags
 
     # ------------------------------------------------------------------ checks
-    def _check_params(self, n_samples):
-        """Checks that need the data (the parameters' types and ranges are checked by ``_fit_context``)."""
-        n_samples = int(self._comm.sum_float(n_samples, "sample count"))
+    def _check_params(self, n_local, comm):
+        """Checks that need the data (the parameters' types and ranges are checked by ``_fit_context``).
+
+        Returns ``(n_global, n_clusters, n_init)``.
+        """
+        n_global = int(comm.sum_float(n_local, "sample count"))
         k = int(self.n_clusters)
-        if n_samples < k:
-            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+        if n_global < k:
+            raise ValueError(f"n_samples={n_global} should be >= n_clusters={k}.")
         is_array_init = not isinstance(self.init, str) and not callable(self.init)
         if self.n_init == "auto":
             n_init = 1 if (is_array_init or self.init == "k-means++") else 10
@@ -226,11 +227,12 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             warn_user(
                 "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.", RuntimeWarning
             )
-        return k, n_init
+        return n_global, k, n_init
 
-    def _check_centers(self, centers, name, k, d):
+    @staticmethod
+    def _check_centers(centers, name, k, d, device, dtype):
         """Initial centres as a tensor of shape (k, d), with scikit-learn's messages (tools match on them)."""
-        t, _ = as_tensor(centers, device=self._device, dtype=self._dtype, name=name)
+        t, _ = as_tensor(centers, device=device, dtype=dtype, name=name)
         shape = tuple(t.shape)
         if shape[0] != k:
             raise ValueError(f"The shape of the initial centers {shape} does not match the number of clusters {k}.")
@@ -240,33 +242,41 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             )
         return t
 
-    def _resolve_backend(self, sparse=False):
-        if sparse:
+    def _resolve_backend(self, rows):
+        """The backend that runs this fit (``backend="auto"``: see the class docstring)."""
+        if rows.out_of_core:
+            if self.backend not in ("auto", "torch"):
+                raise ValueError(f"backend={self.backend!r} needs X in memory; out-of-core data runs backend='torch'.")
+            if callable(self.init):
+                raise ValueError(
+                    "A callable init needs X in memory; pass 'k-means++', 'random' or an array of centres."
+                )
+            return "torch"
+        if is_sparse(rows.tensor):
             if self.backend not in ("auto", "torch"):
                 raise ValueError(f"backend={self.backend!r} does not take sparse input; use backend='torch'.")
             return "torch"
         if callable(self.init) and self.backend == "cuml":
             raise ValueError("backend='cuml' takes init='k-means++', 'random' or an array, not a callable.")
-        if self.backend != "auto":
-            if self.backend == "cuml":
-                require("cuml")
-                if self._device.type != "cuda":
-                    raise ValueError("backend='cuml' runs on a GPU only; use device='cuda' or backend='torch'.")
-            if self.backend == "sklearn" and self._device.type != "cpu":
-                raise ValueError("backend='sklearn' runs on the CPU only; use device='cpu' or backend='torch'.")
-            return self.backend
-        if self._device.type == "cuda":
-            if cuml_available() and self.chunk_size is None and self.memory_budget is None:
-                logger.info("backend='auto': cuML is installed, using it on %s", self._device)
-                return "cuml"
-            logger.info(
-                "backend='auto': using torch on %s (cuML %s)",
-                self._device,
-                "not installed" if not cuml_available() else "skipped: chunking options given",
-            )
-            return "torch"
-        logger.info("backend='auto': using %s on the CPU (faster in our benchmark)", CPU_AUTO_BACKEND)
-        return CPU_AUTO_BACKEND
+        if self.backend == "cuml":
+            require("cuml")
+            if rows.device.type != "cuda":
+                raise ValueError("backend='cuml' runs on a GPU only; use device='cuda' or backend='torch'.")
+        if self.backend == "sklearn" and rows.device.type != "cpu":
+            raise ValueError("backend='sklearn' runs on the CPU only; use device='cpu' or backend='torch'.")
+        return self.backend if self.backend != "auto" else self._auto_backend(rows.device)
+
+    def _auto_backend(self, device):
+        if device.type != "cuda":
+            logger.info("backend='auto': using %s on the CPU (faster in our benchmark)", CPU_AUTO_BACKEND)
+            return CPU_AUTO_BACKEND
+        # chunk_size and memory_budget are ours: a fit that sets them wants our tiles, so runs ours.
+        if cuml_available() and self.chunk_size is None and self.memory_budget is None:
+            logger.info("backend='auto': cuML is installed, using it on %s", device)
+            return "cuml"
+        why = "not installed" if not cuml_available() else "skipped: chunk_size or memory_budget given"
+        logger.info("backend='auto': using torch on %s (cuML %s)", device, why)
+        return "torch"
 
     # --------------------------------------------------------------------- fit
     @no_autocast
@@ -294,152 +304,159 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         -------
         self : KMeans
         """
-        return self._fit_keeping_state(X, sample_weight)
-
-    def _fit_keeping_state(self, X, sample_weight, out=None):
-        state = dict(self.__dict__)
-        try:
-            if is_out_of_core(X):
-                return self._fit_source(X, sample_weight, out)
+        with unchanged_on_error(self):
             return self._fit(X, sample_weight)
-        except BaseException:
-            # A failed fit (bad input, overflow, interruption) leaves a fitted estimator as it was.
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
 
-    def _fit(self, X, sample_weight):
-        X_t, kind = self._convert_fit_input(X)
-        self._device, self._dtype = X_t.device, X_t.dtype
-        n, d = X_t.shape
-        self._comm = make_comm(self.distributed)
-        k, n_init = self._check_params(n)
-        w = as_sample_weight(sample_weight, n, device=X_t.device, dtype=X_t.dtype)
-        init_t = None
-        if not isinstance(self.init, str) and not callable(self.init):
-            init_t = self._check_centers(self.init, "init", k, d)
-        x_sq = core.squared_norms(X_t)
-        _check_no_overflow(x_sq)
-        backend = self._resolve_backend(is_sparse(X_t))
+    def _fit(self, X, sample_weight, out=None):
+        """Validate everything, plan the fit, run ``n_init`` times, record the best run."""
+        rows, kind, scanned = self._fit_rows(X)
+        comm = make_comm(self.distributed)
+        n_global, k, n_init = self._check_params(rows.shape[0], comm)
+        backend = self._resolve_backend(rows)
         if self.distributed and backend != "torch":
             raise ValueError(f"distributed=True needs backend='torch' (got {backend!r}).")
+        w = None
+        if sample_weight is not None or not rows.out_of_core:  # out of core, unit weights stay None
+            w_device = torch.device("cpu") if rows.out_of_core else rows.device
+            w = as_sample_weight(sample_weight, rows.shape[0], device=w_device, dtype=rows.dtype)
+        labels_out = None if out is None else rows.empty((rows.shape[0],), torch.int64, out).numpy()
+        init = None
+        if not isinstance(self.init, str) and not callable(self.init):
+            init = self._check_centers(self.init, "init", k, rows.shape[1], rows.device, rows.dtype)
+        data = _SourceData(rows, scanned, comm) if rows.out_of_core else _TensorData(rows, comm, backend == "torch")
         if backend == "torch":
+            plan = self._plan(data, comm, n_global, k, n_init, init, sample_weight is None)
             # A callable init gets X validated, in the array type of the input (numpy for lists and DataFrames).
-            user_X = _callable_init_input(X, X_t, kind) if callable(self.init) else None
-            shift = None if is_sparse(X_t) else _centring_shift(X_t, x_sq, self._comm)
-            if shift is not None:
-                # Distances as |x|^2 - 2 x.c + |c|^2 lose every digit to rounding when the data sit
-                # far from the origin: fit on centred data, as scikit-learn does with every dense X.
-                X_t_centred = X_t - shift.to(X_t.dtype)
-                x_sq = core.squared_norms(X_t_centred)
-                init_t = None if init_t is None else init_t - shift.to(X_t.dtype)
-            else:
-                X_t_centred = X_t
-            best = self._fit_torch(X_t_centred, x_sq, w, k, n_init, init_t, sample_weight is None, user_X, shift)
-            del X_t_centred
+            user_X = _callable_init_input(X, rows.tensor, kind) if callable(self.init) else None
+            best = self._fit_all_inits(data, w, plan, user_X, labels_out)
         else:
-            shift = None
-            fit_backend = self._fit_sklearn if backend == "sklearn" else self._fit_cuml
-            best = _Run(*fit_backend(X_t, w, k, n_init, init_t, sample_weight))
-        self._set_fit_input(X_t, kind)
-        self.backend_ = backend
-        self._set_fitted(best, kind, shift)
-        self.labels_ = self._output(best.labels, kind)
+            plan = None
+            fit_backend = fit_sklearn if backend == "sklearn" else fit_cuml
+            best = _Run(*fit_backend(self, rows.tensor, w, k, n_init, init, sample_weight))
+        self._record_fit(rows, kind, backend, best, comm, None if plan is None else plan.shift)
+        if labels_out is not None and not np.shares_memory(best.labels.numpy(), labels_out):
+            labels_out[...] = best.labels.numpy()  # the caller's out was not the run's labels
+        self.labels_ = rows.result(best.labels, kind, out)
         return self
 
-    def _set_fitted(self, run, kind, shift):
-        """Record the kept run: centres (already in the data's coordinates), inertia, iterations."""
-        sizes = self._comm.sum_(torch.bincount(torch.as_tensor(run.labels), minlength=run.centers.shape[0])
-                                .to(device=run.centers.device, dtype=torch.float64), "cluster sizes")  # fmt: skip
-        self._warn_if_few_clusters(int((sizes > 0).sum()), run.centers.shape[0])
-        self._fit_shift = shift
-        self._n_features_out = int(run.centers.shape[0])
-        self.cluster_centers_ = self._output(run.centers, kind)
-        self.inertia_ = float(run.inertia)
-        self.n_iter_ = int(run.n_iter)
+    def _fit_rows(self, X):
+        """``fit``'s X as rows (:class:`TensorRows` in memory, :class:`SourceRows` out of core), its
+        output kind, and for out-of-core X the sums of the pass that checked it (else None)."""
+        if is_out_of_core(X):
+            rows, scanned = self._source_rows(X, resolve_device(self.device), resolve_dtype(self.dtype))
+            return rows, ArrayKind("numpy", torch.device("cpu")), scanned
+        X_t, kind = self._convert_fit_input(X)
+        return TensorRows(X_t), kind, None
 
-    def _replaces(self, run, best):
-        """scikit-learn's rule for ``n_init``: a later run wins only with a lower inertia and another partition."""
-        if best is None:
-            return True
-        k = run.centers.shape[0]
-        return run.inertia < best.inertia and not core.same_clustering(run.labels, best.labels, k, self._comm)
+    def _plan(self, data, comm, n_global, k, n_init, init, unit_weight):
+        """The fit's :class:`_FitPlan`: everything its runs need, resolved once."""
+        rows, shift = data.rows, data.shift
+        n, d = rows.shape
+        if init is not None and shift is not None:
+            init = init - shift.to(init.dtype)
+        hamerly = (
+            k > 1
+            and not rows.out_of_core
+            and not is_sparse(rows.tensor)
+            and (
+                self.algorithm in ("hamerly", "elkan")
+                or (self.algorithm == "auto" and rows.device.type == "cpu" and d * k >= HAMERLY_FROM_GEMM_WIDTH)
+            )
+        )
+        tile_rows = self._tile_rows(n, d, k, rows.device, rows.dtype)
+        tol = 0.0 if self.tol == 0 else data.mean_feature_variance(comm) * self.tol
+        settings = core.LloydSettings(
+            max_iter=self.max_iter,
+            tol=tol,
+            tile_rows=tile_rows,
+            unit_weight=unit_weight,
+            onehot=self._accumulates_onehot(rows.device),
+            comm=comm,
+            log=print if self.verbose else None,
+        )
+        return _FitPlan(rows.device, rows.dtype, comm, n, n_global, d, k, n_init, shift, tile_rows,
+                        data.keeps_centred_copy, init, "hamerly" if hamerly else "lloyd", settings)  # fmt: skip
 
-    def _finish_run(self, tiles, centers, n_iter, shift, sample_weight, labels):
+    @staticmethod
+    def _accumulates_onehot(device):
+        """The accumulation of this fit's centre sums (:func:`gpuclust._kmeans_core.accumulates_onehot`).
+
+        Chosen once per fit and carried by the plan; tests subclass to run the other one on any device.
+        """
+        return core.accumulates_onehot(device)
+
+    def _fit_all_inits(self, data, w, plan, user_X, labels_out):
+        """``n_init`` runs; the kept one by scikit-learn's rule (:meth:`_replaces`), as a :class:`_Run`."""
+        rs = check_random_state(self.random_state)
+        seeds = None
+        if plan.init is None and not callable(self.init):
+            # Under torch.distributed every rank seeds from the same rows (gpuclust.sources.init_sample);
+            # rank 0's centres are broadcast so that all ranks start identically.
+            seeds = data.seed_rows(w, plan.comm, rs)
+        log, final_w = plan.settings.log, None if plan.settings.unit_weight else w
+        best = None
+        for _ in range(plan.n_init):
+            centers = self._initial_centers(seeds, plan, rs, user_X)
+            plan.comm.broadcast_(centers, 0, "initial centres")
+            if log is not None:
+                log("Initialization complete")
+            labels = data.new_labels(labels_out if plan.n_init == 1 else None)
+            run = data.run(centers, plan, w, labels)
+            run = self._finish_run(data.tiles(plan.tile_rows), run.centers, run.n_iter, plan, final_w, labels)
+            if _replaces(run, best, plan.comm):
+                best = run
+        return best
+
+    def _initial_centers(self, seeds, plan, rs, user_X):
+        """One run's starting centres, in the fit's coordinates (``seeds``: rows every rank shares)."""
+        k = plan.n_clusters
+        if plan.init is not None:
+            return plan.init.clone()
+        if self.init == "k-means++":
+            centers, _ = core.kmeans_plusplus(seeds.X, k, seeds.w, seeds.x_sq, rs)
+        elif self.init == "random":
+            # scikit-learn's draw: k distinct rows, with probability proportional to the weight.
+            w64 = seeds.w.to(torch.float64).cpu().numpy()
+            chosen = rs.choice(seeds.X.shape[0], size=k, replace=False, p=w64 / w64.sum())
+            centers = core.dense_rows(seeds.X, torch.as_tensor(chosen, device=seeds.X.device))
+        else:
+            centers = self.init(user_X, k, random_state=rs)
+            centers = self._check_centers(centers, "init(X) result", k, plan.n_features, plan.device, plan.dtype)
+            if plan.shift is not None:  # the callable saw the caller's X; the fit runs on centred data
+                centers = centers - plan.shift.to(centers.dtype)
+        return centers.clone()
+
+    def _finish_run(self, tiles, centers, n_iter, plan, sample_weight, labels):
         """A run's :class:`_Run`: its centres as published, and the labels and inertia inference gives them.
 
-        ``centers`` are the run's final centres in the fit's coordinates (centred by ``shift`` if not
-        None); ``tiles`` yields the training rows in those coordinates. The centres are rounded
-        as publishing rounds them (``centred + mean`` in the data's dtype) and every row is labelled
-        by :meth:`_assign_tiles`, the routine behind ``predict`` and ``score``, so that
+        ``centers`` are the run's final centres in the fit's coordinates (centred by ``plan.shift``
+        if not None); ``tiles`` yields the training rows in those coordinates. The centres are
+        rounded as publishing rounds them (``centred + mean`` in the data's dtype) and every row is
+        labelled by :meth:`_assign_tiles`, the routine behind ``predict`` and ``score``, so that
         ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly.
         """
-        published = centers
+        published, shift = centers, plan.shift
         if shift is not None:
             published = (centers.to(torch.float64) + shift.to(centers.device)).to(centers.dtype)
             centers = published - shift.to(device=centers.device, dtype=centers.dtype)
         local = self._assign_tiles(tiles, centers, sample_weight, labels)
-        return _Run(published, labels, self._comm.sum_float(local, "inertia"), n_iter)
+        return _Run(published, labels, plan.comm.sum_float(local, "inertia"), n_iter)
 
-    def _fit_source(self, X, sample_weight, out):
-        """Fit on out-of-core X: every pass reads it tile by tile (see ``fit``)."""
-        device = resolve_device(self.device)
-        rows, (col_sums, total_sq, largest_sq) = self._source_rows(X, device, resolve_dtype(self.dtype))
-        self._device, self._dtype = rows.device, rows.dtype
-        n, d = rows.shape
-        self._comm = comm = make_comm(self.distributed)
-        k, n_init = self._check_params(n)
-        if self.backend not in ("auto", "torch"):
-            raise ValueError(f"backend={self.backend!r} needs X in memory; out-of-core data runs backend='torch'.")
-        if callable(self.init):
-            raise ValueError("A callable init needs X in memory; pass 'k-means++', 'random' or an array of centres.")
-        _check_no_overflow(torch.tensor([largest_sq], dtype=rows.dtype))
-        w = None
-        if sample_weight is not None:
-            w = as_sample_weight(sample_weight, n, device=torch.device("cpu"), dtype=rows.dtype)
-        labels_out = None if out is None else rows.empty((n,), torch.int64, out).numpy()
-        init_t = None
-        if not isinstance(self.init, str):
-            init_t = self._check_centers(self.init, "init", k, d)
-        rs = check_random_state(self.random_state)
-        tol = 0.0 if self.tol == 0 else core.variance_from_sums(col_sums, total_sq, n, comm) * self.tol
-        chunk = self._chunk(n, d, k)
-        # As in memory: data far from the origin are centred (tile by tile here) before the
-        # distances are expanded, or float32 loses every digit of them.
-        shift = _centring_shift_from_sums(col_sums, total_sq, n, comm)
-        shift_t = None if shift is None else shift.to(device=rows.device, dtype=rows.dtype)
-        if init_t is None:
-            X_all, w_all = init_sample(rows.source, w, comm, rs, device, rows.dtype)
-            if shift_t is not None:
-                X_all = X_all - shift_t
-            sq_all = core.squared_norms(X_all)
-        elif shift_t is not None:
-            init_t = init_t - shift_t
-        tiles = (lambda: rows.tiles(chunk)) if shift_t is None else (
-            lambda: ((r, tile - shift_t) for r, tile in rows.tiles(chunk)))  # fmt: skip
-        log = print if self.verbose else None
-        best = None
-        for _ in range(n_init):
-            centers = init_t.clone() if init_t is not None else self._initial_centers(X_all, sq_all, w_all, k, rs, None)
-            comm.broadcast_(centers, 0, "initial centres")
-            if log is not None:
-                log("Initialization complete")
-            # The caller's array doubles as the labels when it is int64 and there is one run.
-            direct = labels_out is not None and n_init == 1 and labels_out.dtype == np.int64
-            labels = labels_out if direct else np.empty(n, dtype=np.int64)
-            run = core.lloyd_streamed(tiles, n, w, centers, max_iter=self.max_iter, tol=tol, labels=labels,
-                                      comm=comm, log=log)  # fmt: skip
-            run = self._finish_run(tiles(), run.centers, run.n_iter, shift, w, torch.from_numpy(labels))
-            if self._replaces(run, best):
-                best = run
-        self._set_fit_source(rows)
-        self.backend_ = "torch"
-        self._set_fitted(best, self._input_kind, shift)
-        labels = best.labels.numpy()
-        if labels_out is not None and labels is not labels_out:
-            labels_out[...] = labels
-        self.labels_ = labels if out is None else out
-        return self
+    def _record_fit(self, rows, kind, backend, run, comm, shift):
+        """Every check has passed and the runs are done: record the input and the kept run."""
+        if rows.out_of_core:
+            self._set_fit_source(rows)
+        else:
+            self._set_fit_input(rows.tensor, kind)
+        self.backend_ = backend
+        sizes = comm.sum_(torch.bincount(torch.as_tensor(run.labels), minlength=run.centers.shape[0])
+                          .to(device=run.centers.device, dtype=torch.float64), "cluster sizes")  # fmt: skip
+        self._warn_if_few_clusters(int((sizes > 0).sum()), run.centers.shape[0])
+        self._fit_shift = shift
+        self._n_features_out = int(run.centers.shape[0])
+        self.cluster_centers_ = self._output(run.centers, self._input_kind)
+        self.inertia_ = float(run.inertia)
+        self.n_iter_ = int(run.n_iter)
 
     def _model_centers(self, dtype):
         """The centres inference uses, in the geometry ``fit`` used.
@@ -464,11 +481,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
     def _centred_tiles(self, rows, dtype, tile_rows):
         """Yield ``(rows, tile)`` with the fit's data mean subtracted (sparse tiles densified then)."""
         shift = self._data_shift(dtype)
-        if rows.out_of_core:
-            tiles = rows.tiles(tile_rows)
-        else:  # slices of a dense tensor, or CSR tensors sharing a sparse one's storage
-            tiles = ((r, core.rows_of(rows.tensor, r)) for r in chunk_slices(rows.shape[0], tile_rows))
-        for r, tile in tiles:
+        for r, tile in rows.tiles(tile_rows):
             if tile.dtype != dtype:
                 tile = tile.to(dtype)
             if shift is not None:
@@ -505,7 +518,16 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         """The centred tiles of ``rows`` (in ``rows.dtype``) and the model's centres."""
         centers = self._model_centers(rows.dtype)
         n, d = rows.shape
-        return self._centred_tiles(rows, rows.dtype, self._chunk(n, d, centers.shape[0])), centers
+        return self._centred_tiles(rows, rows.dtype, self._tile_rows(n, d, centers.shape[0])), centers
+
+    def _tile_rows(self, n, d, k, device=None, dtype=None):
+        """Rows per tile for ``n`` rows against ``k`` centres (default: on the fitted device and dtype)."""
+        device = self._device if device is None else device
+        itemsize = torch.finfo(self._dtype if dtype is None else dtype).bits // 8
+        # per row: the (k,) scores, on a GPU the (k,) one-hot of the centre-sum GEMM (or instead of
+        # both, which are then freed, the (2k,) one-hot of Lloyd's moved-row update), and the row
+        # itself, which a tile copies when it is read from disk, centred or densified
+        return tile_rows_for(n, (2 * k + 2 + d) * itemsize, device, self.chunk_size, self.memory_budget)
 
     def _warn_if_few_clusters(self, n_distinct, k):
         if n_distinct < k:
@@ -514,108 +536,6 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                 "Possibly due to duplicate points in X.",
                 ConvergenceWarning,
             )
-
-    def _chunk(self, n, d, k):
-        itemsize = torch.finfo(self._dtype).bits // 8
-        # per row: the (k,) scores, on a GPU the (k,) one-hot of the centre-sum GEMM (or instead of
-        # both, which are then freed, the (2k,) one-hot of Lloyd's moved-row update), and the row
-        # itself, which a tile copies when it is read from disk, centred or densified
-        return rows_per_chunk(n, (2 * k + 2 + d) * itemsize, self._device, self.chunk_size, self.memory_budget)
-
-    def _initial_centers(self, X, x_sq, w, k, rs, user_X, shift=None):
-        """One run's starting centres (on the rows every rank shares under torch.distributed)."""
-        if self.init == "k-means++":
-            centers, _ = core.kmeans_plusplus(X, k, w, x_sq, rs)
-        elif self.init == "random":
-            # scikit-learn's draw: k distinct rows, with probability proportional to the weight.
-            w64 = w.to(torch.float64).cpu().numpy()
-            seeds = rs.choice(X.shape[0], size=k, replace=False, p=w64 / w64.sum())
-            centers = core.dense_rows(X, torch.as_tensor(seeds, device=X.device))
-        else:
-            centers = self._check_centers(self.init(user_X, k, random_state=rs), "init(X) result", k, X.shape[1])
-            if shift is not None:  # the callable saw the caller's X; the fit runs on centred data
-                centers = centers - shift.to(centers.dtype)
-        return centers.clone()
-
-    def _fit_torch(self, X, x_sq, w, k, n_init, init_t, unit_weight, user_X, shift):
-        n, d = X.shape
-        rs = check_random_state(self.random_state)
-        comm = self._comm
-        tol = 0.0 if self.tol == 0 else core.mean_feature_variance(X, x_sq, comm) * self.tol
-        chunk = self._chunk(n, d, k)
-        prune = k > 1 and (
-            self.algorithm in ("hamerly", "elkan")
-            or (self.algorithm == "auto" and X.device.type == "cpu" and d * k >= HAMERLY_FROM_GEMM_WIDTH)
-        )
-        # Under torch.distributed every rank seeds from the same gathered rows; rank 0's centres
-        # are broadcast so that all ranks start identically.
-        if init_t is not None or callable(self.init) or comm.world_size == 1:
-            X_all, w_all, sq_all = X, w, x_sq
-        else:
-            X_all, w_all = gather_init_sample(X, w, comm, rs)
-            sq_all = core.squared_norms(X_all)
-        log = print if self.verbose else None
-        best = None
-        for _ in range(n_init):
-            if init_t is not None:
-                centers = init_t.clone()
-            else:
-                centers = self._initial_centers(X_all, sq_all, w_all, k, rs, user_X, shift)
-            comm.broadcast_(centers, 0, "initial centres")
-            if log is not None:
-                log("Initialization complete")
-            run = core.lloyd(X, w, x_sq, centers, max_iter=self.max_iter, tol=tol, chunk=chunk,
-                             unit_weight=unit_weight, prune=prune, comm=comm, log=log)  # fmt: skip
-            tiles = ((r, core.rows_of(X, r)) for r in chunk_slices(n, chunk))
-            labels = torch.empty(n, dtype=torch.int64, device=X.device)
-            run = self._finish_run(tiles, run.centers, run.n_iter, shift, None if unit_weight else w, labels)
-            if self._replaces(run, best):
-                best = run
-        return best
-
-    def _fit_sklearn(self, X, w, k, n_init, init_t, sample_weight):
-        from sklearn.cluster import KMeans as SkKMeans
-
-        init = init_t.cpu().numpy() if init_t is not None else self.init
-        est = SkKMeans(
-            n_clusters=k,
-            init=init,
-            n_init=n_init,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            random_state=self.random_state,
-            algorithm="lloyd",
-            verbose=self.verbose,
-        )
-        est.fit(X.cpu().numpy(), sample_weight=None if sample_weight is None else w.cpu().numpy())
-        as_t = lambda a: torch.as_tensor(np.asarray(a), device=X.device)
-        return as_t(est.cluster_centers_).to(X.dtype), as_t(est.labels_).to(torch.int64), est.inertia_, est.n_iter_
-
-    def _fit_cuml(self, X, w, k, n_init, init_t, sample_weight):
-        cuml = require("cuml")
-        cupy = require("cupy")
-        # DLPack hands the device buffer to CuPy/cuML without a host round trip.
-        X_cp = cupy.from_dlpack(X.contiguous())
-        init = (
-            cupy.from_dlpack(init_t.contiguous())
-            if init_t is not None
-            else ("scalable-k-means++" if self.init == "k-means++" else "random")
-        )
-        seed = self.random_state if isinstance(self.random_state, numbers.Integral) else None
-        est = cuml.cluster.KMeans(
-            n_clusters=k,
-            init=init,
-            n_init=n_init,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            random_state=seed,
-            output_type="cupy",
-            verbose=self.verbose,
-        )
-        est.fit(X_cp, sample_weight=None if sample_weight is None else cupy.from_dlpack(w.contiguous()))
-        centers = torch.from_dlpack(cupy.asarray(est.cluster_centers_)).to(X.dtype)
-        labels = torch.from_dlpack(cupy.asarray(est.labels_)).to(torch.int64)
-        return centers, labels, float(est.inertia_), int(getattr(est, "n_iter_", self.max_iter))
 
     # --------------------------------------------------------------- inference
     @no_autocast
@@ -634,13 +554,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             ``out`` if given; a NumPy array for out-of-core X.
         """
         rows, kind = self._prepare_rows(X, "cluster_centers_")
-        if not rows.out_of_core and out is not None:
-            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
         labels = rows.empty((rows.shape[0],), torch.int64, out)
         self._assign_tiles(*self._inference_tiles(rows), labels=labels, inertia=False)
-        if rows.out_of_core:
-            return labels.numpy() if out is None else out
-        return self._output(labels, kind)
+        return rows.result(labels, kind, out)
 
     @no_autocast
     @_fit_context(prefer_skip_nested_validation=True)
@@ -648,7 +564,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         """Fit and return ``labels_`` (for out-of-core X written into ``out`` if given, see ``predict``)."""
         if out is not None and not is_out_of_core(X):
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        return self._fit_keeping_state(X, sample_weight, out).labels_
+        with unchanged_on_error(self):
+            return self._fit(X, sample_weight, out).labels_
 
     @no_autocast
     def transform(self, X):
@@ -665,9 +582,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         c_sq = core.squared_norms(centers)
         n, d = rows.shape
         out = rows.empty((n, centers.shape[0]), rows.dtype)
-        for r, tile in self._centred_tiles(rows, torch.float64, self._chunk(n, d, 2 * centers.shape[0])):
+        for r, tile in self._centred_tiles(rows, torch.float64, self._tile_rows(n, d, 2 * centers.shape[0])):
             out[r].copy_(_distances(tile, centers, c_sq))
-        return out.numpy() if rows.out_of_core else self._output(out, kind)
+        return rows.result(out, kind)
 
     @no_autocast
     def fit_transform(self, X, y=None, sample_weight=None):
@@ -682,6 +599,128 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if sample_weight is not None:
             w = as_sample_weight(sample_weight, rows.shape[0], device=torch.device("cpu"), dtype=torch.float64)
         return -self._assign_tiles(*self._inference_tiles(rows), sample_weight=w)
+
+
+@dataclass
+class _Run:
+    """One run of ``n_init``: final centres (in the data's coordinates), labels, inertia, iterations."""
+
+    centers: torch.Tensor
+    labels: torch.Tensor
+    inertia: float
+    n_iter: int
+
+
+@dataclass(frozen=True)
+class _FitPlan:
+    """What a fit resolves once, before its first run, and hands to every step explicitly."""
+
+    device: torch.device
+    dtype: torch.dtype
+    comm: object  # gpuclust._comm.LocalComm or TorchDistComm
+    n_local: int  # this rank's rows
+    n_global: int  # all ranks' rows
+    n_features: int
+    n_clusters: int
+    n_init: int
+    shift: torch.Tensor | None  # the data mean subtracted before expanding distances (float64), or None
+    tile_rows: int
+    keeps_centred_copy: bool  # in memory and far from the origin: a centred copy of X is kept for the fit
+    init: torch.Tensor | None  # validated initial centres, in the fit's coordinates
+    algorithm: str  # "lloyd" or "hamerly"
+    settings: core.LloydSettings
+
+
+class _Seeds(NamedTuple):
+    """The rows seeding draws from, their weights and squared norms (in the fit's coordinates)."""
+
+    X: torch.Tensor
+    w: torch.Tensor
+    x_sq: torch.Tensor
+
+
+class _TensorData:
+    """In-memory X as a fit's runs see it: centred (a kept copy) where it sits far from the origin."""
+
+    def __init__(self, rows, comm, centre):
+        X = rows.tensor
+        self.rows, self.x_sq = rows, core.squared_norms(X)
+        _check_no_overflow(self.x_sq)
+        self.shift = _centring_shift(X, self.x_sq, comm) if centre and not is_sparse(X) else None
+        self.keeps_centred_copy = self.shift is not None
+        if self.shift is not None:
+            # Distances as |x|^2 - 2 x.c + |c|^2 lose every digit to rounding when the data sit
+            # far from the origin: fit on centred data, as scikit-learn does with every dense X.
+            X = X - self.shift.to(X.dtype)
+            self.x_sq = core.squared_norms(X)
+        self.X = X
+
+    def mean_feature_variance(self, comm):
+        return core.mean_feature_variance(self.X, self.x_sq, comm)
+
+    def seed_rows(self, w, comm, rs):
+        X, w_all = init_sample(TensorRows(self.X), w, comm, rs)
+        return _Seeds(X, w_all, self.x_sq if X is self.X else core.squared_norms(X))
+
+    def tiles(self, tile_rows):
+        """``(rows, tile)`` of the centred X: slices, or CSR tensors sharing a sparse X's storage."""
+        return TensorRows(self.X).tiles(tile_rows)
+
+    def new_labels(self, out=None):
+        return torch.empty(self.X.shape[0], dtype=torch.int64, device=self.X.device)
+
+    def run(self, centers, plan, w, labels):
+        lloyd = core.hamerly if plan.algorithm == "hamerly" else core.lloyd
+        return lloyd(self.X, w, self.x_sq, centers, plan.settings)
+
+
+class _SourceData:
+    """Out-of-core X as a fit's runs see it: tiles read in every pass, centred one at a time."""
+
+    def __init__(self, rows, scanned, comm):
+        col_sums, total_sq, largest_sq = scanned
+        _check_no_overflow(torch.tensor([largest_sq], dtype=rows.dtype))
+        self.rows, self.scanned = rows, scanned
+        # As in memory: data far from the origin are centred (tile by tile here) before the
+        # distances are expanded, or float32 loses every digit of them.
+        self.shift = _centring_shift_from_sums(col_sums, total_sq, rows.shape[0], comm)
+        self._shift_t = None if self.shift is None else self.shift.to(device=rows.device, dtype=rows.dtype)
+        self.keeps_centred_copy = False
+
+    def mean_feature_variance(self, comm):
+        """As in memory, from the centred rows' sums (one more pass where the data were centred)."""
+        col_sums, total_sq, _ = self.scanned
+        if self._shift_t is not None:
+            col_sums, total_sq = centred_sums(self.rows, self._shift_t)
+        return core.variance_from_sums(col_sums, total_sq, self.rows.shape[0], comm)
+
+    def seed_rows(self, w, comm, rs):
+        X, w_all = init_sample(self.rows, w, comm, rs)
+        if self._shift_t is not None:
+            X = X - self._shift_t
+        return _Seeds(X, w_all, core.squared_norms(X))
+
+    def tiles(self, tile_rows):
+        if self._shift_t is None:
+            return self.rows.tiles(tile_rows)
+        return ((r, tile - self._shift_t) for r, tile in self.rows.tiles(tile_rows))
+
+    def new_labels(self, out=None):
+        """Host labels; the caller's int64 ``out`` doubles as them (one run)."""
+        direct = out is not None and out.dtype == np.int64
+        return torch.from_numpy(out if direct else np.empty(self.rows.shape[0], dtype=np.int64))
+
+    def run(self, centers, plan, w, labels):
+        tiles = functools.partial(self.tiles, plan.tile_rows)
+        return core.lloyd_streamed(tiles, self.rows.shape[0], w, centers, plan.settings, labels=labels.numpy())
+
+
+def _replaces(run, best, comm):
+    """scikit-learn's rule for ``n_init``: a later run wins only with a lower inertia and another partition."""
+    if best is None:
+        return True
+    k = run.centers.shape[0]
+    return run.inertia < best.inertia and not core.same_clustering(run.labels, best.labels, k, comm)
 
 
 def _callable_init_input(X, X_t, kind):
@@ -731,8 +770,6 @@ def _centring_shift(X, x_sq, comm):
     Where the offset dominates, the expanded distances need centring to keep their digits; where
     it does not, centring would only cost a copy of X.
     """
-    from .sources import column_sums, squared_norms_total
-
     # The sums an out-of-core scan takes, in its tiles and order: the same mean and the same choice,
     # so a fit on a file or blocks centres as the fit in memory does, bit for bit (a float32
     # ``ones @ X`` product here differed from them by an ulp of the mean).
@@ -807,32 +844,39 @@ def kmeans_plusplus(
     >>> centers.shape, sorted(X[indices, 0].tolist())
     ((2, 2), [1.0, 10.0])
     """
-    if device is not None:
-        target = resolve_device(device)
-    elif isinstance(X, torch.Tensor) or (hasattr(X, "__dlpack__") and not is_sparse(X)):
-        target = as_torch(X).device
-    else:
-        target = torch.device("cpu")  # numpy, lists, scipy sparse
-    X_t, kind = as_tensor(X, device=target, accept_sparse=True)
+    X_t, kind = as_tensor(X, device=_plusplus_device(X, device), accept_sparse=True)
     n = X_t.shape[0]
     k = check_positive_int(n_clusters, "n_clusters")
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
     if n_local_trials is not None:
         n_local_trials = check_positive_int(n_local_trials, "n_local_trials")
-    w = as_sample_weight(sample_weight, n, device=target, dtype=X_t.dtype)
-    if x_squared_norms is None:
-        x_sq = core.squared_norms(X_t)
-    else:
-        x_sq, _ = as_tensor(x_squared_norms, device=target, dtype=X_t.dtype, name="x_squared_norms", ndim=None)
-        if x_sq.ndim == 0 or x_sq.shape[0] != n:  # scikit-learn's message, checked first as there
-            length = x_sq.shape[0] if x_sq.ndim else 0
-            raise ValueError(f"The length of x_squared_norms {length} should be equal to the length of n_samples {n}.")
-        if x_sq.ndim != 1:
-            raise ValueError(f"x_squared_norms must be 1-d of shape (n_samples,); got shape {tuple(x_sq.shape)}.")
+    w = as_sample_weight(sample_weight, n, device=X_t.device, dtype=X_t.dtype)
+    x_sq = core.squared_norms(X_t) if x_squared_norms is None else _checked_norms(x_squared_norms, X_t)
     X_seed, shift = X_t, None if is_sparse(X_t) else _centring_shift(X_t, x_sq, LOCAL)
     if shift is not None:  # the same draws, on distances that keep their digits
         X_seed = X_t - shift.to(X_t.dtype)
         x_sq = core.squared_norms(X_seed)
     _, indices = core.kmeans_plusplus(X_seed, k, w, x_sq, check_random_state(random_state), n_local_trials)
-    return to_output(core.dense_rows(X_t, torch.as_tensor(indices, device=target)), kind), indices
+    return to_output(core.dense_rows(X_t, torch.as_tensor(indices, device=X_t.device)), kind), indices
+
+
+def _plusplus_device(X, device):
+    """Where :func:`kmeans_plusplus` computes: ``device``, else where X lives (the CPU for NumPy, lists, scipy)."""
+    if device is not None:
+        return resolve_device(device)
+    if isinstance(X, torch.Tensor) or (hasattr(X, "__dlpack__") and not is_sparse(X)):
+        return as_torch(X).device
+    return torch.device("cpu")
+
+
+def _checked_norms(x_squared_norms, X_t):
+    """The caller's ``x_squared_norms`` as a tensor like X's, with scikit-learn's message (checked first, as there)."""
+    n = X_t.shape[0]
+    x_sq, _ = as_tensor(x_squared_norms, device=X_t.device, dtype=X_t.dtype, name="x_squared_norms", ndim=None)
+    if x_sq.ndim == 0 or x_sq.shape[0] != n:
+        length = x_sq.shape[0] if x_sq.ndim else 0
+        raise ValueError(f"The length of x_squared_norms {length} should be equal to the length of n_samples {n}.")
+    if x_sq.ndim != 1:
+        raise ValueError(f"x_squared_norms must be 1-d of shape (n_samples,); got shape {tuple(x_sq.shape)}.")
+    return x_sq

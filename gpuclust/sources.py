@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from ._arrays import default_dtype
+from ._arrays import default_dtype, sparse_csr, to_output
 from ._chunks import TileBuffers
-from ._comm import INIT_SAMPLE_ELEMENTS
-from .device import uses_cuda_paths
 
 __all__ = ["RowSource", "as_source", "init_sample", "is_out_of_core", "with_progress"]
 
@@ -109,34 +107,42 @@ class RowSource:
             return dtype
         return default_dtype(torch.from_numpy(np.empty(0, dtype=_native(self.dtype))).dtype, device)
 
-    def host_tiles(self, rows_per_tile: int, buffers: list[np.ndarray] | None = None):
-        """Yield ``(rows, array)``: consecutive tiles of ``rows_per_tile`` rows, checked.
+    def host_tiles(self, tile_rows: int, buffers: list[np.ndarray] | None = None):
+        """Yield ``(rows, array)``: consecutive tiles of ``tile_rows`` rows, checked.
 
         The array is valid until the next-but-one tile is read (two buffers alternate).
         """
         raise NotImplementedError
 
-    def tiles(self, rows_per_tile: int, device: torch.device, dtype: torch.dtype, buffers: TileBuffers | None = None):
+    def tiles(
+        self,
+        tile_rows: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        buffers: TileBuffers | None = None,
+        prefetch: bool | None = None,
+    ):
         """Yield ``(rows, tile)`` with ``tile`` a (m, n_features) tensor of ``dtype`` on ``device``.
 
         A tile may share memory with a reused buffer: it is valid until the generator is
         resumed (on CUDA, work queued on the current stream before resuming is ordered before
-        the buffer's next copy). On CUDA the copies run on a side stream, one tile ahead.
+        the buffer's next copy).
 
         ``buffers``: where the host tiles are read and converted (a fit's
         :class:`~gpuclust._chunks.TileBuffers`, reused by all its passes); new ones for this pass
-        by default. Either way no tile allocates memory of its own.
+        by default. Either way no tile allocates memory of its own. ``prefetch``: copy through
+        pinned buffers on a side stream, one tile ahead (:class:`_DeviceFeed`); None means on CUDA.
         """
-        if uses_cuda_paths(device):
-            for rows, tile in _DeviceFeed(self, rows_per_tile, device):
+        if device_prefetch(device) if prefetch is None else prefetch:
+            for rows, tile in _DeviceFeed(self, tile_rows, device):
                 yield rows, tile.to(dtype)
             return
         buffers = TileBuffers() if buffers is None else buffers
-        m, d = self._tile_rows(rows_per_tile), self.n_features
+        m, d = self._largest_tile(tile_rows), self.n_features
         raw = torch.from_numpy(np.empty(0, dtype=_native(self.dtype))).dtype
         host_buffers = [buffers.get(f"host {i}", (m, d), raw, torch.device("cpu")).numpy() for i in range(2)]
         cpu = torch.device(device).type == "cpu"
-        for rows, host in self.host_tiles(rows_per_tile, host_buffers):
+        for rows, host in self.host_tiles(tile_rows, host_buffers):
             converted = None if dtype == raw else buffers.get("converted", (m, d), dtype, torch.device("cpu"))
             if host.dtype.byteorder in ("=", "|") and host.flags.writeable:
                 tile = torch.from_numpy(host)
@@ -148,9 +154,9 @@ class RowSource:
                 np.copyto(tile.numpy(), host, casting="unsafe")
             yield rows, tile if cpu else tile.to(device)
 
-    def _tile_rows(self, rows_per_tile: int) -> int:
-        """Rows of the largest tile of ``rows_per_tile``."""
-        return rows_per_tile if self.n_rows is None else max(1, min(rows_per_tile, self.n_rows))
+    def _largest_tile(self, tile_rows: int) -> int:
+        """Rows of the largest tile of ``tile_rows``."""
+        return tile_rows if self.n_rows is None else max(1, min(tile_rows, self.n_rows))
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The rows at sorted ``indices``, in one pass."""
@@ -206,10 +212,10 @@ class _ProgressSource(RowSource):
         self.inner, self.make_bar, self.name = inner, make_bar, inner.name
         self.n_rows, self.n_features, self.dtype = inner.n_rows, inner.n_features, inner.dtype
 
-    def host_tiles(self, rows_per_tile, buffers=None):
+    def host_tiles(self, tile_rows, buffers=None):
         bar = self.make_bar(self.inner.n_rows)
         try:
-            for rows, host in self.inner.host_tiles(rows_per_tile, buffers):
+            for rows, host in self.inner.host_tiles(tile_rows, buffers):
                 yield rows, host
                 bar.update(rows.stop - rows.start)
         finally:
@@ -268,15 +274,15 @@ class _FileSource(RowSource):
             return _ArraySource(mm, name)
         return cls(mm.filename, offset, mm.shape, mm.dtype, f"{name} (memmap of {mm.filename})")
 
-    def host_tiles(self, rows_per_tile, buffers=None):
+    def host_tiles(self, tile_rows, buffers=None):
         row_bytes = self.n_features * self.dtype.itemsize
         if buffers is None:
-            m = min(rows_per_tile, self.n_rows)
+            m = min(tile_rows, self.n_rows)
             buffers = [np.empty((m, self.n_features), dtype=_native(self.dtype)) for _ in range(2)]
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            for i, start in enumerate(range(0, self.n_rows, rows_per_tile)):
-                stop = min(start + rows_per_tile, self.n_rows)
+            for i, start in enumerate(range(0, self.n_rows, tile_rows)):
+                stop = min(start + tile_rows, self.n_rows)
                 host = buffers[i % 2][: stop - start]
                 view = memoryview(host.reshape(-1).view(np.uint8))
                 done, position = 0, self.offset + start * row_bytes
@@ -316,12 +322,12 @@ class _ArraySource(RowSource):
         self.n_rows, self.n_features = int(array.shape[0]), int(array.shape[1])
         self.dtype = np.dtype(array.dtype).newbyteorder("=")
 
-    def host_tiles(self, rows_per_tile, buffers=None):
+    def host_tiles(self, tile_rows, buffers=None):
         if buffers is None:
-            m = min(rows_per_tile, self.n_rows)
+            m = min(tile_rows, self.n_rows)
             buffers = [np.empty((m, self.n_features), dtype=self.dtype) for _ in range(2)]
-        for i, start in enumerate(range(0, self.n_rows, rows_per_tile)):
-            stop = min(start + rows_per_tile, self.n_rows)
+        for i, start in enumerate(range(0, self.n_rows, tile_rows)):
+            stop = min(start + tile_rows, self.n_rows)
             host = buffers[i % 2][: stop - start]
             np.copyto(host, self.array[start:stop], casting="equiv")  # at most the byte order changes
             self._check_block(host, f"rows {start}-{stop - 1}")
@@ -359,9 +365,9 @@ class _BlockSource(RowSource):
                 raise ValueError(f"{self.name}: block {i} has shape {block.shape}; every block must be 2-d.")
             yield block
 
-    def host_tiles(self, rows_per_tile, buffers=None):
+    def host_tiles(self, tile_rows, buffers=None):
         d = self.n_features
-        m = rows_per_tile if self.n_rows is None else min(rows_per_tile, self.n_rows)
+        m = tile_rows if self.n_rows is None else min(tile_rows, self.n_rows)
         if buffers is None:
             buffers = [np.empty((m, d), dtype=_native(self.dtype)) for _ in range(2)]
         filled, start, count, tile_no = 0, 0, 0, 0
@@ -393,14 +399,13 @@ class _DeviceFeed:
     Two pinned host buffers and two device buffers alternate. Before a pinned buffer is refilled,
     its previous copy must have finished (its copy event); before a device buffer is overwritten,
     the compute stream must be done with the tile it held (an event recorded when the consumer
-    asked for the next tile). The streams and events are CUDA's on a GPU; under
-    :func:`gpuclust.device.force_cuda_paths` on the CPU they are stand-ins that run at once,
-    so the buffer rotation is tested without a GPU.
+    asked for the next tile). The streams and events are CUDA's on a GPU; with ``prefetch=True``
+    on the CPU they are stand-ins that run at once, so the buffer rotation is tested without a GPU.
     """
 
-    def __init__(self, source, rows_per_tile, device):
+    def __init__(self, source, tile_rows, device):
         self.source, self.device = source, device
-        self.m = rows_per_tile if source.n_rows is None else min(rows_per_tile, source.n_rows)
+        self.m = tile_rows if source.n_rows is None else min(tile_rows, source.n_rows)
         self.cuda = device.type == "cuda"
 
     def _stream(self):
@@ -495,8 +500,14 @@ def scan(source: RowSource, device: torch.device, dtype: torch.dtype):
 
 
 def column_sums(X: torch.Tensor) -> torch.Tensor:
-    """Column sums of an in-memory X in float64, in the same tiles as :func:`scan`'s (the same bits)."""
+    """Column sums of an in-memory X in float64, in the same tiles as :func:`scan`'s (the same bits).
+
+    The one way gpuclust sums columns (data mean, tolerance, centring). A sparse CSR X adds its
+    stored values, in float64, into their columns.
+    """
     col = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    if X.layout == torch.sparse_csr:
+        return col.index_add_(0, X.col_indices(), X.values().to(torch.float64))
     for start in range(0, X.shape[0], SCAN_ROWS):
         _add_column_sums(col, X[start : start + SCAN_ROWS])
     return col
@@ -509,6 +520,21 @@ def _add_column_sums(col: torch.Tensor, tile: torch.Tensor) -> None:
         col += tile[start : start + step].sum(0, dtype=torch.float64)
 
 
+def centred_sums(rows, shift: torch.Tensor):
+    """Column sums and sum of squared norms (float64) of ``rows`` minus ``shift``, in :func:`scan`'s tiles.
+
+    The same bits as :func:`column_sums` and :func:`squared_norms_total` of the centred rows held
+    in memory: one more pass over out-of-core data that sit far from the origin.
+    """
+    col = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+    total_sq = torch.zeros((), dtype=torch.float64, device=rows.device)
+    for _, tile in rows.tiles(SCAN_ROWS):
+        tile = tile - shift
+        _add_column_sums(col, tile)
+        total_sq += torch.linalg.vector_norm(tile, dim=1).square_().sum(dtype=torch.float64)
+    return col, total_sq
+
+
 def squared_norms_total(x_sq: torch.Tensor) -> torch.Tensor:
     """Sum in float64 of in-memory rows' squared norms ``x_sq``, in :func:`scan`'s tiles and order (its bits)."""
     total = torch.zeros((), dtype=torch.float64, device=x_sq.device)
@@ -517,29 +543,69 @@ def squared_norms_total(x_sq: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def init_sample(source: RowSource, weights, comm, random_state, device, dtype, max_elements=None):
-    """Rows to seed from, the same on every rank: all rows (in rank order) while they fit in
-    ``max_elements`` values, else a uniform sample without replacement from every rank in
-    proportion to its rows, drawn from ``random_state``.
+def device_prefetch(device: torch.device) -> bool:
+    """Whether tiles read from a source go through :class:`_DeviceFeed` by default: on CUDA."""
+    return torch.device(device).type == "cuda"
 
-    Returns ``(X_sample, weights_sample)`` tensors on ``device``; ``weights`` is a host tensor or None.
+
+# Seeding out of core or across ranks reads at most this many values (rows x features): 128 MiB in float32.
+INIT_SAMPLE_ELEMENTS = 1 << 25
+
+
+def init_sample(rows, weights, comm, random_state, max_elements=None):
+    """The rows seeding draws from, the same on every rank; the one rule of every estimator.
+
+    In memory in one process: all rows, as they are (scikit-learn's seeding, exactly). Out of
+    core or under torch.distributed: all rows (in rank order) while every rank's rows fit in
+    ``max_elements`` values (:data:`INIT_SAMPLE_ELEMENTS` by default), else a uniform sample
+    without replacement from every rank in proportion to its rows, in row order, drawn from
+    ``random_state`` (one draw, the same on every rank; a different stream per rank).
+
+    Parameters
+    ----------
+    rows : TensorRows or SourceRows
+        This rank's rows.
+    weights : tensor of shape (n_local,) or None
+        Sample weights (on the rows' device in memory, on the host out of core); None: ones.
+
+    Returns
+    -------
+    (X_sample, weights_sample) : tensors on the rows' device, in their dtype.
     """
-    n_local, d = source.n_rows, source.n_features
+    n_local, d = rows.shape
+    device, dtype = rows.device, rows.dtype
+    if not rows.out_of_core and comm.world_size == 1:
+        return rows.tensor, torch.ones(n_local, dtype=dtype, device=device) if weights is None else weights
     max_elements = INIT_SAMPLE_ELEMENTS if max_elements is None else max_elements
     n_global = int(comm.sum_float(n_local, "sample count"))
     limit = max(1, max_elements // d)
     if n_global > limit:
-        seed = int(random_state.randint(2**31 - 1))  # same draw on every rank, a different stream per rank
+        seed = int(random_state.randint(2**31 - 1))
         take = min(n_local, max(1, math.ceil(n_local * limit / n_global)))
         idx = np.sort(np.random.default_rng(seed + comm.rank).choice(n_local, size=take, replace=False))
     else:
         idx = np.arange(n_local)
-    X = torch.from_numpy(source.rows(idx)).to(device=device, dtype=dtype)
+    if rows.out_of_core:
+        X = torch.from_numpy(rows.source.rows(idx)).to(device=device, dtype=dtype)
+    else:
+        X = rows.tensor[torch.as_tensor(idx, device=device)]
     w = torch.ones(len(idx), dtype=dtype, device=device) if weights is None else weights[idx].to(device, dtype)
     if comm.world_size == 1:
         return X, w
-    rows = comm.gather_rows(torch.cat([X, w.unsqueeze(1)], 1), "init sample")
-    return rows[:, :-1], rows[:, -1]
+    gathered = comm.gather_rows(torch.cat([X, w.unsqueeze(1)], 1), "init sample")
+    return gathered[:, :-1], gathered[:, -1]
+
+
+def rows_of(X: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows ``rows`` (a slice) of X: a view for dense X, a CSR tensor sharing X's indices and values for sparse."""
+    if X.layout != torch.sparse_csr:
+        return X[rows]
+    crow = X.crow_indices()[rows.start : rows.stop + 1]
+    lo, hi = int(crow[0]), int(crow[-1])
+    return sparse_csr(crow - lo, X.col_indices()[lo:hi], X.values()[lo:hi], (rows.stop - rows.start, X.shape[1]))
+
+
+_OUT_IS_OUT_OF_CORE = "out= is for out-of-core X (a memmap, a .npy path or row blocks)."
 
 
 class TensorRows:
@@ -555,15 +621,21 @@ class TensorRows:
         self.shape, self.device, self.dtype = tensor.shape, tensor.device, tensor.dtype
         self.buffers = TileBuffers()  # what the passes over these rows reuse tile after tile
 
-    def tiles(self, rows_per_tile: int):
-        """Yield ``(rows, X[rows])`` for consecutive slices of ``rows_per_tile`` rows."""
-        for start in range(0, self.shape[0], rows_per_tile):
-            rows = slice(start, min(start + rows_per_tile, self.shape[0]))
-            yield rows, self.tensor[rows]
+    def tiles(self, tile_rows: int):
+        """Yield ``(rows, X[rows])`` for consecutive slices of ``tile_rows`` rows (:func:`rows_of`)."""
+        for start in range(0, self.shape[0], tile_rows):
+            rows = slice(start, min(start + tile_rows, self.shape[0]))
+            yield rows, rows_of(self.tensor, rows)
 
     def empty(self, shape, dtype, out=None):
-        """A result array on the data's device."""
+        """A result array on the data's device (``out`` is for out-of-core data only)."""
+        if out is not None:
+            raise ValueError(_OUT_IS_OUT_OF_CORE)
         return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def result(self, t: torch.Tensor, kind, out=None):
+        """A per-sample result in the caller's array type (:func:`gpuclust._arrays.to_output`)."""
+        return to_output(t, kind)
 
 
 class SourceRows:
@@ -576,14 +648,15 @@ class SourceRows:
 
     out_of_core = True
 
-    def __init__(self, source: RowSource, device: torch.device, dtype: torch.dtype):
+    def __init__(self, source: RowSource, device: torch.device, dtype: torch.dtype, prefetch: bool | None = None):
         self.source, self.device, self.dtype = source, device, dtype
+        self.prefetch = device_prefetch(device) if prefetch is None else bool(prefetch)
         self.shape = (source.n_rows, source.n_features)
         self.buffers = TileBuffers()
 
-    def tiles(self, rows_per_tile: int):
-        """Yield ``(rows, tile)`` with the tile on the compute device."""
-        yield from self.source.tiles(rows_per_tile, self.device, self.dtype, self.buffers)
+    def tiles(self, tile_rows: int):
+        """Yield ``(rows, tile)`` with the tile on the compute device (``prefetch``: see :meth:`RowSource.tiles`)."""
+        yield from self.source.tiles(tile_rows, self.device, self.dtype, self.buffers, self.prefetch)
 
     def empty(self, shape, dtype, out=None):
         """A host tensor sharing memory with a new NumPy array, or with ``out`` (checked)."""
@@ -607,3 +680,7 @@ class SourceRows:
                 f"got dtype {out.dtype}{'' if out.flags.writeable else ', read-only'}."
             )
         return torch.from_numpy(out)
+
+    def result(self, t: torch.Tensor, kind=None, out=None):
+        """A per-sample result: the NumPy array behind ``t``, or the caller's ``out`` it was written into."""
+        return t.numpy() if out is None else out

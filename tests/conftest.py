@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpuclust import COVARIANCE_TYPES, load_fashion_mnist  # noqa: F401 (re-exported to the tests)
+from gpuclust import COVARIANCE_TYPES  # noqa: F401 (re-exported to the tests)
+from gpuclust.app.datasets import load_fashion_mnist  # noqa: F401 (re-exported to the tests)
 
 DEVICES = [
     "cpu",

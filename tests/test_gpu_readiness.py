@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sklearn.metrics as skm
 import torch
+from _strategies import OneHotKMeans
 from conftest import COVARIANCE_TYPES, RTOL
 from sklearn.datasets import make_blobs
 from torch.overrides import TorchFunctionMode
@@ -15,7 +16,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gpuclust._gmm_numerics as gm
 from gpuclust import GaussianMixture, metrics
-from gpuclust.device import force_cuda_paths
 
 _PRODUCTS = {torch.matmul, torch.mm, torch.mv, torch.bmm, torch.addmm, torch.addmv, torch.dot, torch.Tensor.__matmul__,
              torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.mv, torch.Tensor.addmm, torch.Tensor.addmv}  # fmt: skip
@@ -108,29 +108,30 @@ def test_unknown_matmul_precision_is_refused():
 
 
 def test_per_component_factorization_equals_the_batched_one(monkeypatch):
-    # The loop a GPU takes at large D, forced on CPU tensors at a small D.
+    # The loop a GPU takes at large D, asked for explicitly on CPU tensors at a small D.
     rng = np.random.RandomState(0)
     A = torch.as_tensor(rng.randn(3, 40, 60))
     cov = A @ A.transpose(1, 2) / 60 + 0.1 * torch.eye(40)
-    batched = gm.precision_cholesky(cov, "full")
-    monkeypatch.setattr(gm, "LOOP_FROM_N_FEATURES", 8)
     calls = []
     real = torch.linalg.cholesky_ex
     monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: calls.append(m.shape) or real(m))
-    with force_cuda_paths():
-        looped = gm.precision_cholesky(cov, "full")
-        back = gm.covariances_from_precision_cholesky(looped, "full")
+    batched, _ = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=False)
+    assert calls == [(3, 40, 40)]
+    calls.clear()
+    looped, _ = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=True)
     assert calls == [(1, 40, 40)] * 3
-    torch.testing.assert_close(looped, batched)
-    torch.testing.assert_close(back, cov)
+    torch.testing.assert_close(looped, batched, rtol=0, atol=0)
+    calls.clear()
+    gm._per_matrix(torch.linalg.cholesky_ex, cov)  # decided by size and device: batched on the CPU
+    assert calls == [(3, 40, 40)]
 
 
 def test_tiles_are_sized_by_their_total_memory():
     # Full covariance: a row costs K*D in the working dtype and K*D in float64 for the statistics.
     assert gm.tile_bytes_per_row("full", 10, 6272, 4) == 10 * 6272 * 12 + 8 * 6272 + 160
     est = GaussianMixture(10, covariance_type="full", device="cpu", memory_budget=512 << 20)
-    est._dtype, est._device = torch.float32, torch.device("cpu")
-    rows, per_row = est._chunk(48000, 6272, 10), gm.tile_bytes_per_row("full", 10, 6272, 4)
+    rows = est._tile_rows(48000, 6272, 10, torch.device("cpu"), torch.float32)
+    per_row = gm.tile_bytes_per_row("full", 10, 6272, 4)
     most = (512 << 20) // per_row  # the most rows the budget allows; tiles are then made equal
     assert rows * per_row <= 512 << 20 < (most + 1) * per_row
     assert math.ceil(48000 / rows) == math.ceil(48000 / most) and rows == math.ceil(48000 / math.ceil(48000 / most))
@@ -146,8 +147,7 @@ def test_forced_cuda_centre_sums_equal_the_cpu_ones(dtype):
     w = np.random.RandomState(0).uniform(0.5, 2.0, len(X))
     for weights in (None, w):
         plain = KMeans(6, random_state=0, device="cpu", algorithm="lloyd").fit(X, sample_weight=weights)
-        with force_cuda_paths():
-            forced = KMeans(6, random_state=0, device="cpu", algorithm="lloyd").fit(X, sample_weight=weights)
+        forced = OneHotKMeans(6, random_state=0, device="cpu", algorithm="lloyd").fit(X, sample_weight=weights)
         assert forced.n_iter_ == plain.n_iter_
         np.testing.assert_array_equal(forced.labels_, plain.labels_)
         np.testing.assert_allclose(forced.cluster_centers_, plain.cluster_centers_, rtol=RTOL[dtype])
@@ -210,11 +210,14 @@ def test_forced_cuda_lloyd_keeps_no_gather_buffer(monkeypatch):
     X, _ = make_blobs(600, 5, centers=4, random_state=0)
     X = torch.as_tensor(X, dtype=torch.float32)
     w = torch.ones(600)
-    with force_cuda_paths():
-        core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), max_iter=5, tol=0.0, chunk=256, prune=False)
-    assert buffers and all(b is None for b in buffers)
-    buffers.clear()
-    core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), max_iter=5, tol=0.0, chunk=256, prune=False)
+    for onehot in (True, False):
+        buffers.clear()
+        settings = core.LloydSettings(max_iter=5, tol=0.0, tile_rows=256, onehot=onehot)
+        core.lloyd(X, w, core.squared_norms(X), X[:4].clone(), settings)
+        if onehot:
+            assert buffers and all(b is None for b in buffers)
+        else:
+            assert buffers and all(b is not None and b.shape == (256, 5) for b in buffers)
     assert buffers and all(b is not None and b.shape == (256, 5) for b in buffers)
 
 
@@ -257,9 +260,9 @@ def _lloyd_host_reads(monkeypatch, max_iter, chunk, weighted):
         monkeypatch.setattr(
             torch.Tensor, name, lambda t, *a, _r=real, _n=name, **k: counter.syncs.append(_n) or _r(t, *a, **k)
         )
-    with force_cuda_paths(), counter:
-        out = core.lloyd(X, w if weighted else torch.ones(600), core.squared_norms(X), X[:5].clone(),
-                         max_iter=max_iter, tol=0.0, chunk=chunk, unit_weight=not weighted, prune=False)  # fmt: skip
+    settings = core.LloydSettings(max_iter=max_iter, tol=0.0, tile_rows=chunk, unit_weight=not weighted, onehot=True)
+    with counter:
+        out = core.lloyd(X, w if weighted else torch.ones(600), core.squared_norms(X), X[:5].clone(), settings)
     monkeypatch.undo()
     assert out.n_iter == max_iter  # tol=0 and labels still moving: no early stop
     return counter

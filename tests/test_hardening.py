@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import gpuclust.datasets as ds
+import gpuclust.app.datasets as ds
 from gpuclust.app import _atomic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -246,14 +246,17 @@ class _TwoIdenticalRanks:
 
 
 def test_init_sample_gathers_all_rows_or_a_bounded_sample():
-    from gpuclust._comm import gather_init_sample
+    from gpuclust._comm import LOCAL
+    from gpuclust.sources import TensorRows, init_sample
 
     X = torch.arange(200.0).reshape(100, 2)
     w = torch.linspace(0.5, 1.5, 100)
     rs = np.random.RandomState(0)
-    X_all, w_all = gather_init_sample(X, w, _TwoIdenticalRanks(), rs)
+    X_one, w_one = init_sample(TensorRows(X), w, LOCAL, rs, max_elements=60)  # in memory, one process: all
+    assert X_one is X and w_one is w
+    X_all, w_all = init_sample(TensorRows(X), w, _TwoIdenticalRanks(), rs)
     assert torch.equal(X_all, torch.cat([X, X])) and torch.equal(w_all, torch.cat([w, w]))
-    X_s, w_s = gather_init_sample(X, w, _TwoIdenticalRanks(), rs, max_elements=60)  # 30 rows in all
+    X_s, w_s = init_sample(TensorRows(X), w, _TwoIdenticalRanks(), rs, max_elements=60)  # 30 rows in all
     assert X_s.shape == (30, 2) and w_s.shape == (30,)
     rows = (X_s[:, 0] / 2).long()  # each sampled row is a real row with its own weight
     assert torch.equal(X_s, X[rows]) and torch.allclose(w_s, w[rows])
@@ -473,13 +476,9 @@ def test_auto_uses_hamerly_on_the_cpu_only_where_the_gemm_is_wide(d, k, pruned, 
     import gpuclust._kmeans_core as core
 
     seen = []
-    real = core.lloyd
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["prune"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core, "lloyd", spy)
+    for name, pruned_run in (("lloyd", False), ("hamerly", True)):
+        real = getattr(core, name)
+        monkeypatch.setattr(core, name, lambda *a, _r=real, _p=pruned_run, **k: seen.append(_p) or _r(*a, **k))
     X = np.random.default_rng(0).normal(size=(3 * k, d)).astype(np.float32)
     KMeans(k, n_init=1, max_iter=2, random_state=0, device="cpu").fit(X)
     assert seen == [pruned]

@@ -7,7 +7,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
 
 from gpuclust import KMeans, _linear
-from gpuclust._chunks import balanced_chunk, chunk_slices, rows_per_chunk
+from gpuclust._chunks import balanced_tile_rows, tile_slices, tile_rows_for
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_linear_rows_do_not_depend_on_the_tile():
     X, W, b = _operands(m=3001)
     whole = _linear.linear(X, W, b)
     for size in (16, 512, 1000, 2000):  # last tiles of 9, 441, 1 + 1000 = 1001 ... rows
-        slices = list(chunk_slices(3001, size)) if size != 1000 else [slice(0, 2000), slice(2000, 3001)]
+        slices = list(tile_slices(3001, size)) if size != 1000 else [slice(0, 2000), slice(2000, 3001)]
         parts = torch.cat([_linear.linear(X[s], W, b) for s in slices])
         assert torch.equal(parts, whole), size
 
@@ -85,15 +85,15 @@ def test_kmeans_gives_the_same_fit_without_onednn(algorithm, monkeypatch):
 @pytest.mark.parametrize(
     ("n", "chunk", "expected"), [(60000, 20815, 20000), (10, 3, 3), (10, 4, 4), (7, 100, 7), (1, 1, 1)]
 )
-def test_balanced_chunk_makes_equal_tiles(n, chunk, expected):
-    got = balanced_chunk(n, chunk)
+def test_balanced_tile_rows_makes_equal_tiles(n, chunk, expected):
+    got = balanced_tile_rows(n, chunk)
     assert got == expected
-    sizes = [s.stop - s.start for s in chunk_slices(n, got)]
+    sizes = [s.stop - s.start for s in tile_slices(n, got)]
     assert max(sizes) <= chunk and len(sizes) == -(-n // chunk) and max(sizes) - min(sizes) <= len(sizes)
 
 
 def test_an_explicit_chunk_size_is_kept():
-    assert rows_per_chunk(60000, 100, torch.device("cpu"), chunk_size=20815) == 20815
+    assert tile_rows_for(60000, 100, torch.device("cpu"), chunk_size=20815) == 20815
 
 
 def test_cpu_floors_script_writes_its_tables(tmp_path):
