@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 from ._linear import linear
-from .device import uses_cuda_paths
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -377,15 +376,15 @@ class StackedTiles:
         start = index * self._pitch
         return self.z64[start : start + c * self.width].view(c, self.width)
 
-    def tiles(self, X, rows_per_tile, shift):
+    def tiles(self, X, tile_rows, shift):
         """Yield ``(z, z64)``, the stacked tile of ``x - shift`` in the working dtype and in float64.
 
-        ``X`` is in-memory or out-of-core rows (anything with ``tiles(rows_per_tile)``); for
+        ``X`` is in-memory or out-of-core rows (anything with ``tiles(tile_rows)``); for
         float64 data ``z`` is ``z64``. Both are valid until the next tile is asked for.
         """
         if self.z64 is None:
             self._allocate()
-        for index, (_, tile) in enumerate(X.tiles(rows_per_tile)):
+        for index, (_, tile) in enumerate(X.tiles(tile_rows)):
             c = tile.shape[0]
             z64 = self._tile64(index, c)
             if not (self.keep and self.filled):
@@ -469,10 +468,16 @@ _SQUARED_DISTANCE = {"full": _quad_full, "tied": _quad_tied}  # diag and spheric
 LOOP_FROM_N_FEATURES = 1024
 
 
-def _per_matrix(fn, batch):
-    """``fn(batch)``, or ``fn`` on one (D, D) matrix at a time for large D on a GPU (same result)."""
-    large = batch.ndim == 3 and batch.shape[0] > 1 and batch.shape[-1] >= LOOP_FROM_N_FEATURES
-    if large and uses_cuda_paths(batch.device):
+def _per_matrix(fn, batch, one_at_a_time=None):
+    """``fn(batch)``, or ``fn`` on one (D, D) matrix at a time (same result).
+
+    ``one_at_a_time``: None decides by size and device (large D on a GPU, see
+    :data:`LOOP_FROM_N_FEATURES`); tests pass True or False to run either way on any device.
+    """
+    if one_at_a_time is None:
+        large = batch.ndim == 3 and batch.shape[-1] >= LOOP_FROM_N_FEATURES
+        one_at_a_time = large and batch.device.type == "cuda"
+    if one_at_a_time and batch.ndim == 3 and batch.shape[0] > 1:
         parts = [fn(m.unsqueeze(0)) for m in batch]
         return tuple(torch.cat(p) for p in zip(*parts)) if isinstance(parts[0], tuple) else torch.cat(parts)
     return fn(batch)
