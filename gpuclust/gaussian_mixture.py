@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -17,9 +17,16 @@ from sklearn.utils.validation import _check_feature_names
 
 from . import _gmm_numerics as gm
 from ._arrays import ArrayKind, as_tensor, resolve_dtype
-from ._base import TORCH_PARAMETER_CONSTRAINTS, TorchEstimatorMixin, check_positive_int, no_autocast
-from ._chunks import budget_bytes, rows_per_chunk
-from ._comm import gather_init_sample, make_comm
+from ._base import (
+    TORCH_PARAMETER_CONSTRAINTS,
+    TorchEstimatorMixin,
+    check_positive_int,
+    no_autocast,
+    unchanged_on_error,
+    warn_user,
+)
+from ._chunks import budget_bytes, tile_rows_for
+from ._comm import make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
 from .device import resolve_device
 from .kmeans import KMeans, kmeans_plusplus
@@ -33,6 +40,29 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 def _is_float32(value):
     """Whether an array-like holds float32 (scikit-learn's tolerance for ``weights_init`` depends on it)."""
     return str(getattr(value, "dtype", "")) in ("float32", "torch.float32")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors do not compare to one bool
+class _FitPlan:
+    """What one fit works out once and every helper of that fit reads, passed to it as an argument.
+
+    ``shift`` is the data offset (the data mean, subtracted from every tile; the fitted one in a
+    warm start), ``n_global`` the rows over all ranks, ``tile_rows`` the rows of this rank's
+    tiles, ``keep_stacked`` whether diag and spherical keep their stacked rows for the whole fit
+    (see :meth:`GaussianMixture._stacked_tiles`), ``xtx`` the tied scatter matrix
+    sum_i (x_i - shift)(x_i - shift)^T over all ranks (None for the other types). Nothing of it
+    is stored on the estimator: inference reads only the fitted ``_shift``, ``_device`` and
+    ``_dtype`` and works out its own tile rows.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    comm: object  # gpuclust._comm.LocalComm or TorchDistComm
+    n_global: int
+    shift: torch.Tensor
+    tile_rows: int
+    keep_stacked: bool
+    xtx: torch.Tensor | None = None
 
 
 @dataclass
@@ -286,47 +316,58 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             raise ValueError(f"The parameter '{name}' should have the shape of {tuple(shape)}, but got {got}")
         return t
 
-    def _chunk(self, n, d, K):
-        per_row = gm.tile_bytes_per_row(self.covariance_type, K, d, torch.finfo(self._dtype).bits // 8)
-        return rows_per_chunk(n, per_row, self._device, self.chunk_size, self.memory_budget)
+    def _tile_rows(self, n, d, K, device, dtype):
+        """Rows per tile for ``n`` rows of ``d`` features, ``K`` components, ``dtype`` on ``device``."""
+        per_row = gm.tile_bytes_per_row(self.covariance_type, K, d, torch.finfo(dtype).bits // 8)
+        return tile_rows_for(n, per_row, device, self.chunk_size, self.memory_budget)
 
     # ------------------------------------------------------------------ tiles
-    def _tiles(self, X):
-        """Yield ``(rows, shifted tile)``: the data mean is subtracted one tile at a time.
+    @staticmethod
+    def _tiles(X, shift, tile_rows):
+        """Yield ``(rows, shifted tile)``: the data offset ``shift`` is subtracted one tile at a time.
 
         The shifted tile is written into one buffer of X's (``X.buffers``): it is valid until the
         next tile is asked for.
         """
-        shift = self._shift.to(X.dtype)
-        for rows, tile in X.tiles(self._chunk_rows):
+        shift = shift.to(X.dtype)
+        for rows, tile in X.tiles(tile_rows):
             yield rows, torch.sub(tile, shift, out=X.buffers.get("shifted", tile.shape, X.dtype, X.device))
 
     def _map_tiles(self, X, params, reduce, out):
         """Fill ``out[rows] = reduce(weighted log-probabilities of the tile)`` tile by tile; return ``out``.
 
-        ``out`` may live on the host while the tiles are on the device (out-of-core X).
+        Inference: the fitted offset, device and dtype, and tile rows worked out here for X (the
+        fit's own for the fit's X); nothing is stored. ``out`` may live on the host while the
+        tiles are on the device (out-of-core X).
         """
+        tile_rows = self._tile_rows(X.shape[0], X.shape[1], params.means.shape[0], self._device, self._dtype)
         working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
-        for rows, Xs in self._tiles(X):
+        for rows, Xs in self._tiles(X, self._shift, tile_rows):
             out[rows].copy_(reduce(working.weighted_log_prob(Xs, X.buffers)))
         return out
 
     # ------------------------------------------------------------------- E and M
-    def _stacked_tiles(self, X, single_pass=False):
+    def _keeps_stacked(self, X):
+        """Whether a fit on X keeps its stacked rows (diag and spherical, in memory, within the budget)."""
+        if self.covariance_type not in gm.STACKED_TYPES or X.out_of_core:
+            return False
+        kept_bytes = gm.StackedTiles.kept_nbytes(X.shape[0], X.shape[1], self.covariance_type)
+        return kept_bytes <= budget_bytes(X.device, self.memory_budget)
+
+    def _stacked_tiles(self, X, plan):
         """Diag and spherical: the stacked tiles one fit's passes share (None for full and tied).
 
         In-memory X whose stacked rows in float64 (``[x, x*x]`` or ``[x, ||x||^2]``) fit in the
-        memory budget keeps them for the whole fit (unless ``single_pass``); otherwise each pass
+        memory budget keeps them for the whole fit (``plan.keep_stacked``); otherwise each pass
         forms its tiles in buffers of one tile.
         """
         if self.covariance_type not in gm.STACKED_TYPES:
             return None
         n, d = X.shape
-        kept_bytes = gm.StackedTiles.kept_nbytes(n, d, self.covariance_type)
-        keep = not (single_pass or X.out_of_core) and kept_bytes <= budget_bytes(X.device, self.memory_budget)
-        return gm.StackedTiles(n, min(self._chunk_rows, n), d, self.covariance_type, self._dtype, X.device, keep=keep)
+        tile_rows = min(plan.tile_rows, n)
+        return gm.StackedTiles(n, tile_rows, d, self.covariance_type, plan.dtype, X.device, keep=plan.keep_stacked)
 
-    def _e_step(self, X, params, stacked):
+    def _e_step(self, X, params, stacked, plan):
         """One pass over X: responsibilities per tile, summed into the M-step's statistics.
 
         ``stacked``: diag and spherical, the fit's :class:`~gpuclust._gmm_numerics.StackedTiles`
@@ -334,14 +375,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         K, d = params.means.shape
         stats = gm.new_stats(K, d, self.covariance_type, X.device)
-        working = params.working(self._dtype, self.covariance_type, self.matmul_precision)
+        working = params.working(plan.dtype, self.covariance_type, self.matmul_precision)
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         # Every tile's (rows, K) log-probabilities and float64 responsibilities go to buffers kept
         # with X for the whole fit (X.buffers), not to new tensors: nothing a pass allocates grows
         # with its number of tiles.
         buffers = X.buffers
         if self.covariance_type in gm.STACKED_TYPES:
-            for Z, Z64 in stacked.tiles(X, self._chunk_rows, self._shift.to(X.dtype)):
+            for Z, Z64 in stacked.tiles(X, plan.tile_rows, plan.shift.to(X.dtype)):
                 shape = (Z.shape[0], K)
                 wlp = working.weighted_log_prob_stacked(Z, buffers.get("log-probabilities", shape, Z.dtype, X.device))
                 log_norm, resp = gm.normalize_log_prob(wlp)
@@ -349,26 +390,27 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 resp64 = None if resp.dtype == torch.float64 else buffers.get("resp64", shape, torch.float64, X.device)
                 gm.accumulate_stats_stacked(stats, Z64, resp, resp64)
             stats.log_likelihood = float(total)
-            return self._reduce_stats(stats)
-        for _, Xs in self._tiles(X):
+            return self._reduce_stats(stats, plan)
+        for _, Xs in self._tiles(X, plan.shift, plan.tile_rows):
             log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob(Xs))
             total += log_norm.sum(dtype=torch.float64)
             gm.accumulate_stats(stats, Xs, resp, self.covariance_type, buffers)
         stats.log_likelihood = float(total)
-        return self._reduce_stats(stats)
+        return self._reduce_stats(stats, plan)
 
-    def _m_step(self, stats):
+    def _m_step(self, stats, plan):
         return MixtureParameters.from_stats(
-            stats, self.reg_covar, self.covariance_type, self._xtx, self._dtype == torch.float32
+            stats, self.reg_covar, self.covariance_type, plan.xtx, plan.dtype == torch.float32
         )
 
-    def _reduce_stats(self, stats):
+    @staticmethod
+    def _reduce_stats(stats, plan):
         """Sum the statistics over ranks in one all-reduce (a no-op in one process)."""
-        if self._comm.world_size == 1:
+        if plan.comm.world_size == 1:
             return stats
         ll = torch.tensor([stats.log_likelihood], dtype=torch.float64, device=stats.nk.device)
         parts = [stats.nk, stats.sx.flatten(), ll] + ([] if stats.sxx is None else [stats.sxx.flatten()])
-        packed = self._comm.sum_(torch.cat(parts), "EM statistics")
+        packed = plan.comm.sum_(torch.cat(parts), "EM statistics")
         K, D = stats.sx.shape
         stats.nk, stats.sx = packed[:K], packed[K : K + K * D].view(K, D)
         stats.log_likelihood = float(packed[K + K * D])
@@ -377,24 +419,20 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return stats
 
     # ------------------------------------------------------------------ init
-    def _init_resp_tiles(self, X, random_state):
+    def _init_resp_tiles(self, X, random_state, plan):
         """Yield (shifted tile, responsibilities), both float64, for the chosen ``init_params``."""
         K, f64 = self.n_components, torch.float64
         if self.init_params == "random":
-            for rows, Xs in self._tiles(X):
+            for rows, Xs in self._tiles(X, plan.shift, plan.tile_rows):
                 # Same draws as one (n, K) call: RandomState fills row by row.
                 r = torch.as_tensor(random_state.uniform(size=(rows.stop - rows.start, K)), device=X.device)
                 yield Xs.to(f64), r / r.sum(1, keepdim=True)
             return
         if self.init_params == "kmeans":
-            yield from self._kmeans_resp_tiles(X, random_state)
+            yield from self._kmeans_resp_tiles(X, random_state, plan)
             return
-        comm = self._comm
-        if X.out_of_core:
-            X_all, _ = init_sample(X.source, None, comm, random_state, X.device, X.dtype)
-        else:
-            ones = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
-            X_all, _ = gather_init_sample(X.tensor, ones, comm, random_state)
+        comm = plan.comm
+        X_all, _ = init_sample(X, None, comm, random_state)
         if self.init_params == "random_from_data":
             indices = random_state.choice(X_all.shape[0], size=K, replace=False)
         else:
@@ -403,9 +441,9 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         # Only K samples carry responsibility: each component starts at one sample. Rank 0
         # alone contributes them, so the all-reduce of the statistics counts them once.
         if comm.rank == 0:
-            yield (X_all[idx] - self._shift.to(X.dtype)).to(f64), torch.eye(K, dtype=f64, device=X.device)
+            yield (X_all[idx] - plan.shift.to(X.dtype)).to(f64), torch.eye(K, dtype=f64, device=X.device)
 
-    def _kmeans_resp_tiles(self, X, random_state):
+    def _kmeans_resp_tiles(self, X, random_state, plan):
         """Hard responsibilities from gpuclust's KMeans: on X in memory, or for out-of-core X fitted on
         :func:`gpuclust.sources.init_sample`'s uniform sample (at most 2**25 values, all rows when X is no
         larger), then every row labelled by the nearest of its centres."""
@@ -415,18 +453,18 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             km = KMeans(**km_args, backend="torch", distributed=self.distributed)
             labels = km.fit(X.tensor).labels_  # a tensor on X's device, since X is one
         else:
-            X_all, _ = init_sample(X.source, None, self._comm, random_state, X.device, X.dtype)
+            X_all, _ = init_sample(X, None, plan.comm, random_state)
             # The sample is the same on every rank: each fits the same KMeans on it, then labels its own rows.
             km = KMeans(**km_args, backend="torch").fit(X_all)
-            whole = self._comm.world_size == 1 and X_all.shape[0] == X.shape[0]
+            whole = plan.comm.world_size == 1 and X_all.shape[0] == X.shape[0]
             labels = km.labels_ if whole else None
-        shift = self._shift.to(X.dtype)
-        for rows, tile in X.tiles(self._chunk_rows):
+        shift = plan.shift.to(X.dtype)
+        for rows, tile in X.tiles(plan.tile_rows):
             lab = labels[rows] if labels is not None else km.predict(tile)
             resp = torch.zeros(rows.stop - rows.start, K, dtype=f64, device=X.device)
             yield (tile - shift).to(f64), resp.scatter_(1, lab.unsqueeze(1), 1.0)
 
-    def _initialize(self, X, random_state):
+    def _initialize(self, X, random_state, plan):
         """Initial parameters from ``init_params``, overridden by the explicit ``*_init`` arrays.
 
         The initial statistics are formed in float64 whatever the working dtype: a component
@@ -434,22 +472,22 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         rounding of E[xx] - mu mu^T would swamp.
         """
         d, K, ct = X.shape[1], self.n_components, self.covariance_type
-        device, f32 = self._device, self._dtype == torch.float32
+        device, f32 = plan.device, plan.dtype == torch.float32
         weights = means = cov = None
         if not all(v is not None for v in (self.weights_init, self.means_init, self.precisions_init)):
             stats = gm.new_stats(K, d, ct, X.device)
-            for Xs, resp in self._init_resp_tiles(X, random_state):
+            for Xs, resp in self._init_resp_tiles(X, random_state, plan):
                 gm.accumulate_stats(stats, Xs, resp, ct)
-            nk, means, cov = gm.estimate_parameters(self._reduce_stats(stats), self.reg_covar, ct, self._xtx)
+            nk, means, cov = gm.estimate_parameters(self._reduce_stats(stats, plan), self.reg_covar, ct, plan.xtx)
             if ct == "tied" and self.init_params in ("random_from_data", "k-means++"):
                 # Components start at single samples: scikit-learn's formula then mixes X^T X over
                 # all samples with counts over the K chosen ones; its initial covariance is kept.
-                cov = gm.covariance_tied_uncentred(self._xtx, self._n_global, self._shift, nk, means, self.reg_covar)
-            weights = nk / self._n_global
+                cov = gm.covariance_tied_uncentred(plan.xtx, plan.n_global, plan.shift, nk, means, self.reg_covar)
+            weights = nk / plan.n_global
         if self.weights_init is not None:
             weights = self._as_param(self.weights_init, "weights_init", (K,), device)
         if self.means_init is not None:
-            means = self._as_param(self.means_init, "means_init", (K, d), device) - self._shift
+            means = self._as_param(self.means_init, "means_init", (K, d), device) - plan.shift
         if self.precisions_init is None:
             return MixtureParameters(weights, means, cov, gm.precision_cholesky(cov, ct, f32))
         prec, _ = as_tensor(self.precisions_init, device=device, dtype=torch.float64, name="precisions_init", ndim=None)
@@ -481,7 +519,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         self : GaussianMixture
             The fitted estimator.
         """
-        self._fit(X)
+        with unchanged_on_error(self):  # a failed fit leaves a fitted estimator as it was
+            self._fit_all_inits(X)
         return self
 
     @no_autocast
@@ -505,60 +544,47 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         if out is not None and not is_out_of_core(X):
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        state = dict(self.__dict__)
-        try:
-            X_t, kind = self._fit(X)
-            labels = self._labels(X_t, out)
-        except BaseException:  # the labelling pass can fail too (a bad out, an unreadable file)
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
+        with unchanged_on_error(self):  # the labelling pass can fail too (a bad out, an unreadable file)
+            rows, kind = self._fit_all_inits(X)
+            labels = self._labels(rows, out)
         return out if out is not None else self._output(labels, kind)
 
-    def _fit(self, X):
-        state = dict(self.__dict__)
-        try:
-            return self._fit_all_inits(X)
-        except BaseException:
-            # A fit that fails anywhere (validation, initialization, EM, an interruption) leaves a
-            # fitted estimator as it was.
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
-
     def _fit_all_inits(self, X):
-        X_t, kind, warm = self._start_fit(X)
+        """The fit itself: plan it, run every initialization's EM, keep and publish the best.
+
+        Returns the rows as the passes read them and the input's array kind.
+        """
+        rows, kind, warm, plan = self._start_fit(X)
         random_state = check_random_state(self.random_state)
-        stacked = self._stacked_tiles(X_t)  # shared by every initialization's passes
+        stacked = self._stacked_tiles(rows, plan)  # shared by every initialization's passes
         best = None
         for init in range(1 if warm else self.n_init):
             self._verbose_init_begins(init)
-            params = self._current_params(covariances=True) if warm else self._initialize(X_t, random_state)
-            run = self._em(X_t, params, self.lower_bound_ if warm else -math.inf, stacked)
+            params = self._current_params(covariances=True) if warm else self._initialize(rows, random_state, plan)
+            run = self._em(rows, params, self.lower_bound_ if warm else -math.inf, stacked, plan)
             self._verbose_init_ends(run)
             if best is None or run.lower_bound > best.lower_bound:
                 best = run
         if not best.converged and self.max_iter > 0:
-            warnings.warn(
+            warn_user(
                 "Best performing initialization did not converge. Try different init parameters, "
                 "or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=3,
             )
         self._params = best.params
         self.converged_, self.n_iter_ = best.converged, best.n_iter
         self.lower_bound_, self.lower_bounds_ = best.lower_bound, best.lower_bounds
-        self._publish(kind)
-        return X_t, kind
+        self._publish(kind, plan)
+        return rows, kind
 
-    def _em(self, X, params, lower_bound, stacked):
+    def _em(self, X, params, lower_bound, stacked, plan):
         """EM from ``params`` until the lower bound changes by less than ``tol``, or ``max_iter``."""
         bounds, converged, n_iter = [], False, 0
         for n_iter in range(1, self.max_iter + 1):
             previous = lower_bound
-            stats = self._e_step(X, params, stacked)
-            params = self._m_step(stats)
-            lower_bound = stats.log_likelihood / self._n_global
+            stats = self._e_step(X, params, stacked, plan)
+            params = self._m_step(stats, plan)
+            lower_bound = stats.log_likelihood / plan.n_global
             bounds.append(lower_bound)
             self._verbose_iteration(n_iter, lower_bound - previous)
             if abs(lower_bound - previous) < self.tol:
@@ -566,19 +592,18 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 break
         return _Run(params, lower_bound, n_iter, bounds, converged)
 
-    def _start_fit(self, X):
-        """Validate everything, then set the state a fit needs; a failure leaves the estimator as it was.
+    def _fit_input(self, X, warm):
+        """X as a fit reads it, its array kind and its column sums (float64); no fitted state changes.
 
-        Returns ``(rows, kind, warm)``: ``rows`` is the data as the passes read it (in memory, or
-        out of core, checked by one pass that also gives the column sums).
+        Returns ``(rows, kind, col_sums)``: ``rows`` in memory (:class:`TensorRows`) or out of core,
+        checked by one pass that also gives the column sums. A warm start reads X on the fitted
+        device and dtype and checks it against the fitted model.
         """
-        warm = self.warm_start and hasattr(self, "converged_")
         out_of_core = is_out_of_core(X)
         if warm:
             self._check_is_fitted("_params")
             if out_of_core:
                 X_t, (col_sums, _, _) = self._source_rows(X, self._device, self._dtype)
-                kind = ArrayKind("numpy", torch.device("cpu"))
             else:
                 _check_feature_names(self, X, reset=False)
                 X_t, kind = as_tensor(X, device=self._device, dtype=self._dtype)
@@ -590,41 +615,51 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
                 )
         elif out_of_core:
             X_t, (col_sums, _, _) = self._source_rows(X, resolve_device(self.device), resolve_dtype(self.dtype))
-            kind = ArrayKind("numpy", torch.device("cpu"))
         else:
             X_t, kind = self._convert_fit_input(X)
-        if not out_of_core:
-            col_sums = column_sums(X_t)  # in float64, in the tiles an out-of-core scan uses
+        if out_of_core:
+            return X_t, ArrayKind("numpy", torch.device("cpu")), col_sums
+        return TensorRows(X_t), kind, column_sums(X_t)  # in float64, in the tiles an out-of-core scan uses
+
+    def _start_fit(self, X):
+        """Validate everything, then record the fitted input and plan the fit; a failure changes nothing.
+
+        Returns ``(rows, kind, warm, plan)``: ``plan`` (a :class:`_FitPlan`) is what the fit's
+        helpers read. A fresh fit records the device, dtype and data offset, which inference reads
+        after it; a warm start keeps them.
+        """
+        warm = self.warm_start and hasattr(self, "converged_")
+        rows, kind, col_sums = self._fit_input(X, warm)
         comm = make_comm(self.distributed)
-        n_local, d = X_t.shape
+        n_local, d = rows.shape
         if not bool(torch.isfinite(col_sums).all()):
             raise ValueError("The column sums of X overflow its dtype: scale the data or pass float64.")
         totals = comm.sum_(torch.cat([col_sums, col_sums.new_tensor([n_local])]), "data mean")
         n_global = int(totals[-1])
-        K = self._check_params(n_global, d, X_t.device)
+        self._check_params(n_global, d, rows.device)
         # Every check has passed: from here on the estimator's state changes.
-        rows = X_t if out_of_core else TensorRows(X_t)
         if not warm:
-            if out_of_core:
+            if rows.out_of_core:
                 self._set_fit_source(rows)
             else:
-                self._set_fit_input(X_t, kind)
+                self._set_fit_input(rows.tensor, kind)
             self._shift = totals[:-1] / n_global
             self._fitted_covariance_type = self.covariance_type
         self._input_kind = kind
-        self._comm, self._n_global = comm, n_global
-        self._chunk_rows = self._chunk(n_local, d, K)
-        self._xtx = self._scatter(rows) if self.covariance_type == "tied" else None
-        return rows, kind, warm
+        tile_rows = self._tile_rows(n_local, d, int(self.n_components), self._device, self._dtype)
+        plan = _FitPlan(self._device, self._dtype, comm, n_global, self._shift, tile_rows, self._keeps_stacked(rows))
+        if self.covariance_type == "tied":
+            plan = dataclasses.replace(plan, xtx=self._scatter(rows, plan))
+        return rows, kind, warm, plan
 
-    def _scatter(self, X):
-        """sum_i (x_i - shift)(x_i - shift)^T in float64, tile by tile (for tied covariance)."""
+    def _scatter(self, X, plan):
+        """sum_i (x_i - shift)(x_i - shift)^T in float64 over all ranks, tile by tile (for tied covariance)."""
         xtx = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
-        for _, Xs in self._tiles(X):
+        for _, Xs in self._tiles(X, plan.shift, plan.tile_rows):
             xtx += Xs.T.to(torch.float64) @ Xs.to(torch.float64)
-        return self._comm.sum_(xtx, "scatter matrix")
+        return plan.comm.sum_(xtx, "scatter matrix")
 
-    def _publish(self, kind):
+    def _publish(self, kind, plan):
         """Fitted attributes in the caller's array type and the working dtype, and a snapshot of them.
 
         Each attribute is its own copy (an edit never reaches ``_params``); the snapshot, on the
@@ -634,14 +669,14 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         attribute_device = torch.device("cpu") if kind.namespace == "numpy" else kind.device
         values = {
             "weights_": p.weights,
-            "means_": p.means + self._shift,
+            "means_": p.means + plan.shift,
             "covariances_": p.covariances,
             "precisions_cholesky_": p.precisions_cholesky,
             "precisions_": gm.precisions_from_cholesky(p.precisions_cholesky, ct),
         }
         self._published = {}
         for name, value in values.items():
-            t = value.to(self._dtype, copy=True)
+            t = value.to(plan.dtype, copy=True)
             setattr(self, name, self._output(t, kind))
             if name != "precisions_":  # nothing reads it, here as in scikit-learn
                 self._published[name] = t.to(attribute_device, copy=True)
@@ -709,9 +744,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------- inference
     def _prepare(self, X):
-        X_t, kind = self._prepare_rows(X, "_params")
-        self._chunk_rows = self._chunk(X_t.shape[0], X_t.shape[1], self._params.means.shape[0])
-        return X_t, kind
+        """X after a fit, as the tiles read it (nothing is stored: see :meth:`_map_tiles`)."""
+        return self._prepare_rows(X, "_params")
 
     def _labels(self, X, out=None):
         """Most probable component per sample, tile by tile (never an (n, K) array)."""

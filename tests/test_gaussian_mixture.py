@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import re
 import warnings
 
@@ -146,7 +148,7 @@ def test_fit_predict_equals_fit_then_predict(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_chunked_equals_unchunked(covariance_type):
+def test_tiled_equals_untiled(covariance_type):
     X, _ = overlapping_blobs(n=1000, d=5, k=4, seed=6)
     kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", max_iter=50)
     a = GaussianMixture(4, **kw).fit(X)
@@ -157,15 +159,15 @@ def test_chunked_equals_unchunked(covariance_type):
 
 
 @settings(max_examples=15, deadline=None)
-@given(shift=st.floats(-1e3, 1e3), seed=st.integers(0, 50))
-def test_translation_moves_means_and_keeps_everything_else(shift, seed):
+@given(translation=st.floats(-1e3, 1e3), seed=st.integers(0, 50))
+def test_translation_moves_means_and_keeps_everything_else(translation, seed):
     X, _ = overlapping_blobs(n=300, d=3, k=2, seed=seed)
     kw = dict(covariance_type="full", random_state=0, device="cpu", max_iter=30, tol=1e-8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         a = GaussianMixture(2, **kw).fit(X)
-        b = GaussianMixture(2, **kw).fit(X + shift)
-    np.testing.assert_allclose(b.means_ - shift, a.means_, atol=1e-6 * (1 + abs(shift)))
+        b = GaussianMixture(2, **kw).fit(X + translation)
+    np.testing.assert_allclose(b.means_ - translation, a.means_, atol=1e-6 * (1 + abs(translation)))
     np.testing.assert_allclose(b.covariances_, a.covariances_, rtol=1e-5, atol=1e-8)
 
 
@@ -400,13 +402,13 @@ def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype,
     fits = {}
     for keep, budget in ((True, 3000 * width * 8), (False, 3000 * width * 8 - 1)):
         est = GaussianMixture(5, memory_budget=budget, chunk_size=chunk_size or 3000, **kw)
-        used, make = [], est._stacked_tiles
+        used, make = [], GaussianMixture._stacked_tiles
 
-        def spy(rows, single_pass=False, make=make, used=used):
-            used.append(make(rows, single_pass))
+        def spy(self, rows, plan, make=make, used=used):
+            used.append(make(self, rows, plan))
             return used[-1]
 
-        est._stacked_tiles = spy  # what the fit itself uses
+        monkeypatch.setattr(GaussianMixture, "_stacked_tiles", spy)  # what the fit itself uses
         offsets, accumulate = set(), gmn.accumulate_stats_stacked
 
         def aligned(stats, Z64, resp, *args, offsets=offsets, accumulate=accumulate):
@@ -424,21 +426,21 @@ def test_kept_stacked_rows_give_the_same_fit_bit_for_bit(covariance_type, dtype,
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fit_and_predict_see_the_same_log_probabilities_bit_for_bit(covariance_type, dtype):
+def test_fit_and_predict_see_the_same_log_probabilities_bit_for_bit(covariance_type, dtype, monkeypatch):
     # The fit's E-step reads the stacked tiles; predict stacks each tile itself. Both must give
     # the same bits, or a near-tie could be labelled one way by the fit and another by predict
     # (float32 spherical: the norm is summed in float64 and rounded on both paths).
     rng = np.random.default_rng(3)
     X = (rng.normal(size=(900, 50)) * rng.uniform(0.5, 3.0, size=50) + 7.0).astype(dtype)
-    est = GaussianMixture(4, covariance_type=covariance_type, device="cpu", random_state=0, max_iter=5).fit(X)
+    est = GaussianMixture(4, covariance_type=covariance_type, device="cpu", random_state=0, max_iter=5, chunk_size=250)
+    plan = _fit_plan(est, X, monkeypatch)
+    assert plan.tile_rows == 250 and plan.keep_stacked
     working = est._current_params().working(est._dtype, covariance_type)
     rows = TensorRows(torch.from_numpy(X))
     shift = est._shift.to(est._dtype)
-    for single_pass in (True, False):
-        stacked = est._stacked_tiles(rows, single_pass=single_pass)
-        for start, (Z, _) in zip(
-            range(0, 900, est._chunk_rows), stacked.tiles(rows, est._chunk_rows, shift), strict=True
-        ):
+    for keep in (False, True):
+        stacked = est._stacked_tiles(rows, dataclasses.replace(plan, keep_stacked=keep))
+        for start, (Z, _) in zip(range(0, 900, 250), stacked.tiles(rows, 250, shift), strict=True):
             Xs = torch.from_numpy(X[start : start + Z.shape[0]]) - shift
             fit_side = working.weighted_log_prob_stacked(Z)
             torch.testing.assert_close(fit_side, working.weighted_log_prob(Xs), rtol=0, atol=0)
@@ -708,3 +710,129 @@ def test_methods_after_a_fit_far_from_the_origin_see_the_fits_geometry(covarianc
         assert gmm.lower_bound_ == pytest.approx(at_origin.lower_bound_, rel=1e-9)
         np.testing.assert_array_equal(labels, at_origin.predict(X0))
         np.testing.assert_allclose(gmm.means_ - offset, at_origin.means_, atol=1e-6)
+
+
+# -------------------------------------------------------------- one plan per fit; inference writes nothing (issue 25)
+def _fit_plan(est, X, monkeypatch):
+    """Fit ``est`` on X and return the :class:`_FitPlan` the fit passed to its helpers."""
+    plans, make = [], GaussianMixture._stacked_tiles
+
+    def spy(self, rows, plan):
+        plans.append(plan)
+        return make(self, rows, plan)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GaussianMixture, "_stacked_tiles", spy)
+        est.fit(X)
+    (plan,) = plans
+    return plan
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if dataclasses.is_dataclass(a):
+        fields = [f.name for f in dataclasses.fields(a)]
+        return type(a) is type(b) and all(_equal(getattr(a, f), getattr(b, f)) for f in fields)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
+    if type(a).__eq__ is object.__eq__:  # compared by identity: compare what it holds
+        return type(a) is type(b) and _equal(getattr(a, "__dict__", {}), getattr(b, "__dict__", {}))
+    return a == b
+
+
+def _assert_state_unchanged(est, before, what):
+    """Every attribute is still the same object, holding the same value (an in-place change shows too)."""
+    assert est.__dict__.keys() == before.keys(), f"{what}: {set(est.__dict__) ^ set(before)}"
+    for name, (obj, value) in before.items():
+        assert est.__dict__[name] is obj and _equal(obj, value), f"{what} changed {name}"
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_inference_writes_no_attribute(covariance_type, tmp_path):
+    # Tile rows for inference are worked out per call: predict(X[:10]) used to store its own
+    # (10) as the estimator's, over the fit's.
+    X, _ = overlapping_blobs(n=600, d=4, k=3, seed=12)
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    est = GaussianMixture(3, covariance_type=covariance_type, random_state=0, device="cpu", max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    before = {name: (value, copy.deepcopy(value)) for name, value in est.__dict__.items()}
+    calls = {
+        "predict(X[:10])": lambda: est.predict(X[:10]),
+        "predict_proba": lambda: est.predict_proba(X[:7]),
+        "score_samples": lambda: est.score_samples(X),
+        "score": lambda: est.score(X[:13]),
+        "bic": lambda: est.bic(X),
+        "aic": lambda: est.aic(X[:50]),
+        "sample": lambda: est.sample(5),
+        "predict(path)": lambda: est.predict(str(path), out=np.empty(600, np.int64)),
+        "score(path)": lambda: est.score(str(path)),
+    }
+    for what, call in calls.items():
+        call()
+        _assert_state_unchanged(est, before, what)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_fit_stores_its_plan_nowhere(covariance_type, monkeypatch):
+    # The settings a fit works out (communicator, rows over all ranks, tile rows, the tied scatter
+    # matrix) are passed to its helpers in one frozen plan; only the data offset, device and dtype
+    # stay after it, as fitted state.
+    X, _ = overlapping_blobs(n=500, d=3, k=3, seed=13)
+    est = GaussianMixture(3, covariance_type=covariance_type, random_state=0, device="cpu", chunk_size=120)
+    plan = _fit_plan(est, X, monkeypatch)
+    assert (plan.n_global, plan.tile_rows, plan.device, plan.dtype) == (500, 120, torch.device("cpu"), torch.float64)
+    assert plan.shift is est._shift
+    torch.testing.assert_close(plan.shift, torch.from_numpy(X.mean(0)), rtol=1e-14, atol=0)
+    assert (plan.xtx is not None) == (covariance_type == "tied")
+    assert plan.keep_stacked == (covariance_type in ("diag", "spherical"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.tile_rows = 1
+    assert not {"_comm", "_chunk_rows", "_xtx", "_n_global"} & set(vars(est))
+    # fit_predict leaves exactly the attributes fit leaves
+    other = GaussianMixture(3, covariance_type=covariance_type, random_state=0, device="cpu", chunk_size=120)
+    other.fit_predict(X)
+    assert vars(other).keys() == vars(est).keys()
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_predict"])
+def test_convergence_warning_points_at_the_callers_line(method):
+    X, _ = overlapping_blobs(n=500, d=3, k=3, seed=11)
+    est = GaussianMixture(3, max_iter=1, init_params="random", random_state=0, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(est, method)(X)
+    (warning,) = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert warning.filename == __file__, warning.filename
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_matrix_batched_and_one_at_a_time_give_the_same_bits(dtype):
+    # On a GPU large (K, D, D) batches are factorized one matrix at a time; either way on any device.
+    import gpuclust._gmm_numerics as gmn
+
+    A = torch.randn(3, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    spd = (A @ A.transpose(1, 2) + 5 * torch.eye(5, dtype=torch.float64)).to(dtype)
+    results = {}
+    for one_at_a_time in (False, True):
+        shapes = []
+
+        def cholesky_ex(batch, shapes=shapes):
+            shapes.append(tuple(batch.shape))
+            return torch.linalg.cholesky_ex(batch)
+
+        chol, info = gmn._per_matrix(cholesky_ex, spd, one_at_a_time=one_at_a_time)
+        plain = gmn._per_matrix(torch.linalg.cholesky, spd, one_at_a_time=one_at_a_time)
+        results[one_at_a_time] = (shapes, (chol, info, plain))
+    assert results[False][0] == [(3, 5, 5)] and results[True][0] == [(1, 5, 5)] * 3
+    for a, b in zip(results[False][1], results[True][1], strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    assert not bool(results[False][1][1].any())  # every matrix factorized
+    assert gmn._per_matrix(lambda b: [tuple(b.shape)], spd) == [(3, 5, 5)]  # None on the CPU: batched
