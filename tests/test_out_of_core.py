@@ -428,3 +428,19 @@ def test_kmeans_centres_far_from_the_origin_equal_in_memory(data, tmp_path, form
     np.testing.assert_array_equal(est.labels_, ref.labels_)
     assert est.n_iter_ == ref.n_iter_
     assert est.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_kmeans_tolerance_is_the_same_in_memory_and_streamed(data, tmp_path, offset, capsys):
+    # tol is relative to the data's variance: both take it from the centred rows' float64 sums in
+    # the scan's tiles (out of core it came from the raw sums, 1% off at 1e4 in float32).
+    X = (data.astype(np.float64) + offset).astype(np.float32)
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    tolerances = []
+    for source in (X, str(path)):
+        KMeans(5, random_state=0, device="cpu", chunk_size=700, tol=1e-3, max_iter=60, verbose=1).fit(source)
+        line = [s for s in capsys.readouterr().out.splitlines() if "within tolerance" in s]
+        assert line, "the run must stop on the tolerance"
+        tolerances.append(line[0].rsplit("tolerance ", 1)[1])
+    assert tolerances[0] == tolerances[1]
