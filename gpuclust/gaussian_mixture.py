@@ -446,16 +446,21 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
     def _kmeans_resp_tiles(self, X, random_state, plan):
         """Hard responsibilities from gpuclust's KMeans: on X in memory, or for out-of-core X fitted on
         :func:`gpuclust.sources.init_sample`'s uniform sample (at most 2**25 values, all rows when X is no
-        larger), then every row labelled by the nearest of its centres."""
+        larger), then every row labelled by the nearest of its centres.
+
+        The KMeans runs with the torch backend on X's device and dtype, under this estimator's
+        ``chunk_size`` and ``memory_budget`` (and ``distributed`` for X in memory).
+        """
         K, f64 = self.n_components, torch.float64
         km_args = dict(n_clusters=K, n_init=1, random_state=random_state, device=X.device, dtype=X.dtype)
+        km_args.update(backend="torch", chunk_size=self.chunk_size, memory_budget=self.memory_budget)
         if not X.out_of_core:
-            km = KMeans(**km_args, backend="torch", distributed=self.distributed)
+            km = KMeans(**km_args, distributed=self.distributed)
             labels = km.fit(X.tensor).labels_  # a tensor on X's device, since X is one
         else:
             X_all, _ = init_sample(X, None, plan.comm, random_state)
             # The sample is the same on every rank: each fits the same KMeans on it, then labels its own rows.
-            km = KMeans(**km_args, backend="torch").fit(X_all)
+            km = KMeans(**km_args).fit(X_all)
             whole = plan.comm.world_size == 1 and X_all.shape[0] == X.shape[0]
             labels = km.labels_ if whole else None
         shift = plan.shift.to(X.dtype)

@@ -802,6 +802,26 @@ def test_a_fit_stores_its_plan_nowhere(covariance_type, monkeypatch):
     assert vars(other).keys() == vars(est).keys()
 
 
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_inner_kmeans_gets_the_tiling_settings(out_of_core, tmp_path, monkeypatch):
+    # init_params="kmeans": gpuclust's KMeans runs under the mixture's chunk_size and memory_budget,
+    # with the torch backend on the same device and dtype.
+    import gpuclust.gaussian_mixture as module
+
+    made, real = [], module.KMeans
+    monkeypatch.setattr(module, "KMeans", lambda **kw: made.append(real(**kw)) or made[-1])
+    X, _ = overlapping_blobs(n=400, d=3, k=3, seed=14, dtype=np.float32)
+    if out_of_core:
+        np.save(tmp_path / "X.npy", X)
+    est = GaussianMixture(3, random_state=0, device="cpu", chunk_size=55, memory_budget=1 << 16, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(str(tmp_path / "X.npy") if out_of_core else X)
+    (km,) = made
+    assert (km.chunk_size, km.memory_budget, km.backend) == (55, 1 << 16, "torch")
+    assert (km.device, km.dtype, km.distributed) == (torch.device("cpu"), torch.float32, False)
+
+
 @pytest.mark.parametrize("method", ["fit", "fit_predict"])
 def test_convergence_warning_points_at_the_callers_line(method):
     X, _ = overlapping_blobs(n=500, d=3, k=3, seed=11)
