@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from gpuclust import GaussianMixture, KMeans
 from gpuclust._linear import linear, onednn_available
-from gpuclust.app.bench import Case, _initial_params, make_data
+from gpuclust.app.bench import Case, initial_params, make_data
 from gpuclust.app.environment import environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,17 +107,30 @@ def main(argv=None):
                    32 if quick else 784, 10)  # fmt: skip
     Xk_np = make_data(km_case)[0].astype(np.float32)
     Xk = torch.from_numpy(Xk_np)
-    init = _initial_params(km_case, Xk_np, 0)["init"]
-    Ck = torch.from_numpy(init.astype(np.float32))
-    n, d, k = Xk.shape[0], Xk.shape[1], Ck.shape[0]
-    lines = []
     env = environment(torch.device("cpu"))
-    lines += [
+    lines = [
         f"# Floors on {env['device_name']} ({threads_all} threads), torch {env['torch']}, commit {env['git_commit']}",
         "",
         f"Median of {repeats} after a warm-up. oneDNN linear available: {onednn_available()}.",
         "",
     ]
+    rates = machine_rates(Xk, thread_counts, repeats)
+    lines += rates_table(rates)
+    lines += kmeans_section(km_case, Xk_np, rates, thread_counts, iters, repeats)
+    g_case = Case("gmm", "torch", "cpu", "synthetic" if quick else "pca-50", 2000 if quick else 60000,
+                  8 if quick else 50, 10, dtype="float64")  # fmt: skip
+    lines += gmm_section(g_case, rates[threads_all]["read_GBps"], rates[threads_all]["f64"], iters, repeats)
+    print("GaussianMixture done", file=sys.stderr)
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # atomic: a killed run leaves the previous results
+    print(text)
+
+
+def machine_rates(Xk, thread_counts, repeats):
+    """{threads: read bandwidth of X (GB/s) and square-GEMM rates (FLOP/s) of float32 and float64}."""
     rates = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -128,18 +141,30 @@ def main(argv=None):
             "f32": square_gemm_rate(torch.float32, repeats),
             "f64": square_gemm_rate(torch.float64, repeats),
         }
-    lines += ["## Machine rates", "",
-              "| threads | read X (GB/s) | float32 GEMM 1024^3 (GFLOP/s) | float64 GEMM (GFLOP/s) |",
-              "|---|---|---|---|"]  # fmt: skip
+    return rates
+
+
+def rates_table(rates):
+    lines = ["## Machine rates", "",
+             "| threads | read X (GB/s) | float32 GEMM 1024^3 (GFLOP/s) | float64 GEMM (GFLOP/s) |",
+             "|---|---|---|---|"]  # fmt: skip
     for threads, r in rates.items():
         lines.append(f"| {threads} | {r['read_GBps']:.1f} | {r['f32'] / 1e9:.0f} | {r['f64'] / 1e9:.0f} |")
+    return lines
 
-    # ------------------------------------------------------------------ KMeans
+
+def kmeans_section(km_case, Xk_np, rates, thread_counts, iters, repeats):
+    """The assignment product in each layout at each thread count, then whole iterations against scikit-learn."""
+    Xk = torch.from_numpy(Xk_np)
+    init = initial_params(km_case, Xk_np, 0)["init"]
+    Ck = torch.from_numpy(init.astype(np.float32))
+    n, d, k = Xk.shape[0], Xk.shape[1], Ck.shape[0]
+    threads_all = max(thread_counts)
     flops = 2 * n * d * k
-    lines += ["", f"## KMeans assignment, {km_case.data} {n}x{d} float32, K={k}", "",
-              f"Per pass: {Xk.nbytes / 1e6:.0f} MB of X, {flops / 1e9:.2f} GFLOP.", "",
-              "| threads | product | ms | x bytes floor | x FLOP floor (square-GEMM rate) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["", f"## KMeans assignment, {km_case.data} {n}x{d} float32, K={k}", "",
+             f"Per pass: {Xk.nbytes / 1e6:.0f} MB of X, {flops / 1e9:.2f} GFLOP.", "",
+             "| threads | product | ms | x bytes floor | x FLOP floor (square-GEMM rate) |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for threads in thread_counts:
         torch.set_num_threads(threads)
         bytes_floor = Xk.nbytes / (rates[threads]["read_GBps"] * 1e9)
@@ -164,10 +189,12 @@ def main(argv=None):
     for name, t in timings.items():
         lines.append(f"| {name} | {1e3 * t:.2f} | {t / bytes_floor:.2f} | {_ratio(timings['scikit-learn lloyd'], t)} |")
     print("KMeans iterations done", file=sys.stderr)
+    return lines
 
-    # ------------------------------------------------------------- GaussianMixture
-    g_case = Case("gmm", "torch", "cpu", "synthetic" if quick else "pca-50", 2000 if quick else 60000,
-                  8 if quick else 50, 10, dtype="float64")  # fmt: skip
+
+def gmm_section(g_case, read_GBps, f64_rate, iters, repeats):
+    """Floors of a diag/spherical EM iteration, and gpuclust's and scikit-learn's iterations against them."""
+    threads_all = torch.get_num_threads()
     Xg_np = make_data(g_case)[0].astype(np.float64)
     Xg = torch.from_numpy(Xg_np)
     n, d, k = Xg.shape[0], Xg.shape[1], g_case.k
@@ -178,16 +205,16 @@ def main(argv=None):
     tile = min(n, 20000)  # gpuclust's tiles at this size
     shape_rate = gmm_flops / (median_seconds(tiled(lambda r: torch.mm(Z[r], W.T), n, tile), repeats)
                               + median_seconds(tiled(lambda r: R[r].T @ Z[r], n, tile), repeats))  # fmt: skip
-    bytes_floor = Xg.nbytes / (rates[threads_all]["read_GBps"] * 1e9)
-    lines += ["", f"## GaussianMixture, {g_case.data} {n}x{d} float64, K={k} ({threads_all} threads)", "",
-              f"Per iteration: {Xg.nbytes / 1e6:.0f} MB of X, {gmm_flops / 1e9:.3f} GFLOP in the two products. "
-              f"Floors: bytes {1e3 * bytes_floor:.2f} ms; FLOPs {1e3 * gmm_flops / rates[threads_all]['f64']:.2f} ms "
-              f"at the square-GEMM rate, {1e3 * gmm_flops / shape_rate:.2f} ms at the rate of these shapes "
-              f"({shape_rate / 1e9:.0f} GFLOP/s, in tiles of {tile} rows).", "",
-              "| covariance | estimator | ms per iteration | x bytes floor | vs scikit-learn |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    bytes_floor = Xg.nbytes / (read_GBps * 1e9)
+    lines = ["", f"## GaussianMixture, {g_case.data} {n}x{d} float64, K={k} ({threads_all} threads)", "",
+             f"Per iteration: {Xg.nbytes / 1e6:.0f} MB of X, {gmm_flops / 1e9:.3f} GFLOP in the two products. "
+             f"Floors: bytes {1e3 * bytes_floor:.2f} ms; FLOPs {1e3 * gmm_flops / f64_rate:.2f} ms "
+             f"at the square-GEMM rate, {1e3 * gmm_flops / shape_rate:.2f} ms at the rate of these shapes "
+             f"({shape_rate / 1e9:.0f} GFLOP/s, in tiles of {tile} rows).", "",
+             "| covariance | estimator | ms per iteration | x bytes floor | vs scikit-learn |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for cov in ("diag", "spherical"):
-        start = _initial_params(Case("gmm", "torch", "cpu", g_case.data, n, d, k, covariance_type=cov), Xg_np, 0)
+        start = initial_params(Case("gmm", "torch", "cpu", g_case.data, n, d, k, covariance_type=cov), Xg_np, 0)
         kw = dict(covariance_type=cov, tol=0.0, reg_covar=1e-4, **start)
         ours = per_iteration(lambda it: GaussianMixture(k, max_iter=it, device="cpu", **kw), Xg, iters, repeats)
         with threadpool_limits(threads_all):
@@ -198,13 +225,7 @@ def main(argv=None):
     lines += ["", f"Three times the bytes floor is {3e3 * bytes_floor:.2f} ms; diag's two products alone, at the rate "
               f"these shapes reach, take {1e3 * products:.2f} ms ({products / bytes_floor:.1f}x the bytes floor): "
               "below that, X and its squares must be read once and the products fused, beyond BLAS calls."]  # fmt: skip
-    print("GaussianMixture done", file=sys.stderr)
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # atomic: a killed run leaves the previous results
-    print(text)
+    return lines
 
 
 if __name__ == "__main__":

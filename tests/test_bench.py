@@ -13,10 +13,14 @@ from gpuclust.app import bench
 from gpuclust.app.bench import (
     GRIDS,
     Case,
+    data,
     default_tag,
+    measure,
+    memory,
     read_jsonl,
     run_case,
     run_grid,
+    runner,
     summarize_file,
     work_per_iteration,
 )
@@ -103,7 +107,7 @@ def test_a_runtime_error_is_an_error_row_with_its_message(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
 
-    monkeypatch.setattr(bench, "_timed_fit", boom)
+    monkeypatch.setattr(measure, "_timed_fit", boom)
     row = run_case(Case("gmm", "torch", "cpu", "synthetic", 100, 2, 2, covariance_type="diag"), repeats=1)
     assert row["status"] == "error" and "CUDA out of memory" in row["reason"] and "boom" in row["traceback"]
 
@@ -122,7 +126,7 @@ def test_peak_memory_does_not_include_the_previous_fit(monkeypatch):
 
     alive_at_fit = []
     made = []
-    real = bench._make_estimator
+    real = measure._make_estimator
 
     def tracking(*args, **kwargs):
         est = real(*args, **kwargs)
@@ -130,7 +134,7 @@ def test_peak_memory_does_not_include_the_previous_fit(monkeypatch):
         made.append(weakref.ref(est))
         return est
 
-    monkeypatch.setattr(bench, "_make_estimator", tracking)
+    monkeypatch.setattr(measure, "_make_estimator", tracking)
     row = run_case(Case("gmm", "torch", "cpu", "synthetic", 300, 3, 2, covariance_type="diag", iters=2), repeats=2)
     assert row["status"] == "ok" and len(alive_at_fit) == 1 + 2 * (2 + row["remeasured"])
     assert alive_at_fit == [0] * len(alive_at_fit)
@@ -138,7 +142,7 @@ def test_peak_memory_does_not_include_the_previous_fit(monkeypatch):
 
 
 def _high_water_mark_or_skip():
-    with bench._PeakRss() as probe:
+    with bench.PeakRss() as probe:
         pass
     if probe.method != "high-water mark":
         pytest.skip(f"the kernel's peak cannot be restarted here (method {probe.method!r})")
@@ -151,7 +155,7 @@ def test_peak_rss_sees_a_transient_allocation_and_not_an_earlier_one():
     # release whatever the allocator did before: the transient is always new resident memory.
     big = np.ones(192 * 2**20 // 8)
     del big
-    with bench._PeakRss() as rss:
+    with bench.PeakRss() as rss:
         transient = np.ones(64 * 2**20 // 8)
         del transient
     assert rss.method == "high-water mark"
@@ -180,15 +184,15 @@ def test_a_restart_that_is_ignored_is_not_trusted(monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert not bench._reset_peak_rss()
-    with bench._PeakRss() as rss:
+    assert not memory._reset_peak_rss()
+    with bench.PeakRss() as rss:
         pass
     assert rss.method == "sampled"
 
 
 def test_peak_rss_falls_back_to_sampling_where_the_peak_cannot_be_restarted(monkeypatch):
-    monkeypatch.setattr(bench, "_reset_peak_rss", lambda: False)
-    with bench._PeakRss() as rss:
+    monkeypatch.setattr(memory, "_reset_peak_rss", lambda: False)
+    with bench.PeakRss() as rss:
         held = np.ones(64 * 2**20 // 8)
         time.sleep(0.1)  # the sampler wakes every 2 ms
         del held  # freed before the block ends: only the sampler can have seen it
@@ -199,16 +203,16 @@ def test_peak_rss_falls_back_to_sampling_where_the_peak_cannot_be_restarted(monk
 
 def test_without_proc_the_peak_is_not_measured_and_tables_say_so(monkeypatch):
     """No /proc (not Linux): no sampler thread, the row's peak is None, printed as n/a."""
-    monkeypatch.setattr(bench._PeakRss, "_rss", lambda self: None)
+    monkeypatch.setattr(bench.PeakRss, "_rss", lambda self: None)
     started = []
-    monkeypatch.setattr(bench._PeakRss, "_run", lambda self: started.append(1))
-    with bench._PeakRss() as rss:
+    monkeypatch.setattr(bench.PeakRss, "_run", lambda self: started.append(1))
+    with bench.PeakRss() as rss:
         pass
     assert rss.method == "unavailable" and rss.peak is None and not started
     row = run_case(Case("kmeans", "torch", "cpu", "synthetic", 300, 3, 2, iters=2), repeats=1)
     assert row["status"] == "ok" and row["peak_memory_method"] == "unavailable"
     assert row["peak_memory_bytes"] is None and row["memory_before_fit_bytes"] is None
-    assert bench._mib(row["peak_memory_bytes"]) == "n/a"
+    assert bench.mib(row["peak_memory_bytes"]) == "n/a"
 
 
 def test_rows_are_appended_case_by_case_and_a_cut_line_is_ignored(tmp_path, monkeypatch):
@@ -233,7 +237,7 @@ def test_default_tag_names_the_card():
     assert default_tag("cpu", GRIDS["cpu"]) == "cpu"
     if torch.cuda.is_available():
         assert default_tag("gpu", GRIDS["gpu"]).startswith("gpu_nvidia")
-    assert bench._slug("NVIDIA H200") == "nvidia_h200"
+    assert runner._slug("NVIDIA H200") == "nvidia_h200"
 
 
 def test_rows_carry_the_commit_from_the_environment(monkeypatch, tmp_path):
@@ -257,9 +261,9 @@ def test_fashion_data_is_read_from_gpuclust_data(monkeypatch, tmp_path):
 
     monkeypatch.setattr(gpuclust.app.datasets, "load_fashion_mnist", fake_loader)
     monkeypatch.setenv("GPUCLUST_DATA", str(tmp_path))
-    bench._DATA_CACHE.clear()
+    data._DATA_CACHE.clear()
     X, y = bench.make_data(Case("kmeans", "torch", "cpu", "pixels", 40, 784, 3))
-    bench._DATA_CACHE.clear()
+    data._DATA_CACHE.clear()
     assert seen == [str(tmp_path)] and X.shape == (40, 784) and len(y) == 40
 
 
@@ -286,7 +290,7 @@ _TINY = Case("gmm", "torch", "cpu", "synthetic", 100, 2, 2, covariance_type="dia
 
 def _scripted_clock(monkeypatch, short, long):
     """Real fits, but their times are the scripted ones: 1-iteration fits take ``short``, long ones ``long``."""
-    real = bench._timed_fit
+    real = measure._timed_fit
     script = {1: list(short), 1 + _TINY.iters: list(long)}
 
     def timed(case, X, init, max_iter, tol):
@@ -295,7 +299,7 @@ def _scripted_clock(monkeypatch, short, long):
             fit.seconds = script[max_iter].pop(0)
         return fit
 
-    monkeypatch.setattr(bench, "_timed_fit", timed)
+    monkeypatch.setattr(measure, "_timed_fit", timed)
     return script
 
 
@@ -328,6 +332,6 @@ def test_every_time_is_positive_whatever_the_clock_says(monkeypatch):
 
 
 def test_a_fit_that_stops_after_one_iteration_has_no_time_per_iteration(monkeypatch):
-    monkeypatch.setattr(bench, "_iterations", lambda est, asked: 1)  # tol=0, and yet it stopped at once
+    monkeypatch.setattr(measure, "_iterations", lambda est, asked: 1)  # tol=0, and yet it stopped at once
     row = run_case(_TINY, repeats=1)
     assert row["status"] == "skipped" and "stopped after 1 iteration" in row["reason"], row

@@ -23,6 +23,7 @@ from gpuclust.app.bench import (
     summarize_file,
     write_jsonl,
 )
+from gpuclust.app.bench import peers as adapters
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = {
@@ -128,8 +129,9 @@ def test_stopping_rules():
 
 
 def test_fast_pytorch_kmeans_iterations_are_read_from_its_report():
-    assert bench._fast_kmeans_iterations("used 17 iterations (0.0025s) to cluster 2000 items into 5 clusters\n") == 17
-    assert bench._fast_kmeans_iterations("") is None
+    printed = "used 17 iterations (0.0025s) to cluster 2000 items into 5 clusters\n"
+    assert adapters._fast_kmeans_iterations(printed) == 17
+    assert adapters._fast_kmeans_iterations("") is None
     pytest.importorskip("fast_pytorch_kmeans")
     import numpy as np
     import torch
@@ -137,14 +139,14 @@ def test_fast_pytorch_kmeans_iterations_are_read_from_its_report():
     X_np, _ = bench.make_data(Case("kmeans", "fast-pytorch-kmeans", "cpu", "synthetic", 2000, 8, 5))
     X, init = torch.as_tensor(X_np), {"init": X_np[:5].astype(np.float64)}
     case = Case("kmeans", "fast-pytorch-kmeans", "cpu", "synthetic", 2000, 8, 5)
-    assert bench._FastPytorchKMeans(case, 3, init, 0.0).fit(X).n_iter_ == 3
-    assert 3 < bench._FastPytorchKMeans(case, 300, init, 1e-4).fit(X).n_iter_ < 300
+    assert adapters.FastPytorchKMeans(case, 3, init, 0.0).fit(X).n_iter_ == 3
+    assert 3 < adapters.FastPytorchKMeans(case, 300, init, 1e-4).fit(X).n_iter_ < 300
 
 
 def test_faiss_iterations_are_its_objectives():
     pytest.importorskip("faiss")
     X, _ = bench.make_data(Case("kmeans", "faiss", "cpu", "synthetic", 2000, 8, 5))
-    est = bench._FaissKMeans(Case("kmeans", "faiss", "cpu", "synthetic", 2000, 8, 5), 25, {"init": X[:5]}, 0.0)
+    est = adapters.FaissKMeans(Case("kmeans", "faiss", "cpu", "synthetic", 2000, 8, 5), 25, {"init": X[:5]}, 0.0)
     est.fit(X)
     assert est.n_iter_ == len(est._km.obj) and 1 <= est.n_iter_ <= 25
 
