@@ -40,7 +40,7 @@ _LIBRARY_DIRS = tuple(
 
 def warn_user(message, category):
     """``warnings.warn`` pointing at the caller's own line, however deep in gpuclust it is raised."""
-    frame, level = sys._getframe(1), 1
+    frame, level = sys._getframe(1), 2  # stacklevel 1 is this line, 2 its caller
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -587,3 +589,18 @@ def test_verbose_reaches_the_sklearn_backend(capsys):
     KMeans(3, backend="sklearn", verbose=1, device="cpu", random_state=0).fit(X)
     out = capsys.readouterr().out
     assert out.startswith("Initialization complete") and "Iteration 0" in out
+
+
+@pytest.mark.parametrize("case", ["explicit init with n_init", "elkan with one cluster", "few distinct clusters"])
+def test_warnings_point_at_the_callers_line(case):
+    X = np.random.RandomState(0).rand(30, 2)
+    if case == "explicit init with n_init":
+        est, data = KMeans(2, init=X[:2], n_init=3, device="cpu"), X
+    elif case == "elkan with one cluster":
+        est, data = KMeans(1, algorithm="elkan", device="cpu"), X
+    else:
+        est, data = KMeans(3, random_state=0, device="cpu"), np.repeat(X[:2], 15, axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(data)
+    assert caught and all(w.filename == __file__ for w in caught), [(w.filename, w.lineno) for w in caught]
