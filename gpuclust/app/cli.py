@@ -83,12 +83,19 @@ def _covariance_list(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..gaussian_mixture import COVARIANCE_TYPES
-    from .autoencoder import DEFAULT_PRESET, PRESETS
-
     parser = _Parser(prog="gpuclust", description="KMeans and Gaussian mixtures on a GPU (or CPU), measured.")
     parser.add_argument("--version", action="version", version=f"gpuclust {__import__('gpuclust').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run_parser(sub)
+    _add_train_ae_parser(sub)
+    _add_cluster_parser(sub)
+    _add_select_parser(sub)
+    _add_bench_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub):
+    from .autoencoder import DEFAULT_PRESET, PRESETS
 
     run = sub.add_parser(
         "run",
@@ -139,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="task 5: train a classifier on the confident clusters of task 5's inductive clustering and "
         "label the test set with it (profile default: on for full, off for quick)",
     )
+    _add_run_output_flags(run)
+    _add_common(run)
+
+
+def _add_run_output_flags(run):
+    """``gpuclust run``'s flags for what it writes: the codes, the run folder, overwriting."""
     run.add_argument(
         "--save-codes",
         action="store_true",
@@ -158,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace such files in --out (yours, or a run's from before gpuclust kept that list)",
     )
-    _add_common(run)
+
+
+def _add_train_ae_parser(sub):
+    from .autoencoder import DEFAULT_PRESET, PRESETS
 
     tr = sub.add_parser(
         "train-ae",
@@ -183,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--features", metavar="FILE", help="also save test-set features (.npy or .pt)")
     _add_common(tr)
+
+
+def _add_cluster_parser(sub):
+    from ..gaussian_mixture import COVARIANCE_TYPES
 
     cl = sub.add_parser(
         "cluster",
@@ -217,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(cl)
 
+
+def _add_select_parser(sub):
+    from ..gaussian_mixture import COVARIANCE_TYPES
+
     se = sub.add_parser(
         "select",
         help="BIC/AIC sweep over K and covariance types, with a plot",
@@ -231,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", metavar="DIR", default="runs/select")
     _add_common(se)
 
+
+def _add_bench_parser(sub):
     be = sub.add_parser(
         "bench",
         help="benchmark grid: speed, memory and quality against scikit-learn",
@@ -244,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=positive_int, default=3)
     be.add_argument("--tag", help="label for the results file (default: the grid name)")
     _add_common(be)
-    return parser
 
 
 def _load_array(path):

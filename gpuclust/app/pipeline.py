@@ -223,11 +223,61 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     covariance type), ``training`` (loss history), ``predictions`` (for the plots)
     and ``seed_report``.
     """
-    from .training import encode, train_autoencoder
+    from .training import encode
 
     say = on_progress or (lambda msg: logger.info(msg))
     device = resolve_device(config.device)
     cfg = config.resolved(device)
+    train_images, train_labels, test_images, test_labels = _load_splits(cfg, say)
+    results, predictions = [], {}
+    _task1_kmeans_pixels(cfg, train_images, test_images, test_labels, device, results, predictions, say)
+    train_idx, val_idx = train_validation_split(len(train_images), 0.2, seed=cfg.seed)
+    if config.train_subset is not None and config.train_subset > len(train_idx):
+        raise ValueError(f"train_subset={config.train_subset} is more than the {len(train_idx)} training-split images.")
+    model, training = _train(cfg, train_images, train_idx, val_idx, device, say)
+    Z_train = encode(model, train_images[train_idx])
+    Z_test = encode(model, test_images)
+    _task2_kmeans_codes(cfg, Z_train, Z_test, test_labels, device, results, predictions, say)
+    _task3_gmm_codes(cfg, Z_train, Z_test, test_labels, device, results, predictions, say)
+    if cfg.refine:
+        reuse = {}
+        for task, over_clustering in (("task4_umap_gmm", 1), ("task5_merged", 2)):
+            _refinement(cfg, Z_train, Z_test, test_labels, device, results, predictions, say, task=task,
+                        over_clustering=over_clustering, reuse=reuse)  # fmt: skip
+        if cfg.self_label:
+            _self_labelling(cfg, model, reuse["inductive"], train_images[train_idx], test_images, test_labels,
+                            device, results, predictions, say)  # fmt: skip
+    training["latent_dim"] = int(Z_train.shape[1])
+    saved = _codes(train_idx, train_labels, test_labels, Z_train, Z_test) if cfg.save_codes else {}
+    return {
+        **({"codes": saved} if saved else {}),
+        "config": asdict(cfg),
+        "environment": environment(device),
+        "results": results,
+        "training": training,
+        "predictions": {
+            k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).tolist()
+            for k, v in predictions.items()
+        },
+        "test_labels": np.asarray(test_labels).tolist(),
+        "seed_report": SEED_REPORT,
+        "class_names": list(FASHION_MNIST_CLASSES),
+    }
+
+
+def _codes(train_idx, train_labels, test_labels, Z_train, Z_test):
+    """What ``--save-codes`` keeps (codes.npz): both sets' codes and labels, the training-split indices."""
+    return {
+        "train_index": np.asarray(train_idx),
+        "train_labels": np.asarray(train_labels)[train_idx],
+        "test_labels": np.asarray(test_labels),
+        "train_codes": Z_train.cpu().numpy(),
+        "test_codes": Z_test.cpu().numpy(),
+    }
+
+
+def _load_splits(cfg, say):
+    """Training images and labels, test images and labels (the first ``cfg.limit`` of each when set)."""
     train_images, train_labels, test_images, test_labels = (
         array
         for split in ("train", "test")
@@ -242,8 +292,10 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     if cfg.limit is not None:
         train_images, train_labels = train_images[: cfg.limit], train_labels[: cfg.limit]
         test_images, test_labels = test_images[: cfg.limit], test_labels[: cfg.limit]
-    results, predictions = [], {}
+    return train_images, train_labels, test_images, test_labels
 
+
+def _task1_kmeans_pixels(cfg, train_images, test_images, test_labels, device, results, predictions, say):
     say("task 1: KMeans (k=10) on normalized pixels")
     X_train = torch.as_tensor(flatten_pixels(train_images), device=device)
     X_test = torch.as_tensor(flatten_pixels(test_images), device=device)
@@ -255,11 +307,12 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
         )
     )
     predictions["task1_kmeans_pixels"] = pred
-    del X_train, X_test
 
-    train_idx, val_idx = train_validation_split(len(train_images), 0.2, seed=cfg.seed)
-    if config.train_subset is not None and config.train_subset > len(train_idx):
-        raise ValueError(f"train_subset={config.train_subset} is more than the {len(train_idx)} training-split images.")
+
+def _train(cfg, train_images, train_idx, val_idx, device, say):
+    """The autoencoder, trained on the training split (or its seeded subset); and the run's ``training`` record."""
+    from .training import train_autoencoder
+
     fit_idx = (
         train_idx
         if cfg.train_subset is None
@@ -279,10 +332,16 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
         progress=cfg.progress,
         max_seconds=cfg.max_train_seconds,
     )
-    train_seconds = time.perf_counter() - t0
-    Z_train = encode(model, train_images[train_idx])
-    Z_test = encode(model, test_images)
+    training = {
+        **history.to_dict(),
+        "seconds": time.perf_counter() - t0,
+        "n_train_images": int(len(fit_idx)),
+        "n_val_images": int(len(val_idx)),
+    }
+    return model, training
 
+
+def _task2_kmeans_codes(cfg, Z_train, Z_test, test_labels, device, results, predictions, say):
     say(f"task 2: KMeans on {Z_train.shape[1]}-d autoencoder features")
     km = KMeans(10, random_state=cfg.seed, device=device, backend=cfg.backend)
     pred, secs = _timed_fit_predict(km, Z_train, Z_test, device)
@@ -291,6 +350,9 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
     )
     predictions["task2_ae_kmeans"] = pred
 
+
+def _task3_gmm_codes(cfg, Z_train, Z_test, test_labels, device, results, predictions, say):
+    """A GaussianMixture per covariance type; on the CPU the default run skips those that would take hours."""
     for cov in cfg.covariance_types or COVARIANCE_TYPES:
         reason = None if cfg.covariance_types is not None else cpu_skip_reason(cov, *Z_train.shape, 10, device)
         if reason:
@@ -322,63 +384,3 @@ def run_experiments(config: RunConfig, on_progress=None) -> dict:
             )
         )
         predictions[f"task3_ae_gmm_{cov}"] = pred
-
-    if cfg.refine:
-        reuse = {}
-        for task, over_clustering in (("task4_umap_gmm", 1), ("task5_merged", 2)):
-            _refinement(
-                cfg,
-                Z_train,
-                Z_test,
-                test_labels,
-                device,
-                results,
-                predictions,
-                say,
-                task=task,
-                over_clustering=over_clustering,
-                reuse=reuse,
-            )
-        if cfg.self_label:
-            _self_labelling(
-                cfg,
-                model,
-                reuse["inductive"],
-                train_images[train_idx],
-                test_images,
-                test_labels,
-                device,
-                results,
-                predictions,
-                say,
-            )
-
-    saved = {}
-    if cfg.save_codes:
-        saved = {
-            "train_index": np.asarray(train_idx),
-            "train_labels": np.asarray(train_labels)[train_idx],
-            "test_labels": np.asarray(test_labels),
-            "train_codes": Z_train.cpu().numpy(),
-            "test_codes": Z_test.cpu().numpy(),
-        }
-    return {
-        **({"codes": saved} if saved else {}),
-        "config": asdict(cfg),
-        "environment": environment(device),
-        "results": results,
-        "training": {
-            **history.to_dict(),
-            "seconds": train_seconds,
-            "n_train_images": int(len(fit_idx)),
-            "n_val_images": int(len(val_idx)),
-            "latent_dim": int(Z_train.shape[1]),
-        },
-        "predictions": {
-            k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).tolist()
-            for k, v in predictions.items()
-        },
-        "test_labels": np.asarray(test_labels).tolist(),
-        "seed_report": SEED_REPORT,
-        "class_names": list(FASHION_MNIST_CLASSES),
-    }

@@ -230,20 +230,8 @@ def write_run_folder(run: dict, out_dir, overwrite: bool = False) -> dict:
 
 
 def render_report(run: dict, paths: dict) -> str:
+    """report.md: the profile, the environment, the results table, the experiment table and the plots."""
     cfg, env, tr = run["config"], run["environment"], run["training"]
-    profile_note = {
-        "quick": (
-            f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
-            f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']}). "
-            "`--profile full` (the default on a GPU) follows the seed's protocol."
-        ),
-        "full": (
-            f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
-            f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."
-        ),
-    }[cfg["profile"]]
-    if cfg.get("limit"):
-        profile_note += f" **Smoke run**: only the first {cfg['limit']} training and test images."
     best = max(
         (r for r in run["results"] if r["task"].startswith("task3") and "skipped" not in r),
         key=lambda r: r["completeness"],
@@ -252,7 +240,7 @@ def render_report(run: dict, paths: dict) -> str:
     lines = [
         "# gpuclust run report",
         "",
-        profile_note,
+        _profile_note(cfg, tr),
         "",
         f"Device: {env['device']} ({env['device_name']}); torch {env['torch']}, gpuclust {env['gpuclust']}, "
         f"commit {env.get('git_commit') or 'unknown'}. Autoencoder preset `{cfg['preset']}` "
@@ -271,34 +259,57 @@ def render_report(run: dict, paths: dict) -> str:
             "",
         ]
     if any("protocol" in r for r in run["results"]):
-        lines += [
-            "## Experiment table",
-            "",
-            "What each step buys. *Inductive*: cluster models fitted on training images only, test labels "
-            "predicted for the unseen test set (the seed's protocol). *Transductive*: training and test "
-            "codes embedded and clustered together, labels used only to score (as N2D reports); not "
-            "comparable with the seed's protocol. Times exclude the shared autoencoder training; task 4 "
-            "includes the kNN graph, the embedding, the mixture and (inductive) the neighbour vote. "
-            "task5_merged: task 4's embedding (reused, so its time is the mixture and the vote only), a "
-            "mixture of two components a cluster, the components merged two at a time by the neighbour "
-            "graph's normalized weight between them, so that a class the mixture "
-            "splits but the graph holds together ends up whole."
-            + (
-                " task5_selflabel: a classifier started from the autoencoder's encoder, trained on the more "
-                "confident half of every cluster of task5_merged's inductive clustering (shifted images, no "
-                "test image), labels the test set."
-                if any(r["task"] == "task5_selflabel_inductive" for r in run["results"])
-                else ""
-            ),
-            "",
-            experiment_table(run["results"]),
-            "",
-        ]
+        lines += _experiment_section(run["results"])
     lines += ["## Plots", ""]
     for key, path in paths.items():
         if path.suffix == ".png":
             lines.append(f"![{key}]({path.name})")
     return "\n".join(lines) + "\n"
+
+
+def _profile_note(cfg: dict, tr: dict) -> str:
+    """What the run trained on: the quick or full profile, and a smoke run's limit."""
+    note = {
+        "quick": (
+            f"**Quick profile** (CPU): the autoencoder trained on {tr['n_train_images']} of the 48,000 "
+            f"training-split images for {len(tr['train_loss'])} epoch(s) (limit {cfg['epochs']}). "
+            "`--profile full` (the default on a GPU) follows the seed's protocol."
+        ),
+        "full": (
+            f"**Full profile**: the seed's protocol, {tr['n_train_images']} training images, up to "
+            f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), batch {cfg['batch_size']}."
+        ),
+    }[cfg["profile"]]
+    if cfg.get("limit"):
+        note += f" **Smoke run**: only the first {cfg['limit']} training and test images."
+    return note
+
+
+def _experiment_section(results) -> list:
+    """The experiment table of tasks 4 and 5 (rows with a protocol), with what each step does."""
+    return [
+        "## Experiment table",
+        "",
+        "What each step buys. *Inductive*: cluster models fitted on training images only, test labels "
+        "predicted for the unseen test set (the seed's protocol). *Transductive*: training and test "
+        "codes embedded and clustered together, labels used only to score (as N2D reports); not "
+        "comparable with the seed's protocol. Times exclude the shared autoencoder training; task 4 "
+        "includes the kNN graph, the embedding, the mixture and (inductive) the neighbour vote. "
+        "task5_merged: task 4's embedding (reused, so its time is the mixture and the vote only), a "
+        "mixture of two components a cluster, the components merged two at a time by the neighbour "
+        "graph's normalized weight between them, so that a class the mixture "
+        "splits but the graph holds together ends up whole."
+        + (
+            " task5_selflabel: a classifier started from the autoencoder's encoder, trained on the more "
+            "confident half of every cluster of task5_merged's inductive clustering (shifted images, no "
+            "test image), labels the test set."
+            if any(r["task"] == "task5_selflabel_inductive" for r in results)
+            else ""
+        ),
+        "",
+        experiment_table(results),
+        "",
+    ]
 
 
 def _scored_on(run: dict) -> str:
