@@ -32,21 +32,8 @@ def no_data_anywhere(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_run_end_to_end_on_a_slice(fashion_train, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(
-        capsys,
-        "run",
-        "--limit",
-        "600",
-        "--epochs",
-        "2",
-        "--covariance-types",
-        "diag,full",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--quiet",
-    )
+    code, stdout, _ = run_cli(capsys, "run", "--limit", "600", "--epochs", "2", "--covariance-types", "diag,full",
+                              "--out", str(out), "--device", "cpu", "--quiet")  # fmt: skip
     assert code == 0
     assert "task1_kmeans_pixels" in stdout and "completeness" in stdout
     results = json.loads((out / "results.json").read_text())
@@ -62,17 +49,8 @@ def test_run_end_to_end_on_a_slice(fashion_train, tmp_path, capsys):
         "task5_merged_transductive",
     ]  # the quick profile has no self-labelling
     for row in results["results"]:
-        for key in (
-            "completeness",
-            "homogeneity",
-            "v_measure",
-            "nmi",
-            "ari",
-            "cluster_accuracy",
-            "fit_seconds",
-            "device",
-            "backend",
-        ):
+        for key in ("completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy", "fit_seconds",
+                    "device", "backend"):  # fmt: skip
             assert key in row, key
         assert 0.0 <= row["completeness"] <= 1.0
     assert results["seed_report"] == {
