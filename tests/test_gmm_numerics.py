@@ -33,8 +33,6 @@ Discrepancies with scikit-learn that these tests pin down (see each test):
   dtype, 1.2e-6 in float32): within the tolerances here (not asserted on its own).
 """
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -330,20 +328,12 @@ def test_ill_defined_covariance_raises_sklearns_message(ct, dtype):
     gm.precision_cholesky(_t(_covariances(ct, np.float64, d=4)), ct, f32)
 
 
-def test_per_matrix_loop_equals_the_batch(monkeypatch):
+def test_per_matrix_loop_equals_the_batch():
     # The one-matrix-at-a-time factorization a GPU takes at large D, run on CPU tensors.
     cov = _t(_covariances("full", np.float64, d=6))
     chol = torch.linalg.cholesky_ex(cov)
-    if "one_at_a_time" in inspect.signature(gm._per_matrix).parameters:
-        looped = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=True)
-        batched = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=False)
-    else:  # the older switch: the CUDA branches forced on the CPU above LOOP_FROM_N_FEATURES
-        from gpuclust.device import force_cuda_paths
-
-        batched = gm._per_matrix(torch.linalg.cholesky_ex, cov)
-        monkeypatch.setattr(gm, "LOOP_FROM_N_FEATURES", 2)
-        with force_cuda_paths():
-            looped = gm._per_matrix(torch.linalg.cholesky_ex, cov)
+    looped = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=True)
+    batched = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=False)
     for a, b, c in zip(looped, batched, chol):
         torch.testing.assert_close(a, c, rtol=1e-14, atol=0)
         torch.testing.assert_close(b, c, rtol=1e-14, atol=0)
