@@ -99,7 +99,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
     backend : {"auto", "torch", "sklearn", "cuml"}, default="auto"
         ``"torch"`` is ours; ``"sklearn"`` wraps :class:`sklearn.cluster.KMeans` (CPU);
         ``"cuml"`` wraps :class:`cuml.cluster.KMeans` (GPU). ``"auto"``: cuML on a GPU
-        when installed, else ours.
+        when installed and neither ``chunk_size`` nor ``memory_budget`` is given (they set
+        gpuclust's tiles, which cuML does not have), else ours.
     chunk_size : int, default=None
         Rows per tile; by default derived from ``memory_budget``.
     memory_budget : int, default=None
