@@ -1,9 +1,13 @@
+"""Shared by the test files: devices, tolerances, data, fake runs, and the torchrun environment."""
+
+import socket
+
 import numpy as np
 import pytest
 import torch
 
 from gpuclust import COVARIANCE_TYPES  # noqa: F401 (re-exported to the tests)
-from gpuclust.app.datasets import load_fashion_mnist  # noqa: F401 (re-exported to the tests)
+from gpuclust.app.datasets import load_fashion_mnist
 
 DEVICES = [
     "cpu",
@@ -13,6 +17,14 @@ DEVICES = [
 # issue's bar; observed ~1e-12); float32 to 1e-3 (different summation order and
 # precision over a few hundred iterations).
 RTOL = {"float64": 1e-6, "float32": 1e-3}
+# What torchrun sets for rank 0 of a world of two (tests of distributed start-up change one of them).
+TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
-import contextlib
+import gzip
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import TORCHRUN_ENV, free_port
 
 import gpuclust.app.datasets as ds
 from gpuclust.app.cli import main
@@ -287,12 +288,6 @@ def test_cluster_refuses_labels_written_over_an_input(tmp_path, capsys, variant,
     assert original.read_bytes() == before
 
 
-def _fake_run(n_test=4):
-    from conftest import fake_run
-
-    return fake_run(n_test=n_test)
-
-
 def test_run_refuses_an_out_folder_holding_files_it_did_not_write(no_data_anywhere, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -306,33 +301,6 @@ def test_run_refuses_an_out_folder_holding_files_it_did_not_write(no_data_anywhe
     assert_one_line_exit_2(code, err, "Fashion-MNIST")
 
 
-def test_a_rerun_replaces_only_what_gpuclust_wrote(tmp_path):
-    from gpuclust.app.report import foreign_files, write_run_folder
-
-    write_run_folder(_fake_run(), tmp_path)
-    (tmp_path / "notes.md").write_text("mine")
-    assert foreign_files(tmp_path) == []  # our own earlier run: a rerun goes ahead
-    write_run_folder(_fake_run(), tmp_path)
-    assert (tmp_path / "notes.md").read_text() == "mine"
-    (tmp_path / "report.md").unlink()
-    (tmp_path / "report.md").write_text("mine too")  # gone from the folder and back: still ours by name
-    (tmp_path / "confusion_task9.png").write_bytes(b"mine")  # a name a run could write, never written by one
-    assert foreign_files(tmp_path) == ["confusion_task9.png"]
-    with pytest.raises(FileExistsError, match="confusion_task9.png"):
-        write_run_folder(_fake_run(), tmp_path)
-    assert (tmp_path / "confusion_task9.png").read_bytes() == b"mine"
-    write_run_folder(_fake_run(), tmp_path, overwrite=True)
-    assert (tmp_path / "confusion_task9.png").read_bytes() == b"mine"  # replaced only if this run writes it
-
-
-def test_the_report_names_the_test_images_it_scored():
-    from gpuclust.app.report import render_report
-
-    report = render_report(_fake_run(n_test=50), {})
-    assert "All scores on 50 held-out test images only" in report and "10,000-image" not in report
-    assert "the held-out 10,000-image test set" in render_report(_fake_run(n_test=10000), {})
-
-
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o604])
 def test_save_labels_keeps_the_mode_of_the_file_it_replaces(tmp_path, capsys, mode):
     np.save(tmp_path / "x.npy", np.random.RandomState(0).rand(30, 2))
@@ -344,88 +312,6 @@ def test_save_labels_keeps_the_mode_of_the_file_it_replaces(tmp_path, capsys, mo
     assert code == 0, err
     assert stat.S_IMODE(labels.stat().st_mode) == mode
     assert np.load(labels).shape == (30,)
-
-
-def test_a_new_file_gets_the_mode_open_would_give(tmp_path):
-    from gpuclust.app._atomic import atomic_write_text
-
-    previous = os.umask(0o027)
-    try:
-        atomic_write_text(tmp_path / "new.txt", "x")
-        with open(tmp_path / "plain.txt", "w") as fh:
-            fh.write("x")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
-
-
-# A child that loads _atomic.py alone (standard library only: starts in milliseconds, no torch).
-_ATOMIC_CHILD = """
-import importlib.util, os, signal, sys, time
-spec = importlib.util.spec_from_file_location("_atomic", {module!r})
-atomic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(atomic)
-target, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
-real_unlink = os.unlink
-
-def unlink(path, *args, **kwargs):
-    if second != "none" and str(path).endswith(".tmp"):
-        os.kill(os.getpid(), getattr(signal, second))  # the second signal arrives inside the cleanup
-    return real_unlink(path, *args, **kwargs)
-
-os.unlink = unlink
-
-def slow(fh):
-    fh.write(b"partial")
-    fh.flush()
-    print("writing", flush=True)
-    if first != "none":
-        os.kill(os.getpid(), getattr(signal, first))
-    time.sleep(30)
-
-try:
-    atomic.atomic_write(target, slow)
-except KeyboardInterrupt:
-    sys.exit(130)  # as gpuclust's main does (after its one line)
-"""
-
-
-def _atomic_child(tmp_path, first, second, **kwargs):
-    script = _ATOMIC_CHILD.format(module=str(ROOT / "gpuclust" / "app" / "_atomic.py"))
-    return subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.bin"), first, second],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "first,second,returncode",
-    [("SIGTERM", "SIGTERM", -signal.SIGTERM), ("SIGINT", "SIGTERM", 130), ("SIGINT", "SIGINT", 130)],
-)
-def test_a_second_signal_during_the_cleanup_leaves_no_temporary_file(tmp_path, first, second, returncode):
-    (tmp_path / "out.bin").write_bytes(b"old")
-    proc = _atomic_child(tmp_path, first, second)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == returncode, err
-    assert err == b""  # quiet: no traceback
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"old"
-
-
-def test_a_process_group_killed_twice_during_a_write_leaves_no_temporary_file(tmp_path):
-    for delay in (0.0, 0.0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01):
-        proc = _atomic_child(tmp_path, "none", "none", start_new_session=True)
-        try:
-            assert proc.stdout.readline().strip() == b"writing"
-            for pause in (delay, 0):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                time.sleep(pause)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-        assert proc.returncode == -signal.SIGTERM and err == b"", (delay, err)
-        assert list(tmp_path.iterdir()) == [], delay
 
 
 # --- one clear line, true words (issue 24) ------------------------------------------------------------
@@ -459,3 +345,261 @@ def test_bench_on_a_device_that_is_not_there_is_one_line_exit_2(tmp_path, capsys
     code, _, err = run_cli(capsys, "bench", "--grid", grid, "--device", device, "--out", str(tmp_path / "b"), "-q")
     assert_one_line_exit_2(code, err, "no CUDA GPU")
     assert not (tmp_path / "b").exists()
+
+
+# --- checked before any work, seen from a subprocess (issue 13) -----------------------------------
+
+
+def cli(*argv, env=None, cwd=None, timeout=120):
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gpuclust", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_process_one_line_exit_2(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def idx_bytes(array):
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_split(directory, split="train", n=60):
+    rng = np.random.RandomState(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = (rng.randint(0, 256, size=(n, 28, 28)), rng.randint(0, 10, size=n))
+    for stem, array in zip(ds._SPLIT_STEMS[split], arrays):
+        (directory / (stem + ".gz")).write_bytes(gzip.compress(idx_bytes(array)))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """An empty working folder whose contents after the run show what was written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def _remove_labels(d):
+    write_split(d)
+    (d / "train-labels-idx1-ubyte.gz").unlink()
+
+
+def _fifo_labels(d):
+    _remove_labels(d)
+    os.mkfifo(d / "train-labels-idx1-ubyte.gz")
+
+
+@pytest.mark.parametrize(
+    "setup,needle",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "is empty"),
+        (_remove_labels, "has no train-labels-idx1-ubyte"),
+        (_fifo_labels, "is a FIFO"),
+    ],
+)
+@pytest.mark.parametrize("via", ["--data-dir", "GPUCLUST_DATA"])
+def test_cli_explicit_data_location_never_falls_back(workdir, tmp_path, setup, needle, via):
+    given = tmp_path / "given"
+    setup(given)
+    args, env = (["--data-dir", given], {}) if via == "--data-dir" else ([], {"GPUCLUST_DATA": str(given)})
+    # Good data in the user cache, which a fall-back would have used.
+    write_split(tmp_path / "cache" / "gpuclust" / "fashion-mnist")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    out = cli("cluster", "--save-labels", workdir / "y.npy", *args, env=env)
+    assert_process_one_line_exit_2(out, given, needle)
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.realdata
+def test_cli_prints_where_the_data_came_from(workdir, fashion_train):
+    real = Path("/usr/share/datasets/fashion-mnist")
+    if not real.is_dir():
+        pytest.skip("needs Debian's Fashion-MNIST")
+    out = cli("cluster", "--n-clusters", "2", "--max-iter", "1", "--data-dir", real, "--device", "cpu", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    assert f"Fashion-MNIST train split from {real}" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "--epochs", "0"], "--epochs: 0 is not a positive integer"),
+        (["run", "--train-subset", "0"], "--train-subset: 0 is not a positive integer"),
+        (["run", "--limit", "0"], "--limit: 0 is not an integer >= 50"),
+        (["cluster", "--max-iter", "0"], "--max-iter: 0 is not a positive integer"),
+        (["select", "--n-samples", "-5"], "--n-samples: -5 is not a positive integer"),
+        (["train-ae", "--checkpoint", "c.pt", "--batch-size", "x"], "--batch-size: 'x' is not an integer"),
+        (["cluster", "--seed", "-1"], "--seed: -1 is not a non-negative integer"),
+    ],
+)
+def test_cli_sizes_must_be_positive_integers(workdir, argv, needle):
+    out = cli(*argv, cwd=workdir)
+    assert_process_one_line_exit_2(out, needle)
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.fixture
+def features(tmp_path):
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.randn(40, 2), rng.randn(40, 2) + 6])
+    np.save(tmp_path / "x.npy", X)
+    return tmp_path / "x.npy"
+
+
+def test_cli_checks_outputs_before_any_work(workdir, features):
+    (workdir / "a-file").write_text("x")
+    before = sorted(p.name for p in workdir.iterdir())
+    cases = [
+        (["run", "--out", workdir / "a-file"], "--out", "is not a directory"),
+        (["select", "--features", features, "--out", workdir / "a-file"], "--out", "is not a directory"),
+        (["train-ae", "--checkpoint", workdir / "a-file" / "ae.pt"], "--checkpoint", "is not a directory"),
+        (["cluster", "--features", features, "--save-labels", workdir], "--save-labels", "unsupported file type"),
+        (["cluster", "--features", features, "--save-labels", workdir / "y.txt"], "unsupported file type '.txt'"),
+        (["train-ae", "--checkpoint", workdir / "c.pt", "--features", workdir / "f.csv"], "--features", "'.csv'"),
+    ]
+    for argv, *needles in cases:
+        started = time.perf_counter()
+        assert_process_one_line_exit_2(cli(*argv), *needles)
+        assert time.perf_counter() - started < 60
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_cli_save_labels_writes_exactly_the_name_given(workdir, features):
+    out = cli("cluster", "--n-clusters", "2", "--features", features, "--save-labels", workdir / "y.pt", "-q")
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in workdir.iterdir()] == ["y.pt"]
+    assert torch.load(workdir / "y.pt", weights_only=True).shape == (80,)
+
+
+@pytest.mark.parametrize(
+    "labels,needle",
+    [
+        (np.zeros((80, 2), dtype=np.int64), "must be 1-d"),
+        (np.zeros(80, dtype=np.float64), "must be integers"),
+        (np.zeros(79, dtype=np.int64), "79 labels for 80 samples"),
+    ],
+)
+def test_cli_labels_checked_before_the_fit(workdir, features, tmp_path, labels, needle):
+    np.save(tmp_path / "y.npy", labels)
+    out = cli("cluster", "--features", features, "--labels", tmp_path / "y.npy", "--save-labels", workdir / "p.npy")
+    assert_process_one_line_exit_2(out, "y.npy", needle)
+    assert "iterations" not in out.stdout  # no fit ran
+    assert list(workdir.iterdir()) == []
+
+
+def test_cli_select_reports_the_real_error_once(workdir, tmp_path):
+    X = np.random.RandomState(0).randn(50, 3)
+    X[7, 1] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    out = cli("select", "--features", tmp_path / "x.npy", "--k", "1,2", "--out", workdir / "sel")
+    assert_process_one_line_exit_2(out, "x.npy", "NaN or infinity")
+    assert "reg_covar" not in out.stderr and list(workdir.iterdir()) == []
+
+
+# --- resume and checkpoints (issue 13) ------------------------------------------------------------
+
+
+class _RunsAShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cli_resume_refuses_a_checkpoint_carrying_code_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ae.pt"
+    torch.save({"format": "gpuclust-autoencoder-1", "config": _RunsAShellCommand(marker)}, ckpt)
+    before = ckpt.read_bytes()
+    out = cli("train-ae", "--checkpoint", ckpt, "--resume", "--data-dir", tmp_path / "no-data")
+    assert_process_one_line_exit_2(out, "ae.pt", "not a readable gpuclust checkpoint")
+    assert not marker.exists() and ckpt.read_bytes() == before
+
+
+@pytest.mark.realdata
+def test_cli_resume_refuses_changed_settings(tmp_path, fashion_train):
+    from gpuclust.app.training import train_autoencoder
+
+    real = Path("/usr/share/datasets/fashion-mnist")
+    if not real.is_dir():
+        pytest.skip("needs Debian's Fashion-MNIST")
+    ckpt = tmp_path / "ae.pt"
+    images = fashion_train[0][:40]
+    train_autoencoder(images[:32], images[32:], preset="dense10", epochs=1, batch_size=16, checkpoint=ckpt,
+                      progress=False, device="cpu")  # fmt: skip
+    before = ckpt.read_bytes()
+    out = cli("train-ae", "--epochs", "2", "--batch-size", "8", "--seed", "4", "--resume", "--checkpoint", ckpt,
+              "--train-subset", "64", "--data-dir", real, "--device", "cpu", "-q")  # fmt: skip
+    assert_process_one_line_exit_2(
+        out, "cannot resume", "seed 0 in the checkpoint, 4 now", "batch_size 16", "data 32 training", "--allow-changed"
+    )
+    assert ckpt.read_bytes() == before
+
+
+# --- distributed start-up, other inputs (issue 13) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env,needles",
+    [
+        ({"RANK": "3"}, ["RANK=3 must be less than WORLD_SIZE=2"]),
+        ({"MASTER_ADDR": "no-such-host.invalid"}, ["cannot be resolved"]),
+        ({"RANK": "1"}, ["did not assemble", "within 2 s"]),
+    ],
+)
+def test_cli_distributed_start_up_errors_are_one_line(features, env, needles):
+    full = {**TORCHRUN_ENV, "MASTER_PORT": str(free_port()), **env}
+    started = time.perf_counter()
+    out = cli("cluster", "--distributed", "--features", features, "--startup-timeout", "2", "--device", "cpu",
+              env=full, timeout=60)  # fmt: skip
+    assert_process_one_line_exit_2(out, *needles)
+    assert time.perf_counter() - started < 45
+
+
+def test_cli_repeated_covariance_types_run_once():
+    from gpuclust.app.cli import _covariance_list
+
+    assert _covariance_list("diag,full,diag") == ("diag", "full")
+
+
+def test_cli_sparse_features_where_dense_are_needed_is_one_line(tmp_path):
+    import torch
+
+    X = torch.eye(40, 5).to_sparse_csr()
+    torch.save(X, tmp_path / "sp.pt")
+    for argv in (
+        ["cluster", "--algorithm", "gmm", "--n-clusters", "2"],
+        ["select", "--k", "2", "--out", str(tmp_path / "s")],
+    ):
+        proc = subprocess.run([sys.executable, "-m", "gpuclust", *argv, "--features", str(tmp_path / "sp.pt"), "-q"],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_save_labels_never_overwrites_an_input(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.RandomState(0).rand(50, 3))
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "gpuclust", "cluster", "--features", str(path), "--save-labels",
+                           str(path), "-q"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "one of the inputs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == before

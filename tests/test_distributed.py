@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -7,16 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COVARIANCE_TYPES
+import torch
+from conftest import COVARIANCE_TYPES, TORCHRUN_ENV, free_port
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(tmp_path, world=2, extra=()):
@@ -141,3 +135,40 @@ def test_cli_cluster_distributed_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "distributed over 2 ranks" in out.stdout and f"{len(X)} samples" in out.stdout
     assert np.load(tmp_path / "labels.npy").shape == (len(X),)
+
+
+# --- start-up: init_from_env (issue 13) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"RANK": "2"}, "RANK=2 must be less than WORLD_SIZE=2"),
+        ({"RANK": "one"}, "RANK='one' is not an integer"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 must be between 1 and 65535"),
+        ({"MASTER_ADDR": "no-such-host.invalid"}, "MASTER_ADDR='no-such-host.invalid' cannot be resolved"),
+        ({"MASTER_ADDR": ""}, "MASTER_ADDR not set"),
+    ],
+)
+def test_init_from_env_validates_the_environment_first(monkeypatch, change, match):
+    from gpuclust.distributed import init_from_env
+
+    for key, value in {**TORCHRUN_ENV, **change}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=match):
+        init_from_env(backend="gloo", startup_timeout_seconds=1)
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_init_from_env_bounds_the_wait_for_a_world_that_never_assembles(monkeypatch, rank):
+    from gpuclust.distributed import init_from_env
+
+    for key, value in {**TORCHRUN_ENV, "RANK": rank, "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match="the 2 ranks did not assemble"):
+        init_from_env(backend="gloo", startup_timeout_seconds=1)
+    assert time.perf_counter() - started < 20
+    assert not torch.distributed.is_initialized()

@@ -7,7 +7,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
 
 from gpuclust import KMeans, _linear
-from gpuclust._chunks import balanced_tile_rows, tile_slices, tile_rows_for
+from gpuclust._chunks import balanced_tile_rows, tile_rows_for, tile_slices
 
 
 @pytest.fixture
