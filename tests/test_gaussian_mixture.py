@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import math
 import re
 import warnings
 
@@ -10,7 +11,9 @@ from conftest import COVARIANCE_TYPES, DEVICES, RTOL, overlapping_blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
+from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from gpuclust import GaussianMixture
@@ -856,3 +859,123 @@ def test_per_matrix_batched_and_one_at_a_time_give_the_same_bits(dtype):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
     assert not bool(results[False][1][1].any())  # every matrix factorized
     assert gmn._per_matrix(lambda b: [tuple(b.shape)], spd) == [(3, 5, 5)]  # None on the CPU: batched
+
+
+# --- details a scikit-learn user relies on without thinking (hostile review) ----------------------
+
+
+def test_float32_mixture_far_from_the_origin_with_kmeans_init():
+    X, y = make_blobs(1500, centers=3, n_features=4, random_state=0)
+    X = (X + 1e5).astype(np.float32)
+    gmm = GaussianMixture(3, covariance_type="tied", random_state=0, device="cpu").fit(X)
+    assert adjusted_rand_score(y, gmm.predict(X)) > 0.99
+
+
+def _fitted_mixture():
+    X = np.random.RandomState(0).rand(100, 3)
+    return X, GaussianMixture(2, random_state=0, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda rng: np.vstack([rng.rand(99, 3), [[1e200, 0, 0]]]),  # overflows in the KMeans init
+        lambda rng: np.zeros((50, 5)),  # 5 features, degenerate: the Cholesky fails with reg_covar=0
+    ],
+)
+def test_a_mixture_fit_that_fails_leaves_the_model_as_it_was(bad):
+    X, gmm = _fitted_mixture()
+    before = (gmm.score(X), gmm.n_features_in_, gmm.means_.copy())
+    gmm.set_params(reg_covar=0.0)
+    with warnings.catch_warnings(), pytest.raises(ValueError):
+        warnings.simplefilter("ignore")
+        gmm.fit(bad(np.random.RandomState(1)))
+    gmm.set_params(reg_covar=1e-6)
+    assert (gmm.score(X), gmm.n_features_in_) == before[:2]
+    np.testing.assert_array_equal(gmm.means_, before[2])
+
+
+def test_assigned_mixture_parameters_are_the_model():
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    X, _ = make_blobs(300, centers=2, random_state=0)
+    ours = GaussianMixture(2, covariance_type="diag", random_state=0, device="cpu").fit(X)
+    ref = SkGMM(2, covariance_type="diag", random_state=0).fit(X)
+    for est in (ours, ref):
+        est.means_ = np.array([[0.0, 0.0], [5.0, 5.0]])
+        est.weights_ = np.array([0.3, 0.7])
+        est.precisions_cholesky_ = np.ones((2, 2))
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.score_samples(X), ref.score_samples(X), rtol=1e-10)
+
+
+# --- float32 and low-precision numerics, tile sizes (what a GPU would break) ----------------------
+
+
+@pytest.mark.parametrize("init_params", ["k-means++", "random_from_data"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_float32_single_sample_starts_are_well_defined(init_params, covariance_type, offset):
+    # Each component starts at one sample: its covariance is reg_covar alone, which float32
+    # rounding of E[xx] - mu mu^T (values around 30) used to swamp.
+    for seed in range(4):
+        X, _ = make_blobs(1500, 8, centers=5, random_state=seed)
+        X = (X + offset).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gmm = GaussianMixture(5, covariance_type=covariance_type, init_params=init_params, random_state=seed,
+                                  device="cpu", max_iter=30).fit(X)  # fmt: skip
+        assert np.isfinite(gmm.lower_bound_)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_on_real_pixels(fashion_pixels, covariance_type):
+    # 784 features in [0, 1], many of them constant: float32 second moments went negative here.
+    X64 = fashion_pixels[0][:1200]
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", max_iter=3, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours32 = GaussianMixture(6, **kw).fit(X64.astype(np.float32))
+        ours64 = GaussianMixture(6, **kw).fit(X64)
+    assert ours32.means_.dtype == np.float32
+    # Same start (float64 init statistics), three iterations: float32 stays within the
+    # float32 tolerance of float64 (precisions of 1/reg_covar on constant pixels make the
+    # float32 E-step the main source of difference).
+    assert ours32.lower_bound_ == pytest.approx(ours64.lower_bound_, rel=RTOL["float32"])
+    np.testing.assert_allclose(ours32.means_, ours64.means_, atol=RTOL["float32"])
+    np.testing.assert_allclose(ours32.weights_, ours64.weights_, atol=RTOL["float32"])
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_bf16_matmuls_stay_close_to_exact(covariance_type):
+    # The opt-in low-precision E-step: measured here, statistics still summed in float64.
+    X, _ = make_blobs(3000, 16, centers=4, random_state=0, cluster_std=2.0)
+    X = X.astype(np.float32)
+    kw = dict(covariance_type=covariance_type, random_state=0, device="cpu", max_iter=20, tol=0.0)
+    exact = GaussianMixture(4, **kw).fit(X)
+    low = GaussianMixture(4, matmul_precision="bf16", **kw).fit(X)
+    assert low.lower_bound_ == pytest.approx(exact.lower_bound_, rel=2e-3)
+    np.testing.assert_allclose(low.means_, exact.means_, atol=0.05 * np.abs(exact.means_).max())
+    assert (low.predict(X) == exact.predict(X)).mean() > 0.99
+    # TF32 is a CUDA setting: on the CPU it changes nothing.
+    tf32 = GaussianMixture(4, matmul_precision="tf32", **kw).fit(X)
+    assert tf32.lower_bound_ == exact.lower_bound_
+
+
+def test_unknown_matmul_precision_is_refused():
+    with pytest.raises(ValueError, match="matmul_precision"):
+        GaussianMixture(2, matmul_precision="fp8", device="cpu").fit(np.random.rand(20, 2))
+
+
+def test_tiles_are_sized_by_their_total_memory():
+    # Full covariance: a row costs K*D in the working dtype and K*D in float64 for the statistics.
+    import gpuclust._gmm_numerics as gm
+
+    assert gm.tile_bytes_per_row("full", 10, 6272, 4) == 10 * 6272 * 12 + 8 * 6272 + 160
+    est = GaussianMixture(10, covariance_type="full", device="cpu", memory_budget=512 << 20)
+    rows = est._tile_rows(48000, 6272, 10, torch.device("cpu"), torch.float32)
+    per_row = gm.tile_bytes_per_row("full", 10, 6272, 4)
+    most = (512 << 20) // per_row  # the most rows the budget allows; tiles are then made equal
+    assert rows * per_row <= 512 << 20 < (most + 1) * per_row
+    assert math.ceil(48000 / rows) == math.ceil(48000 / most) and rows == math.ceil(48000 / math.ceil(48000 / most))

@@ -518,3 +518,25 @@ def test_statistics_give_symmetric_positive_definite_covariances(ct, d, seed, of
     assert bool(torch.isfinite(P).all())
     _, _, sk_cov = skgm._estimate_gaussian_parameters(Xs.numpy(), resp, REG, ct)
     _close(cov, sk_cov, 1e-9)  # scales from 0.01 to 10 and collapsed data: looser than STATS_TOL
+
+
+# --- the per-matrix loop a GPU takes at large D ---------------------------------------------------
+
+
+def test_per_component_factorization_equals_the_batched_one(monkeypatch):
+    # The loop a GPU takes at large D, asked for explicitly on CPU tensors at a small D.
+    rng = np.random.RandomState(0)
+    A = torch.as_tensor(rng.randn(3, 40, 60))
+    cov = A @ A.transpose(1, 2) / 60 + 0.1 * torch.eye(40)
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m: calls.append(m.shape) or real(m))
+    batched, _ = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=False)
+    assert calls == [(3, 40, 40)]
+    calls.clear()
+    looped, _ = gm._per_matrix(torch.linalg.cholesky_ex, cov, one_at_a_time=True)
+    assert calls == [(1, 40, 40)] * 3
+    torch.testing.assert_close(looped, batched, rtol=0, atol=0)
+    calls.clear()
+    gm._per_matrix(torch.linalg.cholesky_ex, cov)  # decided by size and device: batched on the CPU
+    assert calls == [(3, 40, 40)]

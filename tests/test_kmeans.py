@@ -1,13 +1,18 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from conftest import DEVICES, RTOL, overlapping_blobs
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import adjusted_rand_score
 
+import gpuclust
 from gpuclust import KMeans
 
 
@@ -573,17 +578,6 @@ def test_n_init_keeps_the_run_sklearn_keeps_when_inertias_tie(seed, init):
     assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
 
 
-def test_same_clustering_is_a_renaming_test():
-    from gpuclust._kmeans_core import same_clustering
-
-    a = torch.tensor([0, 0, 1, 2, 2])
-    assert same_clustering(a, torch.tensor([2, 2, 0, 1, 1]), 3)
-    assert not same_clustering(a, torch.tensor([2, 2, 0, 1, 0]), 3)
-    # scikit-learn's test maps the first labelling onto the second: a coarser second one passes it.
-    assert same_clustering(a, torch.tensor([1, 1, 1, 0, 0]), 3)
-    assert not same_clustering(torch.tensor([1, 1, 1, 0, 0]), a, 3)
-
-
 def test_verbose_reaches_the_sklearn_backend(capsys):
     X, _ = overlapping_blobs(n=300, d=3, k=3, seed=1)
     KMeans(3, backend="sklearn", verbose=1, device="cpu", random_state=0).fit(X)
@@ -604,3 +598,59 @@ def test_warnings_point_at_the_callers_line(case):
         warnings.simplefilter("always")
         est.fit(data)
     assert caught and all(w.filename == __file__ for w in caught), [(w.filename, w.lineno) for w in caught]
+
+
+# --- details a scikit-learn user relies on without thinking (hostile review) ----------------------
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "elkan"])
+@pytest.mark.parametrize("offset", [[40.7, -74.0], [1e4, 1e4]])
+def test_float32_data_far_from_the_origin(algorithm, offset):
+    # Latitude/longitude-like data: tiny spread, large offset. Distances formed as
+    # |x|^2 - 2 x.c + |c|^2 in float32 lose every digit unless the data are centred.
+    X, y = make_blobs(2000, centers=5, n_features=2, cluster_std=0.004 * abs(offset[0]) / 40,
+                      center_box=(-0.05 * abs(offset[0]) / 40, 0.05 * abs(offset[0]) / 40), random_state=3)  # fmt: skip
+    X = (X + offset).astype(np.float32)
+    ours = KMeans(5, random_state=0, algorithm=algorithm, device="cpu").fit(X)
+    ref = SkKMeans(5, random_state=0, algorithm=algorithm).fit(X)
+    assert adjusted_rand_score(ref.labels_, ours.labels_) > 0.99
+    assert ours.n_iter_ == ref.n_iter_
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-3)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-5)
+
+
+def test_kmeans_plusplus_takes_scipy_sparse():
+    X, _ = make_blobs(60, centers=3, random_state=0)
+    centers, indices = gpuclust.kmeans_plusplus(sp.csr_matrix(X), 3, random_state=0)
+    np.testing.assert_array_equal(centers, X[indices])
+
+
+def test_assigned_centres_are_the_model():
+    X, _ = make_blobs(300, centers=3, random_state=0)
+    ours, ref = KMeans(3, random_state=0, device="cpu").fit(X), SkKMeans(3, random_state=0).fit(X)
+    centres = X[[0, 1, 2]] + 20.0
+    ours.cluster_centers_, ref.cluster_centers_ = centres.copy(), centres.copy()
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.transform(X), ref.transform(X), rtol=1e-10)
+    assert ours.score(X) == pytest.approx(ref.score(X), rel=1e-10)
+    with pytest.raises(ValueError, match="shape"):
+        ours.cluster_centers_ = centres[:2]
+        ours.predict(X)
+
+
+@pytest.mark.parametrize("container", ["dataframe", "list"])
+def test_callable_init_gets_a_validated_array(container):
+    X, _ = make_blobs(200, centers=3, random_state=0)
+    data = pd.DataFrame(X, columns=["a", "b"]) if container == "dataframe" else X.tolist()
+
+    def init(Z, k, random_state):
+        return Z[random_state.choice(Z.shape[0], k, replace=False)]
+
+    ours = KMeans(3, init=init, n_init=1, random_state=0, device="cpu").fit(data)
+    ref = SkKMeans(3, init=init, n_init=1, random_state=0).fit(data)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-10)
+
+
+def test_overflow_message_suggests_only_what_helps():
+    with pytest.raises(ValueError, match=r"overflow float64.*StandardScaler\)\.$"):
+        KMeans(2, device="cpu").fit(np.array([[1e200, 0.0], [0.0, 1.0], [1.0, 1.0]]))

@@ -5,6 +5,7 @@ import torch
 from conftest import DEVICES
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from gpuclust import metrics
 
@@ -143,3 +144,40 @@ def test_all_scores_keys():
     scores = metrics.all_scores(t, p)
     assert set(scores) == {"completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy"}
     assert scores["completeness"] == pytest.approx(skm.completeness_score(t, p), rel=1e-9)
+
+
+# --- CUDA has no integer matrix products: the metrics never ask for one ---------------------------
+
+
+_PRODUCTS = {torch.matmul, torch.mm, torch.mv, torch.bmm, torch.addmm, torch.addmv, torch.dot, torch.Tensor.__matmul__,
+             torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.mv, torch.Tensor.addmm, torch.Tensor.addmv}  # fmt: skip
+
+
+class NoIntegerProducts(TorchFunctionMode):
+    """Refuses integer matrix products, as CUDA does ("addmv_impl_cuda" not implemented for 'Long')."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _PRODUCTS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if any(not (t.is_floating_point() or t.is_complex()) for t in tensors):
+                raise RuntimeError(f"{func.__name__} of integer tensors is not implemented on CUDA")
+        return func(*args, **kwargs)
+
+
+def test_the_cuda_rule_checker_catches_integer_products():
+    with NoIntegerProducts(), pytest.raises(RuntimeError, match="not implemented on CUDA"):
+        torch.ones(3, 3, dtype=torch.int64) @ torch.ones(3, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("n", [50, 70_000])
+def test_every_metric_avoids_integer_matrix_products(n):
+    rng = np.random.RandomState(0)
+    y, p = rng.randint(0, 10, n), rng.randint(0, 12, n)
+    p[: n // 2] = y[: n // 2]
+    yt, pt = torch.as_tensor(y), torch.as_tensor(p)
+    with NoIntegerProducts():
+        ours = metrics.all_scores(yt, pt)
+    assert ours["ari"] == pytest.approx(skm.adjusted_rand_score(y, p), abs=1e-12)
+    assert ours["nmi"] == pytest.approx(skm.normalized_mutual_info_score(y, p), abs=1e-12)
+    assert ours["completeness"] == pytest.approx(skm.completeness_score(y, p), abs=1e-12)

@@ -383,19 +383,6 @@ def test_equally_far_samples_relocate_alike_in_memory_and_streamed(seed, tmp_pat
         assert est.n_iter_ == ref.n_iter_
 
 
-def test_farthest_first_is_a_stable_sort_of_the_distances():
-    # topk's cut-off then a stable sort of the samples at least that far: the order of a full
-    # stable sort (ties to the lower row) without its cost.
-    from gpuclust._kmeans_core import farthest_first
-
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        d = torch.from_numpy(rng.integers(0, 4, size=int(rng.integers(1, 40))).astype(np.float64))
-        count = int(rng.integers(0, 6))
-        expected = torch.sort(d, descending=True, stable=True).indices[: min(count, d.numel())]
-        assert torch.equal(farthest_first(d, count), expected)
-
-
 def test_read_only_rows_are_never_shared_with_torch(tmp_path):
     # One-row tiles of a strided read-only memmap are views of the map: torch must get copies,
     # not the map's read-only memory. (Checked on the tiles themselves: torch's "not writable"

@@ -1,37 +1,12 @@
-import logging
-
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import make_blobs
 
-from gpuclust import resolve_device
+from gpuclust import GaussianMixture
 from gpuclust._arrays import as_tensor, resolve_dtype, to_output
 
 CPU = torch.device("cpu")
-
-
-def test_auto_resolves_and_logs(caplog):
-    with caplog.at_level(logging.INFO, logger="gpuclust"):
-        dev = resolve_device("auto")
-    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert "resolved to" in caplog.text
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
-def test_cuda_without_gpu_is_clear_error():
-    with pytest.raises(ValueError, match="no CUDA GPU is available"):
-        resolve_device("cuda")
-
-
-@pytest.mark.parametrize("bad", ["tpu", "gpu0", "mps"])
-def test_unknown_device(bad):
-    with pytest.raises(ValueError, match="device="):
-        resolve_device(bad)
-
-
-def test_device_type_error():
-    with pytest.raises(TypeError):
-        resolve_device(3)
 
 
 def test_numpy_to_torch_is_zero_copy_on_cpu():
@@ -98,3 +73,48 @@ def test_reversed_and_read_only_arrays_are_accepted(recwarn):
 def test_error_names_the_argument():
     with pytest.raises(ValueError, match="Complex data not supported: init"):
         as_tensor(np.array([[1j]]), device=CPU, name="init")
+
+
+# --- DLPack producers (CuPy, JAX): outputs come back as the producer's arrays ---------------------
+
+
+class _Producer:
+    """A CPU stand-in for a DLPack producer such as CuPy or JAX (numpy underneath)."""
+
+    def __init__(self, array, namespace):
+        self._a, self._ns = np.ascontiguousarray(array), namespace
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __array_namespace__(self, api_version=None):
+        if self._ns is None:
+            raise AttributeError("no namespace")
+        return self._ns
+
+
+class _Namespace:
+    """What CuPy or jax.numpy offer: from_dlpack building the producer's own array type."""
+
+    @staticmethod
+    def from_dlpack(x):
+        return _Producer(np.from_dlpack(x), _Namespace)
+
+
+@pytest.mark.parametrize("estimator", ["kmeans", "gmm"])
+def test_any_dlpack_producer_round_trips(estimator):
+    from gpuclust import KMeans
+
+    X, _ = make_blobs(400, 4, centers=3, random_state=0)
+    est = KMeans(3, random_state=0, device="cpu") if estimator == "kmeans" else GaussianMixture(3, device="cpu")
+    # With an array namespace (CuPy, jax.numpy): outputs come back as the producer's arrays.
+    labels = est.fit(_Producer(X, _Namespace)).predict(_Producer(X, _Namespace))
+    assert isinstance(labels, _Producer)
+    np.testing.assert_array_equal(np.from_dlpack(labels), est.predict(X))
+    # Without one (and no from_dlpack in its module): a torch tensor, decided before the fit.
+    labels = est.fit(_Producer(X, None)).predict(_Producer(X, None))
+    assert isinstance(labels, torch.Tensor)
+    np.testing.assert_array_equal(labels.numpy(), est.predict(X))
