@@ -223,3 +223,116 @@ def test_docstring_examples_run(module):
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {module}"
     if module in ("gpuclust.kmeans", "gpuclust.gaussian_mixture"):
         assert result.attempted > 0
+
+
+# ------------------------------------------------------------------ issue 25: one plan, no switches
+LONGEST_LIBRARY_FUNCTION = 60
+
+
+def test_no_library_function_is_longer_than_sixty_lines():
+    offenders = []
+    for name, path in LIBRARY.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > LONGEST_LIBRARY_FUNCTION:
+                    offenders.append(f"{name}:{node.lineno} {node.name} ({length} lines)")
+    assert not offenders, offenders
+
+
+# Where the library may read the environment: torchrun's variables, which say where the process
+# group is, never how anything is computed.
+ENVIRONMENT_READERS = {"gpuclust.distributed"}
+
+
+def test_no_environment_variable_or_module_switch_steers_the_library():
+    offenders = []
+    for name, path in LIBRARY.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Global):
+                offenders.append(f"{name}:{node.lineno} rebinds module state ({', '.join(node.names)})")
+            reads_env = (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")) or (
+                isinstance(node, ast.Name) and node.id in ("environ", "getenv")
+            )
+            if reads_env and name not in ENVIRONMENT_READERS:
+                offenders.append(f"{name}:{node.lineno} reads the environment")
+    assert not offenders, offenders
+    import gpuclust.device
+
+    assert not hasattr(gpuclust.device, "force_cuda_paths") and not hasattr(gpuclust.device, "uses_cuda_paths")
+
+
+def test_one_name_for_the_rows_of_a_tile():
+    # chunk_size is the estimators' public parameter (as in cuML); inside, rows per tile are "tile rows".
+    retired = re.compile(r"\b(_chunk_rows|rows_per_tile|rows_per_chunk|chunk_slices|balanced_chunk|_chunk)\b")
+    offenders = [
+        f"{name}:{i} {line.strip()}"
+        for name, path in LIBRARY.items()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if retired.search(line)
+    ]
+    assert not offenders, offenders
+
+
+def test_one_init_sample_rule_and_one_column_sum():
+    defined = {}
+    for name, path in LIBRARY.items():
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            if isinstance(node, ast.FunctionDef) and node.name in ("init_sample", "gather_init_sample", "column_sums",
+                                                                   "is_sparse", "rows_of"):  # fmt: skip
+                defined.setdefault(node.name, []).append(name)
+    assert defined == {
+        "init_sample": ["gpuclust.sources"],
+        "column_sums": ["gpuclust.sources"],
+        "is_sparse": ["gpuclust._arrays"],
+        "rows_of": ["gpuclust.sources"],
+    }, defined
+
+
+def test_one_rollback_helper():
+    # "A failed fit leaves the estimator unchanged" is written once: gpuclust._base.unchanged_on_error.
+    offenders = [
+        f"{name}:{i}"
+        for name, path in LIBRARY.items()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "__dict__.update(" in line and name != "gpuclust._base"
+    ]
+    assert not offenders, offenders
+
+
+# ------------------------------------------------------------------ issue 25: tests grouped by the module they test
+TESTS = ROOT / "tests"
+# Suites named after what they test across modules, not after one module.
+CROSS_CUTTING_SUITES = {
+    "test_common": "scikit-learn's estimator checks on both estimators",
+    "test_sklearn_suite": "scikit-learn's own KMeans and GaussianMixture test files, run against gpuclust",
+    "test_layout": "the package's shape (this file)",
+    "test_out_of_core": "out-of-core input (gpuclust.sources) through both estimators",
+    "test_sparse": "sparse input (gpuclust._arrays) through both estimators",
+    "test_memory": "memory of tiled passes (gpuclust._chunks, sources) through both estimators",
+    "test_peers": "the peer libraries of the benchmark harness (gpuclust.app.bench.peers and the README)",
+    "test_gpu_check": "benchmarks/gpu_check.sh's dry run",
+    "test_cuda_lloyd_overhead": "benchmarks/cuda_lloyd_overhead.py's dry run",
+}
+
+
+def module_under_test(stem):
+    """The gpuclust module ``tests/<stem>.py`` is named after (library or application), or None."""
+    name = stem.removeprefix("test_")
+    candidates = [f"{package}.{prefix}{name}" for package in ("gpuclust", APP_PREFIX) for prefix in ("", "_")]
+    return next((module for module in candidates if module in MODULES), None)
+
+
+def test_every_test_file_is_named_after_a_module_or_is_a_listed_suite():
+    stems = sorted(p.stem for p in TESTS.glob("test_*.py"))
+    offenders = [stem for stem in stems if module_under_test(stem) is None and stem not in CROSS_CUTTING_SUITES]
+    assert not offenders, f"named after neither a gpuclust module nor a listed cross-cutting suite: {offenders}"
+    # The list holds only suites that exist and need it.
+    assert sorted(set(CROSS_CUTTING_SUITES) - set(stems)) == [], set(CROSS_CUTTING_SUITES) - set(stems)
+    assert [s for s in CROSS_CUTTING_SUITES if module_under_test(s)] == []
+    # Files named after a review round are what the rule keeps out.
+    assert [module_under_test(s) for s in ("test_hardening", "test_dropin_details", "test_gpu_readiness")] == [None] * 3
+    assert module_under_test("test_kmeans_core") == "gpuclust._kmeans_core"
+    assert module_under_test("test_atomic") == "gpuclust.app._atomic"
+    assert module_under_test("test_cli") == "gpuclust.app.cli"
