@@ -1,3 +1,5 @@
+"""gpuclust._arrays: array conversion (zero-copy where it can, DLPack producers), dtypes, input checks."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,3 +1,5 @@
+"""gpuclust.app.autoencoder (presets, the model) and gpuclust.app.training (training, checkpoints, encoding)."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,3 +1,5 @@
+"""gpuclust.app.bench: the benchmark harness (grids, cases, data, measurement, memory, tables, runner)."""
+
 import json
 import subprocess
 import sys

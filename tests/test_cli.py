@@ -1,3 +1,8 @@
+"""gpuclust.app.cli: the command line, in process (main) and as ``python -m gpuclust`` in a subprocess.
+
+Errors are one line with exit code 2, found before any work, with nothing written; files a user
+must never lose are refused as outputs."""
+
 import gzip
 import json
 import os

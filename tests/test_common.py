@@ -1,4 +1,7 @@
-"""scikit-learn's own estimator checks on both estimators (the drop-in contract, tested not assumed)."""
+"""scikit-learn's own estimator checks on both estimators (the drop-in contract, tested not assumed).
+
+Tests gpuclust.kmeans and gpuclust.gaussian_mixture (a cross-cutting suite).
+"""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 

@@ -1,4 +1,7 @@
-"""benchmarks/cuda_lloyd_overhead.py's dry run: the GPU script works before it gets a GPU."""
+"""benchmarks/cuda_lloyd_overhead.py's dry run: the GPU script works before it gets a GPU.
+
+Tests benchmarks/cuda_lloyd_overhead.py over gpuclust._kmeans_core (a cross-cutting suite).
+"""
 
 import importlib.util
 import json

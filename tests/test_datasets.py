@@ -1,3 +1,5 @@
+"""gpuclust.app.datasets: finding, reading, verifying and downloading Fashion-MNIST; the deprecated names."""
+
 import gzip
 import hashlib
 import http.server

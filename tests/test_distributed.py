@@ -1,3 +1,5 @@
+"""gpuclust.distributed: two gloo ranks on 127.0.0.1 fit as one process does; init_from_env's start-up."""
+
 import os
 import subprocess
 import sys

@@ -1,3 +1,5 @@
+"""gpuclust.gaussian_mixture: the GaussianMixture estimator against scikit-learn's, its API and numerics."""
+
 import copy
 import dataclasses
 import math

@@ -31,6 +31,8 @@ Discrepancies with scikit-learn that these tests pin down (see each test):
   scikit-learn's ``reg_covar`` (strict xfail below);
 * ``nk`` gets 10 * eps of float64 in every dtype (scikit-learn: eps of the responsibilities'
   dtype, 1.2e-6 in float32): within the tolerances here (not asserted on its own).
+
+Tests gpuclust._gmm_numerics.
 """
 
 import numpy as np

@@ -1,6 +1,8 @@
 """The GPU check's dry run: every step of benchmarks/gpu_check.sh at toy size on the CPU.
 
 GPU time is rare and short; this makes sure the script itself works before it gets any.
+
+Tests benchmarks/gpu_check.sh over gpuclust.app.bench (a cross-cutting suite).
 """
 
 import json

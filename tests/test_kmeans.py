@@ -1,3 +1,5 @@
+"""gpuclust.kmeans: the KMeans estimator and kmeans_plusplus against scikit-learn's, and their API."""
+
 import warnings
 
 import numpy as np

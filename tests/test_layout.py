@@ -1,4 +1,7 @@
-"""The package's shape: the library stands alone, the application sits on top, docs match signatures."""
+"""The package's shape: the library stands alone, the application sits on top, docs match signatures.
+
+Tests the package as a whole, and the layout of tests/ itself.
+"""
 
 import ast
 import doctest

@@ -1,4 +1,7 @@
-"""The assignment GEMM's CPU path (oneDNN where torch has it, addmm elsewhere) and equal row tiles."""
+"""The assignment GEMM's CPU path (oneDNN where torch has it, addmm elsewhere) and equal row tiles.
+
+Tests gpuclust._linear and gpuclust._chunks.
+"""
 
 import numpy as np
 import pytest

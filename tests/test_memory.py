@@ -1,4 +1,7 @@
-"""Memory of tiled passes: what a pass allocates must not grow with its number of tiles or passes."""
+"""Memory of tiled passes: what a pass allocates must not grow with its number of tiles or passes.
+
+Tests gpuclust._chunks and gpuclust.sources through both estimators (a cross-cutting suite).
+"""
 
 import ctypes
 import json

@@ -1,3 +1,5 @@
+"""gpuclust.metrics: the clustering scores against scikit-learn's, without integer matrix products."""
+
 import numpy as np
 import pytest
 import sklearn.metrics as skm

@@ -1,4 +1,7 @@
-"""Out-of-core input (memmap, .npy path, row blocks, callable): same tiles, same sums, same results as in memory."""
+"""Out-of-core input (memmap, .npy path, row blocks, callable): same tiles, same sums, same results as in memory.
+
+Tests gpuclust.sources through both estimators and the CLI (a cross-cutting suite).
+"""
 
 import os
 import socket

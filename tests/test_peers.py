@@ -1,4 +1,7 @@
-"""What users would pick instead (issue 16): peer rows, their stopping rules, the ratio table, the plot, the README."""
+"""What users would pick instead (issue 16): peer rows, their stopping rules, the ratio table, the plot, the README.
+
+Tests gpuclust.app.bench.peers and the harness's peer tables.
+"""
 
 import importlib.util
 import sys

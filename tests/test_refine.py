@@ -1,3 +1,5 @@
+"""gpuclust.app.refine: k-NN graphs, the UMAP-style embedding and refinement; the pipeline's tasks using it."""
+
 import numpy as np
 import pytest
 import torch

@@ -5,6 +5,8 @@ pointed at gpuclust and run in a subprocess: its error messages, warnings and nu
 of the API a drop-in replacement keeps. Tests that reach scikit-learn's private internals
 (attributes and functions gpuclust does not have) are left out, each with its reason, and so are
 the few where gpuclust answers differently on purpose.
+
+Tests gpuclust.kmeans and gpuclust.gaussian_mixture (a cross-cutting suite).
 """
 
 import os

@@ -1,4 +1,7 @@
-"""Sparse input: KMeans on a real TF-IDF matrix against scikit-learn's sparse results; GaussianMixture refuses it."""
+"""Sparse input: KMeans on a real TF-IDF matrix against scikit-learn's sparse results; GaussianMixture refuses it.
+
+Tests gpuclust._arrays' sparse path through both estimators (a cross-cutting suite).
+"""
 
 import numpy as np
 import pytest
