@@ -13,9 +13,9 @@ is missing or disagrees.
 
 from __future__ import annotations
 
-import torch
+import functools
 
-_onednn_ok: bool | None = None
+import torch
 
 
 def _probe_onednn() -> bool:
@@ -37,12 +37,13 @@ def _probe_onednn() -> bool:
         return False
 
 
+@functools.cache
 def onednn_available() -> bool:
-    """Whether :func:`linear` takes oneDNN's path for float32 CPU inputs (probed once per process)."""
-    global _onednn_ok
-    if _onednn_ok is None:
-        _onednn_ok = _probe_onednn()
-    return _onednn_ok
+    """Whether :func:`linear` takes oneDNN's path for float32 CPU inputs (probed once per process).
+
+    A property of this torch build and CPU, not a setting: the same answer for every call.
+    """
+    return _probe_onednn()
 
 
 def linear(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

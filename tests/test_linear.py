@@ -15,7 +15,16 @@ from gpuclust._chunks import balanced_tile_rows, tile_rows_for, tile_slices
 
 @pytest.fixture
 def without_onednn(monkeypatch):
-    monkeypatch.setattr(_linear, "_onednn_ok", False)
+    """A machine whose torch has no usable oneDNN linear."""
+    monkeypatch.setattr(_linear, "onednn_available", lambda: False)
+
+
+@pytest.fixture
+def fresh_probe():
+    """The cached probe forgotten before the test and after it (the next caller probes again)."""
+    _linear.onednn_available.cache_clear()
+    yield
+    _linear.onednn_available.cache_clear()
 
 
 def _operands(m=1000, d=37, k=7, dtype=torch.float32):
@@ -52,20 +61,19 @@ def test_linear_takes_strided_and_empty_inputs():
     assert _linear.linear(X[:0], W, b).shape == (0, 7)
 
 
-def test_probe_says_no_where_onednn_is_missing(monkeypatch):
-    monkeypatch.setattr(_linear, "_onednn_ok", None)
+def test_probe_says_no_where_onednn_is_missing(monkeypatch, fresh_probe):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert not _linear.onednn_available()
     X, W, b = _operands()
     assert torch.equal(_linear.linear(X, W, b), torch.addmm(b, X, W.T))
 
 
-def test_probe_says_no_when_the_operator_fails(monkeypatch):
+def test_probe_says_no_when_the_operator_fails(monkeypatch, fresh_probe):
     class Broken:
         def __getattr__(self, name):
             raise RuntimeError("no such operator")
 
-    monkeypatch.setattr(_linear, "_onednn_ok", None)
+    _linear.onednn_available.cache_clear()
     monkeypatch.setattr(torch.ops, "mkldnn", Broken(), raising=False)
     assert not _linear.onednn_available()
 
@@ -76,7 +84,7 @@ def test_kmeans_gives_the_same_fit_without_onednn(algorithm, monkeypatch):
     X = X.astype(np.float32)
     init = X[:6].copy()
     fast = KMeans(6, init=init, algorithm=algorithm, device="cpu", tol=0).fit(X)
-    monkeypatch.setattr(_linear, "_onednn_ok", False)
+    monkeypatch.setattr(_linear, "onednn_available", lambda: False)
     plain = KMeans(6, init=init, algorithm=algorithm, device="cpu", tol=0).fit(X)
     ref = SkKMeans(6, init=init, n_init=1, tol=0).fit(X)
     np.testing.assert_array_equal(fast.labels_, plain.labels_)
@@ -118,12 +126,10 @@ def test_cpu_floors_script_writes_its_tables(tmp_path):
 
 
 @pytest.mark.parametrize("context", ["float64 default dtype", "bfloat16 autocast"])
-def test_probe_does_not_depend_on_where_it_is_first_asked(context, monkeypatch):
+def test_probe_does_not_depend_on_where_it_is_first_asked(context, fresh_probe):
     # The answer is cached for the process: a caller's default dtype or autocast region must not
     # switch the fast path off for everyone after it.
-    monkeypatch.setattr(_linear, "_onednn_ok", None)
     expected = _linear._probe_onednn()
-    monkeypatch.setattr(_linear, "_onednn_ok", None)
     if context == "float64 default dtype":
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
