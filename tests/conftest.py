@@ -1,10 +1,17 @@
 """Shared by the test files: devices, tolerances, data, fake runs, and the torchrun environment."""
 
+import os
 import socket
+
+import torch
+
+# Without a GPU, triton's interpreter runs gpuclust._fused's kernels on CPU tensors; it must be
+# chosen before the kernels are defined, i.e. before gpuclust._fused is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest
-import torch
 
 from gpuclust import COVARIANCE_TYPES  # noqa: F401 (re-exported to the tests)
 from gpuclust.app.datasets import load_fashion_mnist

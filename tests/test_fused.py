@@ -1,0 +1,194 @@
+"""gpuclust._fused: the Triton kernels (KMeans assignment, centre sums, diag/spherical E-step) against the torch path.
+
+Without a GPU, triton's interpreter runs the kernels on CPU tensors (tests/conftest.py sets
+TRITON_INTERPRET=1 before gpuclust._fused is imported); sizes are toy sizes, chosen to cross the
+kernels' block edges (rows per program, centres per tile, features per step).
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from gpuclust import _fused
+from gpuclust import _kmeans_core as kc
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# float32 distances of the kernel against the torch path: different summation orders, so a few
+# float32 roundings of the largest term (||x||^2 + ||c||^2) apart.
+DIST_RTOL = 1e-5
+
+
+def _data(n, k, d, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    C = torch.randn(k, d, generator=g, dtype=torch.float64) * 1.5
+    return X.to(dtype).to(DEVICE), C.to(dtype).to(DEVICE)
+
+
+def _reference(X, C):
+    return kc.assign(X, kc.squared_norms(X), C, X.shape[0])
+
+
+def _scale(X, C):
+    return float(kc.squared_norms(X).max() + kc.squared_norms(C).max())
+
+
+# ------------------------------------------------------------------ assign
+@pytest.mark.parametrize(
+    "n, k, d",
+    [(1, 1, 1), (63, 5, 3), (65, 33, 7), (130, 70, 33), (200, 32, 64)],
+    ids=["single", "under-one-block", "odd-edges", "k-over-two-tiles", "exact-tiles"],
+)
+def test_assign_equals_the_torch_path(n, k, d):
+    X, C = _data(n, k, d)
+    labels, dist = _fused.assign(X, kc.squared_norms(X), C)
+    ref_labels, ref_dist = _reference(X, C)
+    assert labels.dtype == torch.int64 and dist.dtype == X.dtype and labels.shape == dist.shape == (n,)
+    torch.testing.assert_close(labels, ref_labels, rtol=0, atol=0)
+    torch.testing.assert_close(dist, ref_dist, rtol=0, atol=DIST_RTOL * _scale(X, C))
+    assert bool((dist >= 0).all())
+
+
+def test_ties_go_to_the_lowest_centre_index():
+    # Small integers: every product and sum is exact in float32 in any order, so duplicated centres
+    # tie exactly. Each centre appears three times: at j, j + 11 (the same tile of centres) and
+    # j + 42 (the next tile); points equidistant from two different centres tie as well.
+    g = torch.Generator().manual_seed(1)
+    X = torch.randint(-3, 4, (97, 5), generator=g).float().to(DEVICE)
+    C = torch.randint(-3, 4, (11, 5), generator=g).float().to(DEVICE)
+    dup = torch.cat([C, C, torch.full((20, 5), 50.0, device=DEVICE), C])
+    labels, dist = _fused.assign(X, kc.squared_norms(X), dup)
+    ref_labels, ref_dist = _reference(X, dup)
+    torch.testing.assert_close(labels, ref_labels, rtol=0, atol=0)
+    torch.testing.assert_close(dist, ref_dist, rtol=0, atol=0)
+    assert int(labels.max()) < 11  # the first copy wins
+
+
+def _near_ties(n=150, d=6, seed=2):
+    """Centre pairs mirrored in a random hyperplane, and points nudged off it by far less than bf16 resolves."""
+    g = torch.Generator().manual_seed(seed)
+    normal = torch.randn(d, generator=g, dtype=torch.float64)
+    normal /= normal.norm()
+    Y = torch.randn(n, d, generator=g, dtype=torch.float64) * 3.0
+    nudge = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 2e-3
+    X = Y - torch.outer(Y @ normal, normal) + torch.outer(nudge, normal)
+    base = torch.randn(4, d, generator=g, dtype=torch.float64) + normal
+    mirror = base - 2.0 * torch.outer(base @ normal, normal)
+    far = torch.randn(30, d, generator=g, dtype=torch.float64) * 3 + 40.0
+    C = torch.cat([base, far, mirror])  # each pair's halves in different tiles of centres
+    return X.float().to(DEVICE), C.float().to(DEVICE)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_low_precision_labels_equal_the_float32_path_on_near_ties(precision):
+    X, C = _near_ties()
+    x_sq = kc.squared_norms(X)
+    labels, dist = _fused.assign(X, x_sq, C, precision=precision)
+    ref_labels, ref_dist = _reference(X, C)
+    torch.testing.assert_close(labels, ref_labels, rtol=0, atol=0)
+    bound = _fused.rounding_bound(x_sq.sqrt(), kc.squared_norms(C).max().sqrt(), X.shape[1], precision)
+    assert bool(((dist - ref_dist).abs() <= bound).all())
+
+
+def test_the_bf16_kernel_alone_gets_near_ties_wrong():
+    # What the re-check repairs: without it, bf16 products pick the other centre of a near tie.
+    X, C = _near_ties()
+    raw = torch.empty(X.shape[0], dtype=torch.int64, device=DEVICE)
+    best, second = _fused.kernel_scores(X, C, kc.squared_norms(C), raw, "bf16")
+    ref_labels, _ = _reference(X, C)
+    assert int((raw != ref_labels).sum()) > 0
+    assert bool((second >= best).all())
+
+
+@pytest.mark.parametrize("precision, most", [("tf32", 0.1), ("bf16", 0.5)])
+def test_the_re_check_takes_only_rows_near_a_tie(precision, most):
+    # The bound is not vacuous: on spread-out data most rows keep their low-precision label.
+    X, C = _data(200, 20, 8)
+    c_sq, labels = kc.squared_norms(C), torch.empty(200, dtype=torch.int64, device=DEVICE)
+    best, second = _fused.kernel_scores(X, C, c_sq, labels, precision)
+    close = _fused._recheck(X, kc.squared_norms(X), C, c_sq, labels, best, second, precision)
+    assert close.numel() < most * 200
+    gap = (second - best)[close]
+    assert bool(
+        (gap <= _fused.rounding_bound(kc.squared_norms(X)[close].sqrt(), c_sq.max().sqrt(), 8, precision)).all()
+    )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    k=st.integers(1, 40),
+    d=st.integers(1, 9),
+    precision=st.sampled_from(_fused.PRECISIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_low_precision_labels_equal_float32_ones(n, k, d, precision, seed):
+    X, C = _data(n, k, d, seed)
+    labels, _ = _fused.assign(X, kc.squared_norms(X), C, precision=precision)
+    torch.testing.assert_close(labels, _reference(X, C)[0], rtol=0, atol=0)
+
+
+def test_float64_runs_the_torch_path():
+    X, C = _data(70, 9, 5, dtype=torch.float64)
+    labels, dist = _fused.assign(X, kc.squared_norms(X), C)
+    ref_labels, ref_dist = _reference(X, C)
+    assert torch.equal(labels, ref_labels) and torch.equal(dist, ref_dist)
+
+
+def test_assign_writes_into_out_and_rejects_an_unknown_precision():
+    X, C = _data(40, 6, 3)
+    out = (torch.empty(40, dtype=torch.int64, device=DEVICE), torch.empty(40, device=DEVICE))
+    labels, dist = _fused.assign(X, kc.squared_norms(X), C, out=out)
+    assert labels is out[0] and dist is out[1]
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        _fused.assign(X, kc.squared_norms(X), C, precision="fp8")
+
+
+def test_rounding_bound_grows_with_the_format_and_the_norms():
+    b = {p: _fused.rounding_bound(torch.tensor([1.0, 2.0]), 3.0, 16, p) for p in _fused.PRECISIONS}
+    assert bool((b["ieee"] < b["tf32"]).all() and (b["tf32"] < b["bf16"]).all())
+    assert float(b["bf16"][1]) > float(b["bf16"][0]) > 4 * 2 * 3.0 * 2.0**-7
+
+
+# ------------------------------------------------------------------ cluster_sums
+@pytest.mark.parametrize("weighted", [False, True], ids=["unit", "weighted"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("n, k, d", [(1, 1, 1), (300, 7, 37), (129, 12, 4)])
+def test_cluster_sums_equal_the_torch_path(n, k, d, dtype, weighted):
+    X, _ = _data(n, 1, d, dtype=dtype)
+    g = torch.Generator().manual_seed(n)
+    labels = torch.randint(0, max(1, k - 3), (n,), generator=g).to(DEVICE)  # the last clusters stay empty
+    w = (torch.rand(n, generator=g, dtype=dtype) + 0.5 if weighted else torch.ones(n, dtype=dtype)).to(DEVICE)
+    sums, weights = _fused.cluster_sums(X, w, labels, k, block_rows=64)
+    ref_sums, ref_weights = kc.cluster_sums(X, w, labels, k, n, unit_weight=not weighted)
+    assert sums.dtype == weights.dtype == torch.float64 and sums.shape == (k, d) and weights.shape == (k,)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(sums, ref_sums, rtol=tol, atol=tol * n)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-12, atol=1e-12)
+    if k > 3:
+        assert bool((sums[-3:] == 0).all() and (weights[-3:] == 0).all())
+
+
+@settings(max_examples=10, deadline=None)
+@given(perm_seed=st.integers(0, 2**16))
+def test_cluster_sums_do_not_depend_on_the_row_order_beyond_rounding(perm_seed):
+    X, _ = _data(90, 1, 5, dtype=torch.float64)
+    labels = torch.arange(90, device=DEVICE) % 4
+    w = torch.linspace(0.5, 2.0, 90, dtype=torch.float64, device=DEVICE)
+    perm = torch.randperm(90, generator=torch.Generator().manual_seed(perm_seed)).to(DEVICE)
+    a = _fused.cluster_sums(X, w, labels, 4)
+    b = _fused.cluster_sums(X[perm], w[perm], labels[perm], 4)
+    Xn, wn, ln = X.cpu().numpy(), w.cpu().numpy(), labels.cpu().numpy()
+    exact = np.stack([(wn[:, None] * Xn)[ln == j].sum(0) for j in range(4)])
+    for sums, weights in (a, b):
+        np.testing.assert_allclose(sums.cpu().numpy(), exact, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(weights.cpu().numpy(), [wn[ln == j].sum() for j in range(4)], rtol=1e-12)
+
+
+def test_available_only_on_cuda():
+    assert _fused.available("cpu") is False
+    assert _fused.available(torch.device("cuda")) is True  # triton imports here (importorskip above)
