@@ -53,7 +53,10 @@ def test_run_end_to_end_on_a_slice(fashion_train, tmp_path, capsys):
         "task4_umap_gmm_transductive",
         "task5_merged_inductive",
         "task5_merged_transductive",
+        "task6_scan_inductive",
     ]  # the quick profile has no self-labelling
+    inductive = [r for r in results["results"] if r.get("protocol") == "inductive"]
+    assert [r["task"] for r in inductive if "modularity" in r] == [r["task"] for r in inductive]
     for row in results["results"]:
         for key in ("completeness", "homogeneity", "v_measure", "nmi", "ari", "cluster_accuracy", "fit_seconds",
                     "device", "backend"):  # fmt: skip
@@ -68,6 +71,7 @@ def test_run_end_to_end_on_a_slice(fashion_train, tmp_path, capsys):
     assert len(results["training"]["train_loss"]) == 2
     report = (out / "report.md").read_text()
     assert "52.47%" in report and "56.26%" in report and "Smoke run" in report
+    assert "**Label-free choice**" in report
     for png in (
         "loss_curve.png",
         "covariance_types.png",

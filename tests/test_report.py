@@ -48,3 +48,17 @@ def test_rerun_into_the_same_folder_leaves_no_stale_plots(tmp_path):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["confusion_task1_kmeans_pixels.png", "loss_curve.png", "notes.png"]
     assert "covariance_types" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_report_names_the_variant_of_highest_modularity_as_its_label_free_choice():
+    from gpuclust.app.report import render_report
+
+    run = _fake_run()
+    run["results"] = [
+        {**run["results"][0], "task": task, "protocol": "inductive", "n_embedded": 10, "modularity": m,
+         "cluster_accuracy": acc}
+        for task, m, acc in (("task4_umap_gmm_inductive", 0.80, 0.9), ("task6_scan_inductive", 0.83, 0.6))
+    ]  # fmt: skip
+    text = render_report(run, {})
+    assert "Chosen: **task6_scan_inductive**: cluster accuracy 0.6000" in text
+    assert "task4_umap_gmm_inductive 0.8000, task6_scan_inductive 0.8300" in text

@@ -146,6 +146,13 @@ def _add_run_parser(sub):
         help="task 5: train a classifier on the confident clusters of task 5's inductive clustering and "
         "label the test set with it (profile default: on for full, off for quick)",
     )
+    run.add_argument(
+        "--scan",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="task 6: neighbour-consistency heads on the codes (SCAN-style), neighbours from task 4's embedding, "
+        "label the test codes (profile default: on)",
+    )
     _add_run_output_flags(run)
     _add_common(run)
 
@@ -422,6 +429,7 @@ def cmd_run(args, say):
         limit=args.limit,
         progress=not args.quiet,
         self_label=args.self_label,
+        scan=args.scan,
         save_codes=args.save_codes,
     )
     run = run_experiments(config, on_progress=say)
