@@ -24,7 +24,7 @@ try:  # the optional extra
 except ImportError:  # pragma: no cover - exercised where triton is absent
     triton = None
 
-__all__ = ["PRECISIONS", "assign", "available", "cluster_sums", "kernel_scores", "rounding_bound"]
+__all__ = ["PRECISIONS", "assign", "available", "cluster_sums", "kernel_scores", "mixture_e_step", "rounding_bound"]
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 # Relative error of one input of a low-precision product. bf16 keeps 8 significant bits, tf32
@@ -239,3 +239,112 @@ def cluster_sums(X, w, labels, k, block_rows=128):
             X.contiguous(), w.contiguous(), order, starts, sums, weights, d, BLOCK_N=block_rows, BLOCK_D=BLOCK_D
         )
     return sums, weights
+
+
+# ------------------------------------------------------------------ Gaussian mixture, diag and spherical
+# ``log p_k(x) = const_k - (z . s_k + offset_k) / 2`` with the stacked row ``z`` = [x, x*x] (diag) or
+# [x, ||x||^2] (spherical) and the stacked parameters ``s_k`` of
+# :class:`gpuclust._gmm_numerics.WorkingParameters`: one product per (row tile, component tile).
+GMM_BLOCK_M, GMM_BLOCK_K, GMM_BLOCK_W = 32, 16, 32
+# Programs of the statistics pass along the rows: each sums its rows' statistics in registers
+# and writes one (K, W) partial, so the partials' memory does not grow with n.
+GMM_PROGRAMS = 256
+
+if triton is not None:
+
+    @triton.jit
+    def _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_W: tl.constexpr):
+        """Weighted log-probabilities of a (rows, cols) tile, -inf in the columns past K."""
+        acc = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+        for w0 in range(0, W, BLOCK_W):
+            ww = w0 + tl.arange(0, BLOCK_W)
+            z = tl.load(Z + rows[:, None] * W + ww[None, :], mask=(rows[:, None] < n) & (ww[None, :] < W), other=0.0)
+            s = tl.load(S + cols[None, :] * W + ww[:, None], mask=(cols[None, :] < K) & (ww[:, None] < W), other=0.0)
+            acc = tl.dot(z, s, acc, input_precision="ieee")
+        off = tl.load(offset + cols, mask=cols < K, other=0.0)
+        cst = tl.load(const + cols, mask=cols < K, other=0.0)
+        return tl.where(cols[None, :] < K, cst[None, :] - 0.5 * (acc + off[None, :]), float("-inf"))
+
+    @triton.jit
+    def _log_norm_kernel(
+        Z, S, offset, const, log_norm, n, K, W,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+    ):  # fmt: skip
+        """Pass 1: log-sum-exp over the components, online (running max and rescaled sum) across K tiles."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        top = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            lp = _log_prob_tile(Z, S, offset, const, rows, k0 + tl.arange(0, BLOCK_K), n, K, W, BLOCK_W)
+            new_top = tl.maximum(top, tl.max(lp, axis=1))  # finite: column k0 exists
+            total = total * tl.exp(top - new_top) + tl.sum(tl.exp(lp - new_top[:, None]), axis=1)
+            top = new_top
+        tl.store(log_norm + rows, top + tl.log(total), mask=rows < n)
+
+    @triton.jit
+    def _mixture_stats_kernel(
+        Z, S, offset, const, log_norm, nk_part, sums_part, n, K, W, rows_per_program,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+    ):  # fmt: skip
+        """Pass 2: responsibilities of a (rows, K tile) recomputed, their sums r and r^T z into one partial.
+
+        Program (p, kt, wb) owns rows [p * rows_per_program, ...) x components of tile kt x stacked
+        columns of block wb, and writes its own slice of the partials: no atomics.
+        """
+        p, kt, wb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+        ww = wb * BLOCK_W + tl.arange(0, BLOCK_W)
+        acc = tl.zeros([BLOCK_K, BLOCK_W], dtype=tl.float64)
+        nk = tl.zeros([BLOCK_K], dtype=tl.float64)
+        lo = p * rows_per_program
+        for r0 in range(lo, lo + rows_per_program, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            inside = rows < n
+            lp = _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_W)
+            norm = tl.load(log_norm + rows, mask=inside, other=0.0)
+            resp = tl.where(inside[:, None] & (cols[None, :] < K), tl.exp(lp - norm[:, None]), 0.0)
+            z = tl.load(Z + rows[:, None] * W + ww[None, :], mask=inside[:, None] & (ww[None, :] < W), other=0.0)
+            acc += tl.dot(tl.trans(resp), z, input_precision="ieee").to(tl.float64)
+            nk += tl.sum(resp, axis=0).to(tl.float64)
+        out = sums_part + p * K * W + cols[:, None] * W + ww[None, :]
+        tl.store(out, acc, mask=(cols[:, None] < K) & (ww[None, :] < W))
+        if wb == 0:
+            tl.store(nk_part + p * K + cols, nk, mask=cols < K)
+
+
+def mixture_e_step(Z, stacked, offset, const, programs=GMM_PROGRAMS):
+    """Fused diag/spherical E-step of one float32 tile: log-likelihoods and the M-step's sums.
+
+    ``Z`` (n, W): the stacked tile (:func:`gpuclust._gmm_numerics.stack_squares`); ``stacked``
+    (K, W), ``offset`` and ``const`` (K,): a :class:`gpuclust._gmm_numerics.WorkingParameters`'s.
+    Pass 1 computes each row's log-sum-exp over the components, K tiles at a time with a running
+    maximum; pass 2 recomputes each (row tile, K tile) of log-probabilities, the responsibilities
+    ``exp(lp - lse)``, and adds ``sum r`` and ``r^T Z`` for its rows. No (n, K) tensor is written.
+    Pass 2's programs each own a range of rows and write one (K, W) float64 partial; torch sums
+    the ``programs`` partials. A product ``r^T z`` is float32 over one tile of ``GMM_BLOCK_M``
+    rows, then added in float64: the sums carry a relative error of about ``GMM_BLOCK_M * 2^-24``
+    of ``sum r |z|`` (the torch path multiplies in float64), and log-likelihoods float32 rounding.
+    A stacked column block is a separate program of pass 2, which recomputes the tile's
+    log-probabilities: ``ceil(W / GMM_BLOCK_W)`` times the product of pass 1.
+
+    Returns
+    -------
+    log_norm : (n,) float32, log sum_k exp(weighted log-probability)
+    nk : (K,) float64, sum of the responsibilities
+    sums : (K, W) float64, r^T Z (diag: [sum r x, sum r x*x]; spherical: [sum r x, sum r ||x||^2])
+    """
+    if Z.dtype != torch.float32:
+        raise ValueError(f"the fused E-step runs float32 tiles, not {Z.dtype}.")
+    (n, W), K = Z.shape, stacked.shape[0]
+    Z, args = Z.contiguous(), [t.to(torch.float32).contiguous() for t in (stacked, offset, const)]
+    log_norm = torch.empty(n, dtype=torch.float32, device=Z.device)
+    blocks = dict(BLOCK_M=GMM_BLOCK_M, BLOCK_K=GMM_BLOCK_K, BLOCK_W=GMM_BLOCK_W)
+    rows_per_program = triton.cdiv(triton.cdiv(max(n, 1), programs), GMM_BLOCK_M) * GMM_BLOCK_M
+    n_programs = triton.cdiv(n, rows_per_program)
+    nk = torch.zeros(n_programs, K, dtype=torch.float64, device=Z.device)
+    sums = torch.zeros(n_programs, K, W, dtype=torch.float64, device=Z.device)
+    if n:
+        _log_norm_kernel[(triton.cdiv(n, GMM_BLOCK_M),)](Z, *args, log_norm, n, K, W, **blocks)
+        grid = (n_programs, triton.cdiv(K, GMM_BLOCK_K), triton.cdiv(W, GMM_BLOCK_W))
+        _mixture_stats_kernel[grid](Z, *args, log_norm, nk, sums, n, K, W, rows_per_program, **blocks)
+    return log_norm, nk.sum(0), sums.sum(0)

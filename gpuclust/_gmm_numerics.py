@@ -416,8 +416,12 @@ def accumulate_stats_stacked(stats: SufficientStats, Z64: torch.Tensor, resp: to
         resp64 = resp.to(torch.float64)
     else:
         resp64 = resp64.copy_(resp)
-    stats.nk += resp64.sum(0)
-    both = resp64.T @ Z64
+    add_stacked_sums(stats, resp64.sum(0), resp64.T @ Z64)
+
+
+def add_stacked_sums(stats: SufficientStats, nk: torch.Tensor, both: torch.Tensor) -> None:
+    """Add a diag or spherical tile's ``sum r`` (K,) and ``r^T [x, squares]`` (K, W) to ``stats``."""
+    stats.nk += nk
     D = stats.sx.shape[1]
     stats.sx += both[:, :D]
     stats.sxx += both[:, D:]

@@ -50,7 +50,9 @@ class _FitPlan:
     warm start), ``n_global`` the rows over all ranks, ``tile_rows`` the rows of this rank's
     tiles, ``keep_stacked`` whether diag and spherical keep their stacked rows for the whole fit
     (see :meth:`GaussianMixture._stacked_tiles`), ``xtx`` the tied scatter matrix
-    sum_i (x_i - shift)(x_i - shift)^T over all ranks (None for the other types). Nothing of it
+    sum_i (x_i - shift)(x_i - shift)^T over all ranks (None for the other types),
+    ``fused_e_step`` whether the E-step runs :func:`gpuclust._fused.mixture_e_step` (see
+    :meth:`GaussianMixture._uses_fused_e_step`) instead of the torch path. Nothing of it
     is stored on the estimator: inference reads only the fitted ``_shift``, ``_device`` and
     ``_dtype`` and works out its own tile rows.
     """
@@ -63,6 +65,7 @@ class _FitPlan:
     tile_rows: int
     keep_stacked: bool
     xtx: torch.Tensor | None = None
+    fused_e_step: bool = False
 
 
 @dataclass
@@ -381,6 +384,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         # with X for the whole fit (X.buffers), not to new tensors: nothing a pass allocates grows
         # with its number of tiles.
         buffers = X.buffers
+        if plan.fused_e_step:
+            return self._fused_e_step(X, working, stacked, plan, stats)
         if self.covariance_type in gm.STACKED_TYPES:
             for Z, Z64 in stacked.tiles(X, plan.tile_rows, plan.shift.to(X.dtype)):
                 shape = (Z.shape[0], K)
@@ -395,6 +400,34 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             log_norm, resp = gm.normalize_log_prob(working.weighted_log_prob(Xs))
             total += log_norm.sum(dtype=torch.float64)
             gm.accumulate_stats(stats, Xs, resp, self.covariance_type, buffers)
+        stats.log_likelihood = float(total)
+        return self._reduce_stats(stats, plan)
+
+    def _uses_fused_e_step(self, device, dtype):
+        """Whether a fit's E-step is the fused Triton one, chosen once per fit (``_FitPlan.fused_e_step``).
+
+        Diag and spherical, float32, ``matmul_precision="highest"``, on CUDA with triton installed
+        (:func:`gpuclust._fused.available`); the torch path otherwise, and always on a CPU. Tests
+        force it on CPU tensors (triton's interpreter) by overriding this method.
+        """
+        fits = (
+            self.covariance_type in gm.STACKED_TYPES and dtype == torch.float32 and self.matmul_precision == "highest"
+        )
+        if not fits or torch.device(device).type != "cuda":
+            return False
+        from . import _fused  # imports triton: only for a fit that could use it
+
+        return _fused.available(device)
+
+    def _fused_e_step(self, X, working, stacked, plan, stats):
+        """:meth:`_e_step` by :func:`gpuclust._fused.mixture_e_step`: no (rows, K) tensor per tile."""
+        from . import _fused
+
+        total = torch.zeros((), dtype=torch.float64, device=X.device)
+        for Z, _ in stacked.tiles(X, plan.tile_rows, plan.shift.to(X.dtype)):
+            log_norm, nk, sums = _fused.mixture_e_step(Z, working.stacked, working.offset, working.const)
+            total += log_norm.sum(dtype=torch.float64)
+            gm.add_stacked_sums(stats, nk, sums)
         stats.log_likelihood = float(total)
         return self._reduce_stats(stats, plan)
 
@@ -652,7 +685,10 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             self._fitted_covariance_type = self.covariance_type
         self._input_kind = kind
         tile_rows = self._tile_rows(n_local, d, int(self.n_components), self._device, self._dtype)
-        plan = _FitPlan(self._device, self._dtype, comm, n_global, self._shift, tile_rows, self._keeps_stacked(rows))
+        plan = _FitPlan(
+            self._device, self._dtype, comm, n_global, self._shift, tile_rows, self._keeps_stacked(rows),
+            fused_e_step=self._uses_fused_e_step(self._device, self._dtype),
+        )  # fmt: skip
         if self.covariance_type == "tied":
             plan = dataclasses.replace(plan, xtx=self._scatter(rows, plan))
         return rows, kind, warm, plan

@@ -10,10 +10,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.datasets import make_blobs
 
 pytest.importorskip("triton")
 
-from gpuclust import _fused
+from gpuclust import GaussianMixture, _fused
+from gpuclust import _gmm_numerics as gm
 from gpuclust import _kmeans_core as kc
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -192,3 +194,82 @@ def test_cluster_sums_do_not_depend_on_the_row_order_beyond_rounding(perm_seed):
 def test_available_only_on_cuda():
     assert _fused.available("cpu") is False
     assert _fused.available(torch.device("cuda")) is True  # triton imports here (importorskip above)
+
+
+# ------------------------------------------------------------------ Gaussian mixture E-step
+# The fused E-step against the torch path, float32 working dtype: log-likelihoods within a few
+# float32 roundings (the torch path rounds the same terms in another order); the sums, which the
+# torch path multiplies in float64, within a relative GMM_BLOCK_M * 2^-24 of sum r |z|, i.e. 1e-5
+# of the row count times the largest stacked value.
+LOG_NORM_ATOL = 1e-5
+SUMS_RTOL = 1e-5
+
+
+def _mixture(ct, n, D, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(generator=g, dtype=torch.float64)
+    X = torch.randn(n, D, **f64)
+    means = torch.randn(K, D, **f64)
+    cov = torch.rand(K, D, **f64) + 0.5 if ct == "diag" else torch.rand(K, **f64) + 0.5
+    weights = torch.softmax(torch.randn(K, **f64), 0)
+    params = gm.MixtureParameters(weights, means, cov, gm.precision_cholesky(cov, ct))
+    return gm.stack_squares(X.float(), ct).to(DEVICE), params.working(torch.float32, ct)
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+@pytest.mark.parametrize("n, D, K, programs", [(1, 1, 1, 4), (100, 5, 19, 3), (70, 17, 33, 256)])
+def test_mixture_e_step_equals_the_torch_path(ct, n, D, K, programs):
+    Z, working = _mixture(ct, n, D, K)
+    log_norm, nk, sums = _fused.mixture_e_step(Z, working.stacked, working.offset, working.const, programs)
+    ref_norm, resp = gm.normalize_log_prob(working.weighted_log_prob_stacked(Z))
+    ref = gm.new_stats(K, D, ct, DEVICE)
+    gm.accumulate_stats_stacked(ref, Z.double(), resp)
+    assert log_norm.shape == (n,) and nk.shape == (K,) and sums.shape == (K, Z.shape[1])
+    torch.testing.assert_close(log_norm, ref_norm, rtol=0, atol=LOG_NORM_ATOL * max(1.0, float(ref_norm.abs().max())))
+    torch.testing.assert_close(nk, ref.nk, rtol=0, atol=SUMS_RTOL * n)
+    scale = SUMS_RTOL * n * float(Z.abs().max())
+    torch.testing.assert_close(sums, torch.cat([ref.sx, ref.sxx], 1), rtol=0, atol=scale)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n=st.integers(1, 70), K=st.integers(1, 20), seed=st.integers(0, 2**16), ct=st.sampled_from(["diag", "spherical"])
+)
+def test_mixture_responsibilities_sum_to_one_per_row(n, K, seed, ct):
+    # sum_k nk = n whatever the parameters, and the log-likelihood is finite.
+    Z, working = _mixture(ct, n, 3, K, seed)
+    log_norm, nk, _ = _fused.mixture_e_step(Z, working.stacked, working.offset, working.const, programs=2)
+    assert abs(float(nk.sum()) - n) <= 1e-5 * n
+    assert bool(torch.isfinite(log_norm).all())
+
+
+def test_mixture_e_step_rejects_float64_tiles():
+    Z, working = _mixture("diag", 10, 2, 2)
+    with pytest.raises(ValueError, match="float32"):
+        _fused.mixture_e_step(Z.double(), working.stacked, working.offset, working.const)
+
+
+class FusedGaussianMixture(GaussianMixture):
+    """GaussianMixture whose diag/spherical float32 E-step is the fused kernel, on any device."""
+
+    def _uses_fused_e_step(self, device, dtype):
+        return self.covariance_type in gm.STACKED_TYPES and dtype == torch.float32
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+def test_a_fit_with_the_fused_e_step_equals_the_torch_one(ct, monkeypatch):
+    calls = []
+    original = _fused.mixture_e_step
+    monkeypatch.setattr(_fused, "mixture_e_step", lambda *a, **k: calls.append(1) or original(*a, **k))
+    X, _ = make_blobs(240, 3, centers=3, random_state=0)
+    kw = dict(n_components=3, covariance_type=ct, random_state=0, device=DEVICE, dtype="float32", tol=1e-4)
+    plain = GaussianMixture(**kw).fit(X)
+    assert calls == []  # never chosen on a CPU without being forced
+    fused = FusedGaussianMixture(**kw).fit(X)
+    assert len(calls) >= fused.n_iter_
+    assert fused.n_iter_ == plain.n_iter_ and fused.converged_ == plain.converged_
+    np.testing.assert_allclose(fused.lower_bound_, plain.lower_bound_, rtol=1e-5)
+    np.testing.assert_allclose(fused.weights_, plain.weights_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fused.means_, plain.means_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.covariances_, plain.covariances_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(fused.predict(X), plain.predict(X))

@@ -981,3 +981,36 @@ def test_tiles_are_sized_by_their_total_memory():
     most = (512 << 20) // per_row  # the most rows the budget allows; tiles are then made equal
     assert rows * per_row <= 512 << 20 < (most + 1) * per_row
     assert math.ceil(48000 / rows) == math.ceil(48000 / most) and rows == math.ceil(48000 / math.ceil(48000 / most))
+
+
+# ------------------------------------------------------------------ issue 26: the fused E-step is chosen once per fit
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_e_step_is_never_chosen_on_a_cpu(covariance_type, dtype, monkeypatch):
+    gmm = GaussianMixture(2, covariance_type=covariance_type, random_state=0, device="cpu")
+    assert gmm._uses_fused_e_step(torch.device("cpu"), dtype) is False
+    seen = []
+    original = GaussianMixture._e_step
+    monkeypatch.setattr(
+        GaussianMixture,
+        "_e_step",
+        lambda self, X, p, s, plan: seen.append(plan.fused_e_step) or original(self, X, p, s, plan),
+    )
+    gmm.fit(np.random.RandomState(0).rand(50, 3))
+    assert seen and not any(seen)
+
+
+@pytest.mark.parametrize(
+    "covariance_type, dtype, precision, chosen",
+    [("diag", torch.float32, "highest", True), ("spherical", torch.float32, "highest", True),
+     ("full", torch.float32, "highest", False), ("tied", torch.float32, "highest", False),
+     ("diag", torch.float64, "highest", False), ("diag", torch.float32, "tf32", False)],
+)  # fmt: skip
+def test_the_fused_e_step_is_for_float32_diag_and_spherical_on_cuda_with_triton(
+    covariance_type, dtype, precision, chosen
+):
+    import importlib.util
+
+    gmm = GaussianMixture(2, covariance_type=covariance_type, matmul_precision=precision)
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert gmm._uses_fused_e_step(torch.device("cuda"), dtype) is (chosen and has_triton)
