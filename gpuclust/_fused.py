@@ -40,28 +40,37 @@ def available(device) -> bool:
     return triton is not None and torch.device(device).type == "cuda"
 
 
+def _require_triton():
+    if triton is None:
+        raise ImportError("gpuclust's fused kernels need triton: pip install gpuclust[triton]")
+
+
 if triton is not None:
 
     @triton.jit
     def _scores_tile(
-        X, C, c_sq, rows, cols, n, k, d, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr
-    ):
+        X, C, c_sq, rows, cols, n, k, d,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
         """``||c||^2 - 2 x.c`` for a (rows, cols) tile, +inf in the columns past k.
 
         ``UPCAST`` (CPU tensors, i.e. triton's interpreter, whose bf16 ``tl.dot`` multiplies the
-        bit patterns): bf16 inputs are multiplied as float32, the same products.
+        bit patterns): bf16 inputs are multiplied as float32, the same products. Offsets are
+        int64: ``n * d`` may pass 2^31.
         """
-        acc = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        x_rows, c_rows = X + rows.to(tl.int64)[:, None] * d, C + cols.to(tl.int64)[None, :] * d
         for d0 in range(0, d, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
-            x = tl.load(X + rows[:, None] * d + dd[None, :], mask=(rows[:, None] < n) & (dd[None, :] < d), other=0.0)
-            c = tl.load(C + cols[None, :] * d + dd[:, None], mask=(cols[None, :] < k) & (dd[:, None] < d), other=0.0)
-            if PRECISION == "bf16" and UPCAST:  # exact: a product of two bf16 fits in float32
-                acc = tl.dot(
-                    x.to(tl.bfloat16).to(tl.float32), c.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee"
-                )
-            elif PRECISION == "bf16":
-                acc = tl.dot(x.to(tl.bfloat16), c.to(tl.bfloat16), acc)
+            x = tl.load(x_rows + dd[None, :], mask=(rows[:, None] < n) & (dd[None, :] < d), other=0.0)
+            c = tl.load(c_rows + dd[:, None], mask=(cols[None, :] < k) & (dd[:, None] < d), other=0.0)
+            if PRECISION == "bf16":
+                if UPCAST:  # exact: a product of two bf16 fits in float32
+                    x, c = x.to(tl.bfloat16).to(tl.float32), c.to(tl.bfloat16).to(tl.float32)
+                    acc = tl.dot(x, c, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(x.to(tl.bfloat16), c.to(tl.bfloat16), acc)
             else:
                 acc = tl.dot(x, c, acc, input_precision=PRECISION)
         norms = tl.load(c_sq + cols, mask=cols < k, other=float("inf"))
@@ -80,7 +89,7 @@ if triton is not None:
         best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
         for k0 in range(0, k, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
-            score = _scores_tile(X, C, c_sq, rows, cols, n, k, d, BLOCK_D, PRECISION, UPCAST)
+            score = _scores_tile(X, C, c_sq, rows, cols, n, k, d, BLOCK_M, BLOCK_K, BLOCK_D, PRECISION, UPCAST)
             tile_min = tl.min(score, axis=1)
             tile_arg = tl.argmin(score, axis=1, tie_break_left=True) + k0
             if KEEP_SECOND:
@@ -160,6 +169,7 @@ def kernel_scores(X, centers, c_sq, labels, precision="ieee"):
     Scores are ``||c||^2 - 2 x.c`` in float32 (``second`` is ``best`` itself for "ieee"); no
     re-check (that is :func:`assign`'s), so low-precision labels may differ from float32's.
     """
+    _require_triton()
     n, d = X.shape
     X, centers = X.contiguous(), centers.contiguous()
     best = torch.empty(n, dtype=torch.float32, device=X.device)
@@ -226,6 +236,7 @@ def cluster_sums(X, w, labels, k, block_rows=128):
     ``tl.sum`` within a block): the same input gives the same bits on every run, unlike
     ``index_add_``'s atomics on a GPU. An empty cluster's segment is empty: its sums are 0.
     """
+    _require_triton()
     n, d = X.shape
     order = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels, minlength=k)  # integer counts: exact in any order
@@ -253,13 +264,17 @@ GMM_PROGRAMS = 256
 if triton is not None:
 
     @triton.jit
-    def _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_W: tl.constexpr):
+    def _log_prob_tile(
+        Z, S, offset, const, rows, cols, n, K, W,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+    ):  # fmt: skip
         """Weighted log-probabilities of a (rows, cols) tile, -inf in the columns past K."""
-        acc = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        z_rows, s_rows = Z + rows.to(tl.int64)[:, None] * W, S + cols.to(tl.int64)[None, :] * W
         for w0 in range(0, W, BLOCK_W):
             ww = w0 + tl.arange(0, BLOCK_W)
-            z = tl.load(Z + rows[:, None] * W + ww[None, :], mask=(rows[:, None] < n) & (ww[None, :] < W), other=0.0)
-            s = tl.load(S + cols[None, :] * W + ww[:, None], mask=(cols[None, :] < K) & (ww[:, None] < W), other=0.0)
+            z = tl.load(z_rows + ww[None, :], mask=(rows[:, None] < n) & (ww[None, :] < W), other=0.0)
+            s = tl.load(s_rows + ww[:, None], mask=(cols[None, :] < K) & (ww[:, None] < W), other=0.0)
             acc = tl.dot(z, s, acc, input_precision="ieee")
         off = tl.load(offset + cols, mask=cols < K, other=0.0)
         cst = tl.load(const + cols, mask=cols < K, other=0.0)
@@ -275,7 +290,8 @@ if triton is not None:
         top = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            lp = _log_prob_tile(Z, S, offset, const, rows, k0 + tl.arange(0, BLOCK_K), n, K, W, BLOCK_W)
+            cols = k0 + tl.arange(0, BLOCK_K)
+            lp = _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_M, BLOCK_K, BLOCK_W)
             new_top = tl.maximum(top, tl.max(lp, axis=1))  # finite: column k0 exists
             total = total * tl.exp(top - new_top) + tl.sum(tl.exp(lp - new_top[:, None]), axis=1)
             top = new_top
@@ -300,13 +316,14 @@ if triton is not None:
         for r0 in range(lo, lo + rows_per_program, BLOCK_M):
             rows = r0 + tl.arange(0, BLOCK_M)
             inside = rows < n
-            lp = _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_W)
+            lp = _log_prob_tile(Z, S, offset, const, rows, cols, n, K, W, BLOCK_M, BLOCK_K, BLOCK_W)
             norm = tl.load(log_norm + rows, mask=inside, other=0.0)
             resp = tl.where(inside[:, None] & (cols[None, :] < K), tl.exp(lp - norm[:, None]), 0.0)
-            z = tl.load(Z + rows[:, None] * W + ww[None, :], mask=inside[:, None] & (ww[None, :] < W), other=0.0)
+            z_rows = Z + rows.to(tl.int64)[:, None] * W
+            z = tl.load(z_rows + ww[None, :], mask=inside[:, None] & (ww[None, :] < W), other=0.0)
             acc += tl.dot(tl.trans(resp), z, input_precision="ieee").to(tl.float64)
             nk += tl.sum(resp, axis=0).to(tl.float64)
-        out = sums_part + p * K * W + cols[:, None] * W + ww[None, :]
+        out = sums_part + p.to(tl.int64) * K * W + cols[:, None] * W + ww[None, :]
         tl.store(out, acc, mask=(cols[:, None] < K) & (ww[None, :] < W))
         if wb == 0:
             tl.store(nk_part + p * K + cols, nk, mask=cols < K)
@@ -333,6 +350,7 @@ def mixture_e_step(Z, stacked, offset, const, programs=GMM_PROGRAMS):
     nk : (K,) float64, sum of the responsibilities
     sums : (K, W) float64, r^T Z (diag: [sum r x, sum r x*x]; spherical: [sum r x, sum r ||x||^2])
     """
+    _require_triton()
     if Z.dtype != torch.float32:
         raise ValueError(f"the fused E-step runs float32 tiles, not {Z.dtype}.")
     (n, W), K = Z.shape, stacked.shape[0]

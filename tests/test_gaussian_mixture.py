@@ -1014,3 +1014,33 @@ def test_the_fused_e_step_is_for_float32_diag_and_spherical_on_cuda_with_triton(
     gmm = GaussianMixture(2, covariance_type=covariance_type, matmul_precision=precision)
     has_triton = importlib.util.find_spec("triton") is not None
     assert gmm._uses_fused_e_step(torch.device("cuda"), dtype) is (chosen and has_triton)
+
+
+def test_the_library_works_without_triton():
+    # A meta-path finder that refuses triton stands in for an install without the [triton] extra.
+    code = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'triton':
+            raise ImportError('triton is not installed (test)')
+sys.meta_path.insert(0, Refuse())
+import numpy as np, torch
+from gpuclust import GaussianMixture, _fused
+assert _fused.available('cuda') is False
+gmm = GaussianMixture(2, covariance_type='diag', device='cpu', random_state=0)
+assert gmm._uses_fused_e_step(torch.device('cuda'), torch.float32) is False
+gmm.fit(np.random.RandomState(0).rand(40, 3))
+try:
+    _fused.mixture_e_step(torch.zeros(2, 2), torch.zeros(1, 2), torch.zeros(1), torch.zeros(1))
+except ImportError as e:
+    assert 'pip install gpuclust[triton]' in str(e)
+else:
+    raise AssertionError('no ImportError')
+print('ok')
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
