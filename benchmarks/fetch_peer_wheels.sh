@@ -5,6 +5,8 @@
 #
 #   bash benchmarks/fetch_peer_wheels.sh [--with-lightning]
 #
+# flash-kmeans 0.3.1 (Triton kernels; imports torch, triton, numpy, tqdm) and fastkmeans 0.5.0 (torch, numpy;
+# Triton where the GPU has bfloat16) are the scale grid's KMeans peers (benchmarks/gpu_scale.py, issue 26).
 # fast-pytorch-kmeans imports numpy, torch and psutil; torchgmm imports numpy, torch, packaging,
 # pytorch_lightning (with lightning_fabric, in the same wheel) and torchmetrics (which imports
 # lightning_utilities); pytorch_lightning imports fsspec, PyYAML and tqdm. The GPU image has all of
@@ -17,8 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py="${PYTHON:-python3}"
-# The versions the committed peers results and tests used.
-wheels=(fast-pytorch-kmeans==0.2.2 torchgmm==0.1.4)
+# The versions the committed peers results and tests used, and the scale grid's two Triton peers.
+wheels=(fast-pytorch-kmeans==0.2.2 torchgmm==0.1.4 flash-kmeans==0.3.1 fastkmeans==0.5.0)
 case "${1:-}" in
     "") ;;
     --with-lightning) wheels+=(pytorch-lightning==2.6.6 torchmetrics==1.9.0 lightning-utilities==0.15.3) ;;

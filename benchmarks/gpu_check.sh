@@ -28,6 +28,12 @@
 #   total      465 s    (+2 s kill grace per step: 475 s, under 480 s)
 #   run        240 s    optional (GPUCLUST_GPU_RUN=1 or --steps run): `gpuclust run --profile
 #                       full`. Not in the 8 minutes: give it a call of its own.
+#   scale      460 s    optional, a call of its own (`--steps env,scale`: 474 s with kill grace):
+#                       benchmarks/gpu_scale.py, issue 26's scale grid (1M-10M rows, K up to 65536)
+#                       against flash-kmeans, fastkmeans, fast-pytorch-kmeans, torchgmm and
+#                       scikit-learn's array-API GaussianMixture (peer wheels from .whl/ as for bench),
+#                       cheapest first under a 400 s wall budget, --repeats 2; writes
+#                       scale_<card>.jsonl row by row and scale_<card>.md (scale-toy.* in the dry run)
 #
 # --dry-run (or GPUCLUST_GPU_CHECK_DRY_RUN=1): every step at toy size on the CPU (the smoke
 # checks on the CPU's own branches and gloo for NCCL, the tests collected only, the bench's
@@ -65,7 +71,7 @@ if [ -z "${GPUCLUST_COMMIT:-}" ] && commit=$(git rev-parse --short HEAD 2>/dev/n
     export GPUCLUST_COMMIT="$commit"
 fi
 
-declare -A limit=([env]=10 [smoke]=120 [tests]=75 [bench]=245 [summarize]=15 [run]=240)
+declare -A limit=([env]=10 [smoke]=120 [tests]=75 [bench]=245 [summarize]=15 [run]=240 [scale]=460)
 failed=0
 
 # step NAME CMD...: run CMD under NAME's timeout, its output appended to check.log; a line to steps.jsonl.
@@ -161,11 +167,13 @@ if [ "$dry" = 1 ]; then
     smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --dry-run --budget 100)
     tests=("$py" -m pytest tests -q --collect-only -p no:cacheprovider -k "(cuda or cupy or gpu) and not gpu_check")
     bench=(bash -c 'with_peer_wheels "$py" -m gpuclust bench --grid gpu-toy --device cpu --out "$out" --repeats 1')
+    scale=(bash -c 'with_peer_wheels "$py" benchmarks/gpu_scale.py --dry-run --out "$out" --repeats 1 --budget 60')
 else
     smoke=("$py" benchmarks/gpu_smoke.py --out "$out" --budget 95)
     tests=("$py" -m pytest tests -v -rfEs --tb=short --durations=15 -p no:cacheprovider
         -k "(cuda or cupy or gpu) and not gpu_check")
     bench=(bash -c 'with_peer_wheels "$py" -m gpuclust bench --grid gpu --out "$out" --repeats 2')
+    scale=(bash -c 'with_peer_wheels "$py" benchmarks/gpu_scale.py --out "$out" --repeats 2 --budget 400')
 fi
 
 total=0
@@ -183,6 +191,7 @@ for name in ${steps//,/ }; do
         bench) step bench "${bench[@]}" ;;
         summarize) step summarize bash -c summarize_rows ;;
         run) step run bash -c run_profile ;;
+        scale) step scale "${scale[@]}" ;;
     esac
 done
 ls -l "$out"
