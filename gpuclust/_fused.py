@@ -1,4 +1,6 @@
-"""Fused Triton kernels: KMeans assignment and centre sums that never write an (n, k) matrix.
+"""Fused Triton kernels: KMeans assignment, centre sums and the diag/spherical GMM E-step.
+
+None of them writes an (n, k) matrix (samples by centres or components).
 
 Triton is an optional extra (``pip install gpuclust[triton]``): this module imports without it,
 and :func:`available` says whether the kernels can run. The kernels are defined when triton
@@ -121,7 +123,7 @@ if triton is not None:
             x = tl.load(X + i[:, None] * d + dd[None, :], mask=inside[:, None] & (dd[None, :] < d), other=0.0)
             acc += tl.sum(x.to(tl.float64) * wi[:, None], axis=0)
             wsum += wi
-        tl.store(sums + j * d + dd, acc, mask=dd < d)
+        tl.store(sums + j.to(tl.int64) * d + dd, acc, mask=dd < d)
         if tl.program_id(1) == 0:
             tl.store(weights + j, tl.sum(wsum, axis=0))
 
@@ -130,8 +132,8 @@ def rounding_bound(x_norm, c_norm_max, d, precision):
     """Half the score gap below which a row's low-precision label may differ from float32's.
 
     A score is ``s_j = ||c_j||^2 - 2 x.c_j``. Rounding each input of the product to a format
-    with relative error at most ``u`` (2^-7 bf16, 2^-10 tf32: truncation's bounds, see ``INPUT_ROUNDOFF``) gives
-    ``x_i (1 + a_i) c_i (1 + b_i)``, an error of at most ``(2u + u^2) |x_i c_i|`` per term, so
+    with relative error at most ``u`` (2^-7 bf16, 2^-10 tf32: truncation's bounds, see
+    ``INPUT_ROUNDOFF``) gives ``x_i (1 + a_i) c_i (1 + b_i)``, an error of at most ``(2u + u^2) |x_i c_i|`` per term, so
     ``(2u + u^2) sum_i |x_i c_i| <= (2u + u^2) ||x|| ||c_j||`` (Cauchy-Schwarz) on the dot
     product. Float32 accumulation of d terms adds at most ``g = d u32 / (1 - d u32)`` times
     ``sum_i |x_i c_i|`` (u32 = 2^-24) in the kernel, and as much again in the float32 GEMM of the
@@ -201,6 +203,7 @@ def assign(X, x_sq, centers, out=None, precision="ieee"):
     of rows not re-checked carry the low-precision error (at most half that bound).
 
     float64 X runs the torch path (:func:`gpuclust._kmeans_core.assign`): no float64 kernel.
+    ``out``: contiguous (labels, distances) tensors to write into (reused across iterations).
 
     Returns
     -------
