@@ -337,3 +337,147 @@ def test_a_fit_that_stops_after_one_iteration_has_no_time_per_iteration(monkeypa
     monkeypatch.setattr(measure, "_iterations", lambda est, asked: 1)  # tol=0, and yet it stopped at once
     row = run_case(_TINY, repeats=1)
     assert row["status"] == "skipped" and "stopped after 1 iteration" in row["reason"], row
+
+
+# --- the scale grid (issue 26): floors, peaks, order, float64 reference, budget, tables ---
+
+from gpuclust.app.bench import floors, scale, scale_tables  # noqa: E402
+
+
+def test_card_peaks_are_chosen_from_the_device_name():
+    assert floors.card_peaks("NVIDIA H200").name == "NVIDIA H200 141GB"
+    assert floors.card_peaks("NVIDIA H100 80GB HBM3").name == "NVIDIA H100 SXM 80GB"
+    for unknown in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A100-SXM4-80GB", "AMD EPYC", None):
+        assert floors.card_peaks(unknown) is None
+    h100 = floors.CARD_PEAKS["h100-sxm"]
+    assert h100.hbm_bytes_per_s == 3.35e12 and floors.CARD_PEAKS["h200"].hbm_bytes_per_s == 4.8e12
+    # Dense figures: the datasheet's tensor-core rows are with 2:4 sparsity, twice these.
+    assert h100.flops_per_s == {"highest": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12}
+
+
+def test_kmeans_floor_by_hand():
+    h100 = floors.CARD_PEAKS["h100-sxm"]
+    f = floors.floor_fields("kmeans", None, 1_000_000, 128, 1024, "tf32", h100)
+    assert f["x_bytes_per_pass"] == 512_000_000
+    assert f["gemm_flops_per_iter"] == 262_144_000_000  # 2 N D K
+    assert f["nk_bytes_avoided_per_iter"] == 8_192_000_000  # distances written and read back, float32
+    assert f["floor_hbm_s"] == pytest.approx(152.84e-6, rel=1e-4)  # 512e6 / 3.35e12
+    assert f["floor_gemm_s"] == pytest.approx(529.90e-6, rel=1e-4)  # 2.62144e11 / 494.7e12
+    assert f["floor_s"] == f["floor_gemm_s"]
+    assert f["floor_unfused_s"] == pytest.approx(152.84e-6 + 8.192e9 / 3.35e12, rel=1e-4)
+    # The seed's size on an H200: bound by reading X (the issue's "about 0.04 ms").
+    g = floors.floor_fields("kmeans", None, 60_000, 784, 10, "tf32", floors.CARD_PEAKS["h200"])
+    assert g["floor_s"] == g["floor_hbm_s"] == pytest.approx(188_160_000 / 4.8e12)
+
+
+def test_mixture_floors_by_hand():
+    h200 = floors.CARD_PEAKS["h200"]
+    n, d, k = 1_000_000, 128, 1024
+    assert floors.gemm_flops("gmm", "diag", n, d, k) == 8 * n * d * k
+    assert floors.gemm_flops("gmm", "spherical", n, d, k) == 4 * n * d * k
+    full = floors.floor_fields("gmm", "full", n, d, k, "tf32", h200)
+    assert full["gemm_flops_per_iter"] == 67_108_864_000_000  # 4 N K D^2
+    assert full["floor_s"] == pytest.approx(0.135656, rel=1e-4)  # 6.7108864e13 / 494.7e12
+    highest = floors.floor_fields("gmm", "full", n, d, k, "highest", h200)
+    assert highest["floor_s"] == pytest.approx(1.003122, rel=1e-4)  # / 66.9e12 (FP32, no tensor cores)
+    diag = floors.floor_fields("gmm", "diag", 10 * n, d, k, "highest", h200)
+    assert diag["nk_bytes_avoided_per_iter"] == 4 * 4 * 10 * n * k
+    assert diag["floor_hbm_s"] == pytest.approx(5.12e9 / 4.8e12)
+
+
+def test_an_unknown_card_has_blank_floors_that_say_so():
+    f = floors.floor_fields("kmeans", None, 1000, 8, 4, "tf32", None)
+    assert f["floor_s"] is f["floor_gemm_s"] is f["floor_hbm_s"] is None
+    assert "no floor" in f["floor_note"] and f["gemm_flops_per_iter"] == 2 * 1000 * 8 * 4
+
+
+def test_scale_grid_is_the_issues_cases_cheapest_first():
+    names = {c.name for c in scale.SCALE_CASES}
+    assert {"kmeans 1Mx128 K=1024", "kmeans 8Mx128 K=1024", "kmeans 4Mx128 K=65536", "kmeans 60000x784 K=10",
+            "gmm full 1Mx128 K=1024 tf32", "gmm full 1Mx128 K=1024 highest",
+            "gmm diag 10Mx128 K=1024"} <= names  # fmt: skip
+    order = scale.tasks(scale.SCALE_CASES)
+    costs = [scale.estimated_seconds(t, "cuda") for t in order]
+    assert costs == sorted(costs)
+    for c in scale.SCALE_CASES:  # gpuclust's row of a case comes before its peers' (their labels compare to it)
+        rows = [t.library for t in order if t.case == c and t.mode == "per_iter"]
+        assert rows[0] == scale.GPUCLUST and set(rows[1:]) == set(c.peers)
+    libraries = {p for c in scale.SCALE_CASES for p in c.peers}
+    assert {"flash-kmeans", "fastkmeans", "fast-pytorch-kmeans", "torchgmm", "sklearn-array-api",
+            "sklearn-array-api-cpu", "faiss-gpu", "cuml"} <= libraries  # fmt: skip
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_float64_log_likelihood_equals_scikit_learns(covariance_type):
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    X = np.random.default_rng(0).normal(size=(400, 3)) * [1.0, 2.0, 0.5]
+    gm = SkGMM(3, covariance_type=covariance_type, random_state=0).fit(X)
+    Xt = torch.as_tensor(X)
+    ll = scale.log_likelihood64(Xt, gm.weights_, gm.means_, gm.covariances_, covariance_type)
+    assert ll == pytest.approx(gm.score(X), rel=1e-10)
+    logp = scale.weighted_log_probs64(Xt, gm.weights_, gm.means_, gm.covariances_, covariance_type)
+    assert (logp.argmax(1).numpy() == gm.predict(X)).all()
+
+
+def test_nearest_centre_in_float64_and_the_reference_size():
+    X = torch.randn(300, 4, dtype=torch.float64)
+    C = torch.randn(5000, 4)  # more centres than one chunk
+    best, arg = scale._nearest64(X, C)
+    d2 = ((X[:, None] - C[None].double()) ** 2).sum(-1)
+    assert torch.equal(arg, d2.argmin(1)) and torch.allclose(best, d2.min(1).values)
+    case = scale.SCALE_CASES[0]
+    assert scale.reference_rows(scale.ScaleCase("x", "kmeans", 4_000_000, 128, 65536)) == 1024
+    assert scale.reference_rows(scale.ScaleCase("x", "gmm", 1_000_000, 128, 1024, "full")) == 512
+    assert scale.reference_rows(case) == min(case.n, 2**26 // case.k)
+
+
+def test_device_blobs_are_seeded():
+    case = scale.ScaleCase("x", "kmeans", 3000, 5, 4)
+    a, b = scale.device_blobs(case, "cpu", 0, chunk=1000), scale.device_blobs(case, "cpu", 0, chunk=1000)
+    assert a.shape == (3000, 5) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert not torch.equal(a, scale.device_blobs(case, "cpu", 1))
+
+
+def test_the_wall_budget_skips_what_is_left_saying_why():
+    case = scale.toy(scale.SCALE_CASES[0])
+    task = scale.Task(case, scale.GPUCLUST, "per_iter")
+    assert "wall budget of 400 s is spent" in scale._budget_reason(task, [], 401.0, 400.0)
+    assert scale._budget_reason(task, [], 1.0, 400.0, "cpu") is None
+    big = scale.Task(scale.SCALE_CASES[0], "sklearn-array-api-cpu", "per_iter")
+    big = scale.Task(next(c for c in scale.SCALE_CASES if "sklearn-array-api-cpu" in c.peers), big.library, "per_iter")
+    assert "predicted" in scale._budget_reason(big, [], 390.0, 400.0)
+    conv = scale.Task(case, scale.GPUCLUST, "converged")
+    per = {"name": case.name, "library": scale.GPUCLUST, "mode": "per_iter", "status": "ok", "seconds_median": 1.0,
+           "wall_seconds": 4.0}  # fmt: skip
+    assert "predicted" in scale._budget_reason(conv, [per], 100.0, 400.0, "cpu")
+
+
+def test_a_missing_peer_and_the_uninstallable_ones_are_skipped_rows(monkeypatch):
+    case = scale.toy(scale.SCALE_CASES[0])
+    data = scale.CaseData("cpu")
+    monkeypatch.setitem(scale.PEER_IMPORTS, "fast-pytorch-kmeans", "no_such_module_here")
+    row = scale.run_task(scale.Task(case, "fast-pytorch-kmeans", "per_iter"), data, 1)
+    assert row["status"] == "skipped" and row["reason"].startswith("not installed") and "\n" not in row["reason"]
+    row = scale.run_task(scale.Task(case, "faiss-gpu", "per_iter"), data, 1)
+    assert row["status"] == "skipped" and "too big to carry" in row["reason"]
+    assert "cannot be installed" in scale.run_task(scale.Task(case, "cuml", "per_iter"), data, 1)["reason"]
+
+
+def test_scale_table_has_the_floor_and_every_peers_ratio():
+    head = {"algorithm": "kmeans", "name": "kmeans 1Mx128 K=1024", "floor_precision": "tf32", "floor_s": 5e-4,
+            "floor_unfused_s": 2.6e-3, "floor_card": "NVIDIA H200 141GB", "mode": "per_iter", "status": "ok",
+            "seconds_min": 1e-3, "seconds_max": 1e-3, "n_iter": 11, "peak_memory_bytes": 2**30, "note": ""}  # fmt: skip
+    rows = [
+        {**head, "library": "gpuclust", "seconds_median": 1e-3, "inertia_per_row_f64": 100.0,
+         "exact_label_agreement": 1.0, "environment": {"device_name": "NVIDIA H200"}},
+        {**head, "library": "flash-kmeans", "seconds_median": 2e-3, "inertia_per_row_f64": 101.0,
+         "label_agreement": 0.99, "ari_vs_gpuclust": 0.98},
+        {**head, "library": "cuml", "status": "skipped", "reason": "not measured: cuML cannot be installed"},
+    ]  # fmt: skip
+    text = "\n".join(scale_tables.scale_table(rows))
+    assert "### kmeans 1Mx128 K=1024 (floor at tf32: 0.500 ms/iter, unfused 2.600 ms; NVIDIA H200 141GB)" in text
+    ours, flash, cuml = text.splitlines()[-3:]
+    assert "| 1.000 | 1.000-1.000 | 0.500 | 2.0 |  |" in ours and "1.0000" in ours
+    assert "| 2.000 |" in flash and "| 2.00x |" in flash and "+1.00e-02" in flash and "0.9900 (ARI 0.980)" in flash
+    assert "skipped: not measured: cuML cannot be installed" in cuml
