@@ -123,3 +123,74 @@ def test_unknown_step_is_refused(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), "--steps", "nope"], capture_output=True, text=True,
                           env={**os.environ, "OUT": str(tmp_path)}, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "unknown step nope" in proc.stderr
+
+
+# --- the scale step (issue 26): benchmarks/gpu_scale.py's dry run, every case at toy size on the CPU ---
+
+FLOOR_FIELDS = {"x_bytes_per_pass", "gemm_flops_per_iter", "nk_bytes_avoided_per_iter", "floor_precision",
+                "floor_s", "floor_hbm_s", "floor_gemm_s", "floor_unfused_s", "floor_note"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scale_dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_scale_out")
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCLUST_COMMIT": "dryrun2"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--steps", "env,scale"], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    return proc, out
+
+
+def test_scale_step_runs_every_task_and_says_why_any_is_skipped(scale_dry_run):
+    from gpuclust.app.bench.scale import GPUCLUST, SCALE_CASES, tasks, toy
+
+    proc, out = scale_dry_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "timeouts sum to 474s" in proc.stdout  # env + scale, kill grace included: under the 8 minutes
+    assert {p.name for p in out.iterdir()} == {"check.log", "steps.jsonl", "scale-toy.jsonl", "scale-toy.md"}
+    rows = read_jsonl(out / "scale-toy.jsonl")
+    expected = tasks([toy(c) for c in SCALE_CASES], "cpu")
+    assert [(r["name"], r["library"], r["mode"]) for r in rows] == [(t.case.name, t.library, t.mode) for t in expected]
+    for r in rows:
+        assert FLOOR_FIELDS <= set(r) and r["floor_s"] is None and "no floor" in r["floor_note"]  # a CPU: no card
+        assert r["environment"]["git_commit"] == "dryrun2" and r["status"] in ("ok", "skipped"), r.get("reason")
+        if r["status"] == "skipped":
+            assert r["reason"] and "\n" not in r["reason"]
+        if r["library"] == GPUCLUST and r["status"] == "skipped":
+            assert r["reason"].startswith("no time per iteration")  # a toy fit below this busy CPU's clock noise
+        if r["library"] in ("faiss-gpu", "cuml"):
+            assert r["status"] == "skipped" and r["reason"].startswith("not measured")
+        if r["library"].startswith("flash-kmeans") and r["status"] == "skipped":
+            assert "CUDA only" in r["reason"] or "not installed" in r["reason"]
+
+
+def test_scale_rows_carry_time_memory_and_quality(scale_dry_run):
+    _, out = scale_dry_run
+    rows = [r for r in read_jsonl(out / "scale-toy.jsonl") if r["status"] == "ok"]
+    converged = [r for r in rows if r["library"] == "gpuclust" and r["mode"] == "converged"]
+    assert len(converged) == 3  # each converged gpuclust fit is measured whatever the clock's noise
+    assert any(r["library"] == "sklearn-array-api" for r in rows)  # scikit-learn >= 1.8 is a test dependency
+    for r in rows:
+        assert 0 < r["seconds_min"] <= r["seconds_median"] <= r["seconds_max"] and r["device"] == "cpu"
+        assert r["reference_rows"] >= 1 and "peak_memory_bytes" in r
+        if r["algorithm"] == "kmeans":
+            assert r["inertia_per_row_f64"] > 0
+        elif r["library"] in ("gpuclust", "sklearn-array-api", "sklearn-array-api-cpu"):
+            assert r["mean_log_likelihood_f64"] == pytest.approx(r["mean_log_likelihood_own"], rel=1e-4)
+        if r["library"] == "gpuclust":  # float32 labels against the float64 nearest centre / likeliest component
+            least = 1.0 if r["algorithm"] == "kmeans" else 0.99
+            assert r["exact_label_agreement"] >= least
+        elif "label_agreement" in r:
+            assert 0 <= r["label_agreement"] <= 1 and -1 <= r["ari_vs_gpuclust"] <= 1
+
+
+def test_scale_table_has_one_section_per_case_with_the_floor_column(scale_dry_run):
+    from gpuclust.app.bench.scale import SCALE_CASES
+
+    _, out = scale_dry_run
+    text = (out / "scale-toy.md").read_text()
+    for c in SCALE_CASES:
+        assert f"### {c.name} (floor at " in text
+    assert text.count("| library | mode | ms (median) | spread | floor ms | x of floor | peer / gpuclust |") == len(
+        SCALE_CASES
+    )
+    assert "card not in the peaks table: no floor" in text and "not measured: faiss-gpu" in text
