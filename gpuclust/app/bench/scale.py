@@ -158,9 +158,9 @@ def weighted_log_probs64(Xs, weights, means, covariances, covariance_type):
     w, mu, cov = (torch.as_tensor(t).to(**f) for t in (weights, means, covariances))
     n, d = Xs.shape
     if covariance_type == "full":
-        L = torch.linalg.cholesky(cov)  # (K, D, D)
-        z = torch.linalg.solve_triangular(L[None], (Xs[:, None, :] - mu[None])[..., None], upper=False)[..., 0]
-        maha = z.square().sum(-1)
+        L = torch.linalg.cholesky(cov)  # (K, D, D); one batched solve per component, no (rows, K, D, D) copy
+        z = torch.linalg.solve_triangular(L, Xs.T[None] - mu[:, :, None], upper=False)  # (K, D, rows)
+        maha = z.square().sum(1).T
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     else:
         var = cov if covariance_type == "diag" else cov[:, None].expand(-1, d)
