@@ -341,7 +341,7 @@ def test_a_fit_that_stops_after_one_iteration_has_no_time_per_iteration(monkeypa
 
 # --- the scale grid (issue 26): floors, peaks, order, float64 reference, budget, tables ---
 
-from gpuclust.app.bench import floors, scale, scale_tables  # noqa: E402
+from gpuclust.app.bench import floors, scale, scale_peers, scale_tables  # noqa: E402
 
 
 def test_card_peaks_are_chosen_from_the_device_name():
@@ -481,3 +481,14 @@ def test_scale_table_has_the_floor_and_every_peers_ratio():
     assert "| 1.000 | 1.000-1.000 | 0.500 | 2.0 |  |" in ours and "1.0000" in ours
     assert "| 2.000 |" in flash and "| 2.00x |" in flash and "+1.00e-02" in flash and "0.9900 (ARI 0.980)" in flash
     assert "skipped: not measured: cuML cannot be installed" in cuml
+
+
+def test_labels_a_library_does_not_give_are_not_scored_as_exact():
+    case = scale.ScaleCase("x", "kmeans", 500, 3, 4)
+    X = scale.device_blobs(case, "cpu")
+    C = scale.shared_start(X, case)
+    without = scale.quality(case, X, scale_peers.Fitted(None, centers=C))
+    assert "exact_label_agreement" not in without and without["inertia_per_row_f64"] > 0
+    wrong = torch.zeros(500, dtype=torch.long)
+    with_labels = scale.quality(case, X, scale_peers.Fitted(3, labels=wrong, centers=C), without["_labels"])
+    assert with_labels["exact_label_agreement"] == with_labels["label_agreement"] < 1

@@ -1,6 +1,7 @@
 """What users would pick instead (issue 16): peer rows, their stopping rules, the ratio table, the plot, the README.
 
-Tests gpuclust.app.bench.peers and the harness's peer tables.
+Tests gpuclust.app.bench.peers and the harness's peer tables, and the scale grid's adapters
+(gpuclust.app.bench.scale_peers).
 """
 
 import importlib.util
@@ -341,3 +342,57 @@ def test_update_readme_skips_the_gpu_checks_logs_kept_beside_its_rows(tmp_path):
     assert _update_readme().main(["--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "gpu_test_card.jsonl" in text and "_smoke" not in text and "_steps" not in text
+
+
+# --- the scale grid's adapters (issue 26): one call, one result shape, reasons for what cannot run ---
+
+from gpuclust.app.bench import scale, scale_peers  # noqa: E402
+
+_SCALE_KM = scale.ScaleCase("toy", "kmeans", 600, 4, 3, iters=2)
+
+
+def _scale_start(case):
+
+    X = scale.device_blobs(case, "cpu")
+    return X, {"centers": scale.shared_start(X, case), "host": lambda: X.numpy(), "cpu": lambda: X}
+
+
+def test_every_scale_peer_is_registered_with_its_import_and_note():
+    assert set(scale_peers.SCALE_PEERS) == set(scale_peers.PEER_IMPORTS)
+    for algorithm, fit, where, note in scale_peers.SCALE_PEERS.values():
+        assert algorithm in ("kmeans", "gmm") and callable(fit) and where in ("same", "cpu") and note
+    assert set(scale_peers.NOT_MEASURED) == {"faiss-gpu", "cuml"}
+
+
+def test_flash_kmeans_on_the_cpu_says_it_needs_cuda():
+    pytest.importorskip("flash_kmeans")
+    X, start = _scale_start(_SCALE_KM)
+    with pytest.raises(bench.CaseSkipped, match="CUDA only"):
+        scale_peers.SCALE_PEERS["flash-kmeans"][1](X, start, 3, 0.0, _SCALE_KM)
+
+
+def test_fastkmeans_adapter_returns_its_centres():
+    pytest.importorskip("fastkmeans")
+    X, start = _scale_start(_SCALE_KM)
+    fitted = scale_peers.fit_fastkmeans(X, start, 5, 0.0, _SCALE_KM)
+    assert fitted.centers.shape == (3, 4) and fitted.n_iter is None and fitted.labels is None
+
+
+def test_sklearn_array_api_needs_scipys_array_api_mode(monkeypatch):
+    monkeypatch.delenv("SCIPY_ARRAY_API", raising=False)
+    case = scale.ScaleCase("toy", "gmm", 600, 4, 3, "diag", iters=2)
+    X, start = _scale_start(case)
+    with pytest.raises(bench.CaseSkipped, match="SCIPY_ARRAY_API=1"):
+        scale_peers.SCALE_PEERS["sklearn-array-api"][1](X, start, 3, 0.0, case)
+
+
+def test_gpuclust_adapters_give_labels_centres_and_parameters():
+    X, start = _scale_start(_SCALE_KM)
+    km = scale_peers.fit_gpuclust_kmeans(X, start, 3, 0.0, _SCALE_KM)
+    assert km.n_iter == 3 and km.labels.shape == (600,) and km.centers.shape == (3, 4)
+    case = scale.ScaleCase("toy", "gmm", 600, 4, 3, "full", "tf32", iters=2)
+    gm = scale_peers.fit_gpuclust_gmm(X, start, 3, 0.0, case)
+    assert gm.covariances.shape == (3, 4, 4) and gm.predict(X).shape == (600,)
+    assert scale.log_likelihood64(X.double(), gm.weights, gm.means, gm.covariances, "full") == pytest.approx(
+        gm.score(X), rel=1e-4
+    )

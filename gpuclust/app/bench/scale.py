@@ -185,8 +185,10 @@ def quality(case: ScaleCase, X, fitted, ours_labels=None) -> dict:
         if fitted.centers is not None:
             best, arg = _nearest64(Xs, fitted.centers)
             q["inertia_per_row_f64"] = float(best.mean())
-            labels = arg if labels is None else labels
-            q["exact_label_agreement"] = float((labels.to(arg.device) == arg).double().mean())
+            if labels is None:  # the library gives no labels: the float64 nearest centre stands for them
+                labels = arg
+            else:  # the library's own labels (its last assignment) against the float64 nearest centre
+                q["exact_label_agreement"] = float((labels.to(arg.device) == arg).double().mean())
     else:
         if fitted.means is not None:
             logp = weighted_log_probs64(Xs, fitted.weights, fitted.means, fitted.covariances, case.covariance_type)
