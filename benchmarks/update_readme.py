@@ -240,6 +240,19 @@ def peers_section(rows, path, readme_dir):
     return lines + ([""] if skipped else [])
 
 
+def scale_section(rows, path):
+    """The scale grid on one card (``scale_<card>.jsonl``, benchmarks/gpu_scale.py): a table per case."""
+    if not any(r["status"] == "ok" for r in rows):
+        return []
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from gpuclust.app.bench.scale_tables import scale_table
+
+    env = next((r["environment"] for r in rows if r.get("environment")), None) or {}
+    title = f"### At the sizes GPU users bring, {env.get('device_name') or path.stem} (`{path.name}`)"
+    return [title, "", *[line.replace("### ", "#### ", 1) for line in scale_table(rows)], ""]
+
+
 def render(results=RESULTS, readme_dir=ROOT):
     results = Path(results)
     cpu, mem = _jsonl("cpu.jsonl", results), _jsonl("cpu-memory.jsonl", results)
@@ -268,6 +281,9 @@ def render(results=RESULTS, readme_dir=ROOT):
         lines += kmeans_section(gpu, card)
         lines += gmm_section(gpu, card, "per_iter")
         lines += peers_section(gpu, results / name, readme_dir)
+    # The scale grid (benchmarks/gpu_scale.py; gpu_check.sh --steps env,scale), one file per card.
+    for path in sorted(results.glob("scale_*.jsonl")):
+        lines += scale_section(_jsonl(path.name, results), path)
     if not gpu_files:
         lines += [
             "No GPU results are committed yet: `benchmarks/gpu_check.sh` is ready for the first session with a GPU.",

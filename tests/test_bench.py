@@ -492,3 +492,17 @@ def test_labels_a_library_does_not_give_are_not_scored_as_exact():
     wrong = torch.zeros(500, dtype=torch.long)
     with_labels = scale.quality(case, X, scale_peers.Fitted(3, labels=wrong, centers=C), without["_labels"])
     assert with_labels["exact_label_agreement"] == with_labels["label_agreement"] < 1
+
+
+def test_update_readme_puts_a_scale_file_into_the_results_section(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import update_readme
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = scale.run_scale([scale.toy(scale.SCALE_CASES[0])], tmp_path / "scale_nvidia_h200.jsonl", device="cpu",
+                           repeats=1, say=lambda m: None)  # fmt: skip
+    assert any(r["status"] == "ok" for r in rows)
+    text = update_readme.render(tmp_path, ROOT)
+    assert "### At the sizes GPU users bring" in text and "(`scale_nvidia_h200.jsonl`)" in text
+    assert "#### kmeans 60000x784 K=10 (floor at tf32" in text
