@@ -30,7 +30,11 @@ package re-exports what the command line (``gpuclust bench``) and ``benchmarks/*
 - :mod:`.tables` and :mod:`.plots`: :func:`results_table`, :func:`peer_table`, :func:`plot_results`,
   :func:`plot_peers`;
 - :mod:`.runner`: :func:`run_grid`, :func:`run_named_grid`, :func:`summarize`,
-  :func:`summarize_file` and the JSON-lines files (:func:`read_jsonl`, :func:`append_jsonl`).
+  :func:`summarize_file` and the JSON-lines files (:func:`read_jsonl`, :func:`append_jsonl`);
+- the ``scale`` grid (issue 26; ``benchmarks/gpu_scale.py``), imported by module: :mod:`.scale` (its
+  cases, data made on the device, timing, float64 quality, wall budget: ``run_scale``), :mod:`.floors`
+  (each case's floor and the per-card datasheet peaks), :mod:`.scale_peers` (flash-kmeans, fastkmeans,
+  fast-pytorch-kmeans, torchgmm, scikit-learn's array-API GaussianMixture) and :mod:`.scale_tables`.
 """
 
 from .cases import (
