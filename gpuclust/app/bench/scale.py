@@ -334,6 +334,7 @@ def task_head(task: Task, environment, peaks) -> dict:
 def run_task(task: Task, data: CaseData, repeats: int, environment=None, peaks=None) -> dict:
     """Measure one task; never raises: a missing or failing library is a skipped or error row saying why."""
     row = task_head(task, environment, peaks)
+    _float32_matmuls_exact()
     t0 = time.perf_counter()
     fitted = None
     try:
@@ -363,7 +364,18 @@ def run_task(task: Task, data: CaseData, repeats: int, environment=None, peaks=N
         if data.device.type == "cuda":
             torch.cuda.empty_cache()
     row["wall_seconds"] = time.perf_counter() - t0
+    row["left_tf32_on"] = _tf32_on()  # this library switched TF32 on for the whole process (reset before the next)
     return row
+
+
+def _float32_matmuls_exact():
+    """A library that switches TF32 on globally must not speed up (or round) the tasks after it."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def _tf32_on():
+    return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
 
 
 def _budget_reason(task, rows, spent, budget, device="cuda"):
