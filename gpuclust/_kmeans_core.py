@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._arrays import is_sparse
+from ._argmin import first_min
 from ._chunks import TileBuffers, row_blocks, tile_slices
 from ._comm import LOCAL
 from ._linear import linear
@@ -117,8 +118,12 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True, buffers=No
         torch.min(whole, dim=1, out=(min_scores, labels))
     elif Xc.device.type == "cpu" and Xc.dtype == torch.float32:
         W = centers * -2.0  # exact: ``addmm(c_sq, Xc, C.T, alpha=-2)`` on the faster path
+        mask = None
         for b in row_blocks(m, k * Xc.element_size()):
-            torch.min(linear(Xc[b], W, c_sq), dim=1, out=(min_scores[b], labels[b]))
+            scores = linear(Xc[b], W, c_sq)
+            if mask is None:  # the first block is the largest: its scratch serves them all
+                mask = torch.empty_like(scores)
+            first_min(scores, (min_scores[b], labels[b]), mask[: scores.shape[0]])
     else:
         if buffers is None:
             whole = linear(Xc, centers * -2.0, c_sq)
@@ -418,6 +423,7 @@ def assign_top2(X, x_sq, centers, tile_rows, rows_subset=None, buffer=None):
         buffer = torch.empty(min(tile_rows, m), X.shape[1], dtype=X.dtype, device=X.device)
     if buffer is not None:
         tile_rows = buffer.shape[0]
+    mask = None  # first_min's scratch, made for the first tile and kept
     for rows in tile_slices(m, tile_rows):
         if rows_subset is None:
             tile = X[rows]
@@ -430,8 +436,11 @@ def assign_top2(X, x_sq, centers, tile_rows, rows_subset=None, buffer=None):
         else:
             # Two minima instead of topk(2): a third of the time, and ties broken as in Lloyd's min.
             lab = labels[rows]
-            torch.min(scores, dim=1, out=(first[rows], lab))
-            second[rows] = scores.scatter_(1, lab.unsqueeze(1), float("inf")).min(dim=1).values
+            if mask is None or mask.shape[0] < scores.shape[0]:
+                mask = torch.empty_like(scores)
+            first_min(scores, (first[rows], lab), mask[: scores.shape[0]])
+            # The second value needs no index: amin, which vectorizes (see gpuclust._argmin).
+            second[rows] = scores.scatter_(1, lab.unsqueeze(1), float("inf")).amin(dim=1)
     xs = x_sq if rows_subset is None else x_sq[rows_subset]
     return labels, (first + xs).clamp_min_(0), (second + xs).clamp_min_(0)
 

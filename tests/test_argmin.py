@@ -1,0 +1,89 @@
+"""gpuclust._argmin.first_min: torch.min(dim=1)'s values and first indices, by vectorized passes."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuclust import KMeans
+from gpuclust._argmin import MASKED_ARGMIN_FROM, first_min
+
+
+def _first_min_of(scores):
+    m = scores.shape[0]
+    out = (torch.empty(m, dtype=scores.dtype), torch.empty(m, dtype=torch.int64))
+    first_min(scores, out)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    k=st.integers(1, 3 * MASKED_ARGMIN_FROM),
+    levels=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_same_values_and_first_index_as_torch_min_with_many_ties(m, k, levels, seed, dtype):
+    # Few distinct values: most rows have their minimum several times, so the first index matters.
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-levels, levels + 1, (m, k), generator=g).to(dtype) * 0.25
+    values, indices = _first_min_of(scores)
+    expected = torch.min(scores, dim=1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
+    # The first index: nothing before it equals the minimum (torch.min's own, not just any tie).
+    before = torch.arange(k).unsqueeze(0) < indices.unsqueeze(1)
+    assert not bool(((scores == values.unsqueeze(1)) & before).any())
+
+
+def test_signed_zeros_and_infinities_tie_as_torch_min_ties_them():
+    k = MASKED_ARGMIN_FROM + 3
+    scores = torch.ones(4, k)
+    scores[0, [5, 9]] = torch.tensor([0.0, -0.0])
+    scores[1, [2, 30]] = torch.tensor([-0.0, 0.0])
+    scores[2, :] = float("inf")
+    scores[3, [k - 1]] = float("-inf")
+    values, indices = _first_min_of(scores)
+    assert indices.tolist() == [5, 2, 0, k - 1]
+    assert torch.equal(values, torch.min(scores, dim=1).values)
+
+
+def test_a_nan_row_gets_torch_mins_answer():
+    scores = torch.randn(3, MASKED_ARGMIN_FROM * 2)
+    scores[1, 7] = float("nan")
+    values, indices = _first_min_of(scores)
+    expected = torch.min(scores, dim=1)
+    assert torch.equal(indices, expected.indices)
+    assert torch.equal(values.isnan(), expected.values.isnan())
+
+
+def test_writes_into_views_of_larger_buffers_with_a_reused_mask():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(50, 64, generator=g)
+    values, indices = torch.full((80,), 7.0), torch.full((80,), -1, dtype=torch.int64)
+    mask = torch.empty(64, 64)
+    for rows in (slice(0, 30), slice(30, 50)):
+        first_min(scores[rows], (values[10:60][rows], indices[10:60][rows]), mask[: rows.stop - rows.start])
+    expected = torch.min(scores, dim=1)
+    assert torch.equal(values[10:60], expected.values) and torch.equal(indices[10:60], expected.indices)
+    assert bool((values[:10] == 7).all()) and bool((indices[60:] == -1).all())
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "elkan"])
+def test_kmeans_with_many_centres_matches_scikit_learn_on_the_cpu_float32_path(algorithm):
+    # K >= MASKED_ARGMIN_FROM takes first_min in both Lloyd's and Hamerly's assignment.
+    from sklearn.cluster import KMeans as SkKMeans
+
+    rng = np.random.default_rng(0)
+    k = 2 * MASKED_ARGMIN_FROM
+    X = (rng.normal(size=(k, 5)) * 4)[rng.integers(0, k, 3000)] + rng.normal(size=(3000, 5))
+    X = X.astype(np.float32)
+    init = X[rng.choice(3000, k, replace=False)]
+    ours = KMeans(k, init=init, n_init=1, max_iter=30, algorithm=algorithm, device="cpu").fit(X)
+    ref = SkKMeans(k, init=init, n_init=1, max_iter=30, algorithm="lloyd").fit(X)
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    # float32 centres: sums in a different order; 1e-4 relative is float32's accumulated rounding here.
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
