@@ -358,11 +358,26 @@ def has_converged(n_iter, changed, moved, tol, log=None):
     return False
 
 
+class FusedKernels(NamedTuple):
+    """The fused Triton kernels a Lloyd fit runs instead of the GEMM tiles, with the product's precision.
+
+    :func:`gpuclust._fused.assign` and :func:`gpuclust._fused.cluster_sums`, handed in by the
+    caller: that module imports this one (its torch fallback), so this one does not import it.
+    """
+
+    assign: object  # (X, x_sq, centers, out, precision) -> (labels, distances)
+    cluster_sums: object  # (X, w, labels, k) -> (sums, weights), float64
+    precision: str  # one of gpuclust._fused.PRECISIONS
+
+
 class LloydSettings(NamedTuple):
     """What every Lloyd run of a fit shares (in memory, with Hamerly's bounds, or streamed).
 
     ``tol`` is already scaled to the data; ``onehot`` is the accumulation chosen for the fit
     (:func:`accumulates_onehot`); ``log`` prints scikit-learn's verbose lines (None: silent).
+    ``fused``: the :class:`FusedKernels` that :func:`lloyd` assigns by and takes its first sums
+    from, or None for the GEMM tiles; chosen for dense, in-memory float32 fits on CUDA
+    (``KMeans._assigns_fused``).
     """
 
     max_iter: int
@@ -372,6 +387,7 @@ class LloydSettings(NamedTuple):
     onehot: bool = False
     comm: object = LOCAL
     log: object = None
+    fused: FusedKernels | None = None
 
 
 class Step(NamedTuple):
@@ -512,17 +528,26 @@ def lloyd(X, sample_weight, x_sq, centers, settings: LloydSettings) -> LloydRun:
     centres are the caller's final pass (``KMeans._assign_tiles``, the routine inference uses).
     Under torch.distributed (``settings.comm``) each rank holds a block of rows and the centre
     sums, counts and inertia are all-reduced, so every rank gets the same centres.
+    With ``settings.fused`` the assignment is the fused kernel (no (rows, k) scores, :class:`FusedKernels`).
     """
-    labels, _ = assign(X, x_sq, centers, settings.tile_rows, distances=False)
+    labels = _lloyd_labels(X, x_sq, centers, settings)
     # Two label buffers used in turn and one for the distances: no allocation per iteration.
     spare = [torch.empty_like(labels), torch.empty(X.shape[0], dtype=X.dtype, device=X.device)]
 
     def relabel(centers, labels_old):
-        labels, _ = assign(X, x_sq, centers, settings.tile_rows, out=tuple(spare), distances=False)
+        labels = _lloyd_labels(X, x_sq, centers, settings, out=tuple(spare))
         spare[0] = labels_old
         return labels
 
     return _iterate(_InMemoryRun(X, sample_weight, x_sq, labels, centers.shape[0], settings), labels, centers, relabel)
+
+
+def _lloyd_labels(X, x_sq, centers, settings, out=None):
+    """One Lloyd assignment's labels: the fused kernel where the fit chose it, else :func:`assign`'s tiles."""
+    fused = settings.fused
+    if fused is None:
+        return assign(X, x_sq, centers, settings.tile_rows, out, distances=False)[0]
+    return fused.assign(X, x_sq, centers, out, fused.precision)[0]
 
 
 def hamerly(X, sample_weight, x_sq, centers, settings: LloydSettings) -> LloydRun:
@@ -573,8 +598,15 @@ class _InMemoryRun:
 
     def __init__(self, X, sample_weight, x_sq, labels, n_clusters, settings):
         self.X, self.w, self.x_sq, self.settings = X, sample_weight, x_sq, settings
-        self.sums, self.weights = cluster_sums(X, sample_weight, labels, n_clusters, settings.tile_rows,
-                                               settings.unit_weight, onehot=settings.onehot)  # fmt: skip
+        if settings.fused is not None:
+            # The first full sums, once per run, by the fused segment sums: no (rows, k) one-hot.
+            # The moved rows of later iterations keep :meth:`move`'s path: its one-hot GEMM runs
+            # rows x 2k in parallel and keeps the moved count on the device, while the segment
+            # kernel has only k x ceil(d / 32) programs, few for small k, to re-sum all of X.
+            self.sums, self.weights = settings.fused.cluster_sums(X, sample_weight, labels, n_clusters)
+        else:
+            self.sums, self.weights = cluster_sums(X, sample_weight, labels, n_clusters, settings.tile_rows,
+                                                   settings.unit_weight, onehot=settings.onehot)  # fmt: skip
         self.no_change = torch.zeros((), dtype=torch.int64, device=X.device)
         self._gather = None
 
