@@ -46,6 +46,8 @@ CPU_AUTO_BACKEND = "torch"
 # 4.31 / 3.01; 7840 (pixels): 14.1 / 12.0. On overlapping blobs at d*k = 2048 Lloyd was twice as
 # fast (few samples keep their bounds): the pruning pays only where clusters are apart.
 HAMERLY_FROM_GEMM_WIDTH = 2048
+# ``matmul_precision`` by the name :func:`gpuclust._fused.assign` gives it ("highest": exact float32 products).
+FUSED_PRECISIONS = {"highest": "ieee", "tf32": "tf32", "bf16": "bf16"}
 
 
 class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -110,6 +112,15 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         rank passes its own block of rows to ``fit``; counts, sums and inertia are
         all-reduced, and every rank ends with the same centres. ``labels_`` are the
         rank's own rows'. See :mod:`gpuclust.distributed`.
+    matmul_precision : {"highest", "tf32", "bf16"}, default="highest"
+        Precision of the distance product of the fused assignment, the one a Lloyd fit of
+        dense float32 X in memory runs on CUDA when triton is installed
+        (``pip install gpuclust[triton]``): ``"tf32"`` and ``"bf16"`` multiply on tensor
+        cores in that format. The labels are still the float32 path's, since every sample
+        whose two nearest centres are within the product's rounding bound is re-checked in
+        float32; the centres, sums of X over those labels, do not depend on it either. On
+        every other path (CPU, float64, sparse or out-of-core X, Hamerly, the scikit-learn
+        and cuML backends) it has no effect.
 
     Attributes
     ----------
@@ -158,6 +169,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         "copy_x": ["boolean"],
         "algorithm": [StrOptions(set(ALGORITHMS))],
         "backend": [StrOptions(set(BACKENDS))],
+        "matmul_precision": [StrOptions(set(FUSED_PRECISIONS))],
         **TORCH_PARAMETER_CONSTRAINTS,
     }
     _accept_sparse = True
@@ -180,6 +192,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         chunk_size=None,
         memory_budget=None,
         distributed=False,
+        matmul_precision="highest",
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -196,6 +209,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.distributed = distributed
+        self.matmul_precision = matmul_precision
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -366,6 +380,9 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         )
         tile_rows = self._tile_rows(n, d, k, rows.device, rows.dtype)
         tol = 0.0 if self.tol == 0 else data.mean_feature_variance(comm) * self.tol
+        # The fused kernels take dense X in memory; Hamerly's bounds need the second-nearest distance.
+        dense_lloyd = not hamerly and not rows.out_of_core and not is_sparse(rows.tensor)
+        fused = self._fused_kernels() if dense_lloyd and self._assigns_fused(rows.device, rows.dtype) else None
         settings = core.LloydSettings(
             max_iter=self.max_iter,
             tol=tol,
@@ -374,6 +391,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
             onehot=self._accumulates_onehot(rows.device),
             comm=comm,
             log=print if self.verbose else None,
+            fused=fused,
         )
         return _FitPlan(rows.device, rows.dtype, comm, n, n_global, d, k, n_init, shift, tile_rows,
                         data.keeps_centred_copy, init, "hamerly" if hamerly else "lloyd", settings)  # fmt: skip
@@ -385,6 +403,25 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         Chosen once per fit and carried by the plan; tests subclass to run the other one on any device.
         """
         return core.accumulates_onehot(device)
+
+    def _assigns_fused(self, device, dtype):
+        """Whether a dense, in-memory Lloyd fit assigns by the fused Triton kernel (``LloydSettings.fused``).
+
+        Float32 on CUDA with triton installed (:func:`gpuclust._fused.available`); never on a CPU,
+        and never for float64, which the kernel would hand back to the torch path. Chosen once per
+        fit; tests force it on CPU tensors (triton's interpreter) by overriding this method.
+        """
+        if dtype != torch.float32 or torch.device(device).type != "cuda":
+            return False
+        from . import _fused  # imports triton: only for a fit that could use it
+
+        return _fused.available(device)
+
+    def _fused_kernels(self):
+        """The :class:`gpuclust._kmeans_core.FusedKernels` of a fit :meth:`_assigns_fused` chose them for."""
+        from . import _fused
+
+        return core.FusedKernels(_fused.assign, _fused.cluster_sums, FUSED_PRECISIONS[self.matmul_precision])
 
     def _fit_all_inits(self, data, w, plan, user_X, labels_out):
         """``n_init`` runs; the kept one by scikit-learn's rule (:meth:`_replaces`), as a :class:`_Run`."""
@@ -434,7 +471,10 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if not None); ``tiles`` yields the training rows in those coordinates. The centres are
         rounded as publishing rounds them (``centred + mean`` in the data's dtype) and every row is
         labelled by :meth:`_assign_tiles`, the routine behind ``predict`` and ``score``, so that
-        ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly.
+        ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly. That is also why
+        this pass stays on the GEMM tiles where Lloyd ran the fused kernel (``plan.settings.fused``):
+        one pass per run, whose labels must be predict's bits, which the kernel's float32 sums in
+        another order could differ from on a near tie.
         """
         published, shift = centers, plan.shift
         if shift is not None:

@@ -7,6 +7,7 @@ kernels' block edges (rows per program, centres per tile, features per step).
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,9 +15,10 @@ from sklearn.datasets import make_blobs
 
 pytest.importorskip("triton")
 
-from gpuclust import GaussianMixture, _fused
+from gpuclust import GaussianMixture, KMeans, _fused
 from gpuclust import _gmm_numerics as gm
 from gpuclust import _kmeans_core as kc
+from gpuclust.kmeans import FUSED_PRECISIONS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # float32 distances of the kernel against the torch path: different summation orders, so a few
@@ -273,3 +275,98 @@ def test_a_fit_with_the_fused_e_step_equals_the_torch_one(ct, monkeypatch):
     np.testing.assert_allclose(fused.means_, plain.means_, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(fused.covariances_, plain.covariances_, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(fused.predict(X), plain.predict(X))
+
+
+# ------------------------------------------------------------------ KMeans with the fused assignment
+# Labels and n_iter are compared exactly. Centres and inertia within 1e-5 relative to the data's
+# scale: the first centre sums are the fused segment sums (float64 over float32 rows), the CPU
+# path's index_add_ sums float32 rows in float32, so the two start an ulp or so of float32 apart.
+KMEANS_RTOL = 1e-5
+
+
+class FusedKMeans(KMeans):
+    """KMeans whose Lloyd assignment and first sums are the fused kernels (a float32 fit on CUDA), on any device."""
+
+    def _assigns_fused(self, device, dtype):
+        return dtype == torch.float32
+
+
+class GemmKMeans(KMeans):
+    """KMeans on the GEMM tiles on any device: the reference, also where a CUDA fit would choose the kernels."""
+
+    def _assigns_fused(self, device, dtype):
+        return False
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The positional arguments of every call a fit makes to ``_fused.assign`` and ``_fused.cluster_sums``."""
+    calls = {"assign": [], "cluster_sums": []}
+    for name in calls:
+        original = getattr(_fused, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls[_name].append(args)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_fused, name, spy)
+    return calls
+
+
+def _assert_same_fit(fused, plain, X):
+    assert fused.n_iter_ == plain.n_iter_
+    np.testing.assert_array_equal(fused.labels_, plain.labels_)
+    scale = float(np.abs(X).max())
+    np.testing.assert_allclose(fused.cluster_centers_, plain.cluster_centers_, rtol=0, atol=KMEANS_RTOL * scale)
+    np.testing.assert_allclose(fused.inertia_, plain.inertia_, rtol=KMEANS_RTOL)
+    np.testing.assert_array_equal(fused.predict(X), fused.labels_)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unit", "weighted"])
+@pytest.mark.parametrize("precision", ["highest", "tf32", "bf16"])
+def test_a_kmeans_fit_with_the_fused_assignment_equals_the_torch_one(precision, weighted, fused_calls):
+    X, _ = make_blobs(300, 5, centers=4, cluster_std=2.0, random_state=0)
+    X = X.astype(np.float32)
+    w = np.random.RandomState(1).uniform(0.5, 2.0, len(X)) if weighted else None
+    kw = dict(n_clusters=4, random_state=0, device=DEVICE, algorithm="lloyd", matmul_precision=precision)
+    plain = GemmKMeans(**kw).fit(X, sample_weight=w)
+    assert fused_calls == {"assign": [], "cluster_sums": []}
+    fused = FusedKMeans(**kw).fit(X, sample_weight=w)
+    assert fused.n_iter_ > 1  # the loop's re-assignment ran, not only the first one
+    # One assignment per iteration (the first before the loop), in the asked precision; one first sum per run.
+    assert [args[4] for args in fused_calls["assign"]] == [FUSED_PRECISIONS[precision]] * fused.n_iter_
+    assert len(fused_calls["cluster_sums"]) == 1
+    _assert_same_fit(fused, plain, X)
+
+
+def test_the_fused_assignment_relocates_an_empty_cluster_as_the_torch_one(fused_calls):
+    # The last initial centre is far from every sample: its cluster is empty after the first assignment.
+    X, _ = make_blobs(200, 3, centers=3, random_state=2)
+    X = X.astype(np.float32)
+    init = np.vstack([X[:3], np.full((1, 3), 1e3, dtype=np.float32)])
+    kw = dict(n_clusters=4, init=init, n_init=1, device=DEVICE, algorithm="lloyd")
+    plain = GemmKMeans(**kw).fit(X)
+    fused = FusedKMeans(**kw).fit(X)
+    assert len(fused_calls["assign"]) == fused.n_iter_
+    assert np.abs(fused.cluster_centers_).max() < 100  # the far centre was re-seeded
+    _assert_same_fit(fused, plain, X)
+
+
+def test_kmeans_chooses_the_fused_assignment_only_for_float32_on_cuda(fused_calls):
+    km = KMeans()
+    assert km._assigns_fused(torch.device("cuda"), torch.float32) is True  # triton imports (importorskip)
+    assert km._assigns_fused(torch.device("cuda"), torch.float64) is False
+    assert km._assigns_fused(torch.device("cpu"), torch.float32) is False
+    X, _ = make_blobs(100, 3, centers=3, random_state=0)
+    KMeans(3, random_state=0, device="cpu", algorithm="lloyd").fit(X.astype(np.float32))
+    assert fused_calls == {"assign": [], "cluster_sums": []}  # never on a CPU without being forced
+
+
+@pytest.mark.parametrize("case", ["float64", "sparse", "out-of-core", "hamerly"])
+def test_sparse_out_of_core_hamerly_and_float64_fits_keep_the_torch_path(case, fused_calls):
+    X, _ = make_blobs(120, 4, centers=3, random_state=0)
+    X = X.astype(np.float64 if case == "float64" else np.float32)
+    kw = dict(n_clusters=3, random_state=0, device="cpu", max_iter=5)
+    data = {"sparse": sp.csr_matrix(X), "out-of-core": [X[:60], X[60:]]}.get(case, X)
+    FusedKMeans(algorithm="hamerly" if case == "hamerly" else "lloyd", **kw).fit(data)
+    assert fused_calls == {"assign": [], "cluster_sums": []}
