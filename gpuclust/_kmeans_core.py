@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._arrays import is_sparse
 from ._argmin import first_min
+from ._arrays import is_sparse
 from ._chunks import TileBuffers, row_blocks, tile_slices
 from ._comm import LOCAL
 from ._linear import linear
