@@ -45,7 +45,9 @@ class Fitted:
 def fit_gpuclust_kmeans(X, start, max_iter, tol, case):
     from ...kmeans import KMeans
 
-    km = KMeans(case.k, init=start["centers"], n_init=1, max_iter=max_iter, tol=tol, device=X.device).fit(X)
+    # backend="torch": gpuclust's own Lloyd (the fused assignment on CUDA), never cuML where installed.
+    km = KMeans(case.k, init=start["centers"], n_init=1, max_iter=max_iter, tol=tol, device=X.device,
+                backend="torch", matmul_precision=case.precision).fit(X)  # fmt: skip
     return Fitted(int(km.n_iter_), labels=km.labels_, centers=km.cluster_centers_)
 
 
