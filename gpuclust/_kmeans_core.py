@@ -121,7 +121,7 @@ def nearest_center(Xc, centers, c_sq, x_sq, out=None, distances=True, buffers=No
         mask = None
         for b in row_blocks(m, k * Xc.element_size()):
             scores = linear(Xc[b], W, c_sq)
-            if mask is None:  # the first block is the largest: its scratch serves them all
+            if mask is None or mask.shape[0] < scores.shape[0]:  # one scratch for the tile's blocks
                 mask = torch.empty_like(scores)
             first_min(scores, (min_scores[b], labels[b]), mask[: scores.shape[0]])
     else:
@@ -439,24 +439,27 @@ def assign_top2(X, x_sq, centers, tile_rows, rows_subset=None, buffer=None):
         buffer = torch.empty(min(tile_rows, m), X.shape[1], dtype=X.dtype, device=X.device)
     if buffer is not None:
         tile_rows = buffer.shape[0]
-    mask = None  # first_min's scratch, made for the first tile and kept
+    W, mask = centers * -2.0, None  # mask: first_min's scratch, kept from block to block
     for rows in tile_slices(m, tile_rows):
         if rows_subset is None:
             tile = X[rows]
         else:
             tile = buffer[: rows.stop - rows.start]
             torch.index_select(X, 0, rows_subset[rows], out=tile)
-        scores = linear(tile, centers * -2.0, c_sq[0])
-        if k == 1:
-            first[rows] = scores[:, 0]
-        else:
-            # Two minima instead of topk(2): a third of the time, and ties broken as in Lloyd's min.
-            lab = labels[rows]
+        # Blocks of rows (as nearest_center's): a block's scores stay in cache for the passes over them.
+        for b in row_blocks(tile.shape[0], k * tile.element_size()):
+            scores = linear(tile[b], W, c_sq[0])
+            out = slice(rows.start + b.start, rows.start + b.stop)
+            if k == 1:
+                first[out] = scores[:, 0]
+                continue
             if mask is None or mask.shape[0] < scores.shape[0]:
                 mask = torch.empty_like(scores)
-            first_min(scores, (first[rows], lab), mask[: scores.shape[0]])
+            # Two minima instead of topk(2): a third of the time, and ties broken as in Lloyd's min.
+            lab = labels[out]
+            first_min(scores, (first[out], lab), mask[: scores.shape[0]])
             # The second value needs no index: amin, which vectorizes (see gpuclust._argmin).
-            second[rows] = scores.scatter_(1, lab.unsqueeze(1), float("inf")).amin(dim=1)
+            second[out] = scores.scatter_(1, lab.unsqueeze(1), float("inf")).amin(dim=1)
     xs = x_sq if rows_subset is None else x_sq[rows_subset]
     return labels, (first + xs).clamp_min_(0), (second + xs).clamp_min_(0)
 

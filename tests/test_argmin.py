@@ -87,3 +87,25 @@ def test_kmeans_with_many_centres_matches_scikit_learn_on_the_cpu_float32_path(a
     np.testing.assert_array_equal(ours.labels_, ref.labels_)
     # float32 centres: sums in a different order; 1e-4 relative is float32's accumulated rounding here.
     np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("error")  # a scratch too small for a block is resized by torch, with a warning
+@pytest.mark.parametrize("route", ["nearest_center", "assign_top2"])
+def test_blocks_of_a_tile_of_any_size_get_torch_mins_labels(route):
+    # k=1024 float32: blocks of 1024 rows (gpuclust._chunks.PRODUCT_BLOCK_BYTES); 2049 rows end with a
+    # block of 1025 (a one-row remainder joins the block before), larger than the first block.
+    from gpuclust import _kmeans_core as core
+
+    g = torch.Generator().manual_seed(0)
+    k, m = 1024, 2049
+    X, centers = torch.randn(m, 3, generator=g), torch.randn(k, 3, generator=g)
+    X[5] = centers[7] = centers[9]  # an exact tie: the first of the two centres
+    x_sq = core.squared_norms(X)
+    if route == "nearest_center":
+        labels, _ = core.assign(X, x_sq, centers, tile_rows=m)
+    else:
+        labels, _, _ = core.assign_top2(X, x_sq, centers, tile_rows=m)
+    reference = torch.addmm(core.squared_norms(centers), X, centers.T, alpha=-2.0).min(dim=1).indices
+    # Products by another kernel may round near ties differently: all but a few rows agree, row 5 exactly.
+    assert int(labels[5]) == 7
+    assert float((labels == reference).float().mean()) > 0.999
