@@ -175,6 +175,9 @@ def test_bench_tiny_grid(tmp_path, capsys):
         (["run", "--profile", "medium"], "invalid choice"),
         (["cluster", "--features", "/nonexistent/x.npy"], "no such file"),
         (["bench", "--grid", "nope"], "--grid"),
+        (["bench", "--grid", "cpu-small", "--tag", "../outside"], "--tag"),
+        (["bench", "--grid", "cpu-small", "--tag", "/tmp/abs"], "--tag"),
+        (["bench", "--grid", "cpu-small", "--tag", "a/b"], "--tag"),
         (["select", "--features", "/nonexistent.npy"], "no such file"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -612,3 +615,18 @@ def test_cli_save_labels_never_overwrites_an_input(tmp_path):
     assert proc.returncode == 2 and "one of the inputs" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert path.read_bytes() == before
+
+
+def test_a_bench_tag_that_is_a_path_touches_no_file_outside_out(tmp_path, capsys):
+    # The runner deletes <out>/<tag>.jsonl before a fresh run: with tag "../victim" that was a file
+    # outside the folder the user named.
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("the user's own file\n")
+    code, _, err = run_cli(capsys, "bench", "--grid", "cpu-small", "--out", str(tmp_path / "b"), "--tag", "../victim")
+    assert_one_line_exit_2(code, err, "--tag")
+    assert victim.read_text() == "the user's own file\n" and not (tmp_path / "b").exists()
+    from gpuclust.app.bench import run_named_grid
+
+    with pytest.raises(ValueError, match="plain name"):
+        run_named_grid("cpu-small", tmp_path / "b", tag="../victim")
+    assert victim.exists()

@@ -694,9 +694,15 @@ def cmd_select(args, say):
 
 def cmd_bench(args, say):
     from .bench import GRIDS, run_named_grid
+    from .bench.runner import check_tag
 
     if args.grid not in GRIDS:
         raise UsageError(f"--grid {args.grid!r} is not one of {sorted(GRIDS)}")
+    if args.tag is not None:
+        try:
+            check_tag(args.tag)
+        except ValueError as err:
+            raise UsageError(f"--tag: {err}") from None
     _check_bench_device(args.grid, args.device)
     _check_can_create(Path(args.out), "--out", want_dir=True)
     rows, path = run_named_grid(args.grid, args.out, tag=args.tag, repeats=args.repeats, seed=args.seed,

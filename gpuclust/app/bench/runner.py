@@ -151,6 +151,21 @@ def default_tag(grid, cases) -> str:
     return grid
 
 
+# A tag names files inside the output folder: a plain name, never a path (``../x`` would write, and
+# first delete, a ``x.jsonl`` outside the folder the user named).
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_tag(tag: str) -> str:
+    """``tag`` if it is a plain file-name stem (letters, digits, ``.``, ``_``, ``-``), else ValueError."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > 100:
+        raise ValueError(
+            f"tag {tag!r} must be a plain name of at most 100 letters, digits, '.', '_' or '-' (not a path), "
+            "starting with a letter or digit"
+        )
+    return tag
+
+
 def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto", say=lambda m: None, fresh=True):
     """Run the grid ``GRIDS[grid]`` (on ``device`` where not "auto"); return its rows and the JSONL path.
 
@@ -161,6 +176,8 @@ def run_named_grid(grid, out_dir, *, tag=None, repeats=3, seed=0, device="auto",
         raise ValueError(f"grid {grid!r} is not one of {sorted(GRIDS)}")
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
+    if tag is not None:
+        check_tag(tag)
     cases = GRIDS[grid]
     if device != "auto":
         cases = [replace(c, device=device) if c.backend not in CPU_ONLY_BACKENDS + ("cuml",) else c for c in cases]
