@@ -30,7 +30,7 @@ from ._comm import make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
 from .device import resolve_device
 from .kmeans import KMeans, kmeans_plusplus
-from .sources import TensorRows, column_sums, init_sample, is_out_of_core
+from .sources import TensorRows, as_source, check_out_apart, column_sums, init_sample, is_out_of_core
 
 __all__ = ["COVARIANCE_TYPES", "INIT_PARAMS", "GaussianMixture"]
 
@@ -582,6 +582,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         if out is not None and not is_out_of_core(X):
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+        if out is not None:
+            check_out_apart(as_source(X), out)  # before the fit, not after it
         with unchanged_on_error(self):  # the labelling pass can fail too (a bad out, an unreadable file)
             rows, kind = self._fit_all_inits(X)
             labels = self._labels(rows, out)

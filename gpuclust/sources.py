@@ -98,6 +98,14 @@ class RowSource:
 
     n_rows: int | None = None
     n_features: int | None = None
+
+    def shares_storage_with(self, out: np.ndarray) -> bool:
+        """Whether writing ``out`` could change these rows (a file or memory they are read from).
+
+        False where the source cannot tell (blocks from a sequence or a callable).
+        """
+        return False
+
     dtype: np.dtype | None = None
     name: str = "X"
 
@@ -212,6 +220,9 @@ class _ProgressSource(RowSource):
         self.inner, self.make_bar, self.name = inner, make_bar, inner.name
         self.n_rows, self.n_features, self.dtype = inner.n_rows, inner.n_features, inner.dtype
 
+    def shares_storage_with(self, out):
+        return self.inner.shares_storage_with(out)
+
     def host_tiles(self, tile_rows, buffers=None):
         bar = self.make_bar(self.inner.n_rows)
         try:
@@ -230,6 +241,9 @@ class _FileSource(RowSource):
         self.path, self.offset, self.name = path, int(offset), name
         self.n_rows, self.n_features = int(shape[0]), int(shape[1])
         self.dtype = np.dtype(dtype)
+
+    def shares_storage_with(self, out):
+        return _same_file(_backing_file(out), self.path)
 
     @classmethod
     def from_path(cls, path):
@@ -299,6 +313,39 @@ class _FileSource(RowSource):
             os.close(fd)
 
 
+def check_out_apart(source: RowSource, out) -> None:
+    """ValueError when writing ``out`` could change the rows of ``source`` (see ``shares_storage_with``).
+
+    Results written while later passes still read X would change X: a wrong fit, and the user's
+    data rewritten. Cheap (no pass over the data): callers run it before any work too.
+    """
+    if isinstance(out, np.ndarray) and source.shares_storage_with(out):
+        raise ValueError(
+            f"out shares memory or its file with {source.name}, which is read while out is written: "
+            "pass an array stored elsewhere."
+        )
+
+
+def _backing_file(array) -> str | None:
+    """The file an array maps (a memmap, or a view whose base chain reaches one), else None."""
+    while array is not None:
+        name = getattr(array, "filename", None)
+        if isinstance(array, np.memmap) and name:
+            return name
+        array = getattr(array, "base", None)
+    return None
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Whether two paths name one file (also through links); False when either is None or gone."""
+    if a is None or b is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _memmap_file_offset(mm: np.memmap) -> int | None:
     """Byte offset in ``mm.filename`` of ``mm``'s first row, if its rows lie there contiguously; else None."""
     mapping = getattr(mm, "_mmap", None)
@@ -321,6 +368,11 @@ class _ArraySource(RowSource):
         self.array, self.name = array, name
         self.n_rows, self.n_features = int(array.shape[0]), int(array.shape[1])
         self.dtype = np.dtype(array.dtype).newbyteorder("=")
+
+    def shares_storage_with(self, out):
+        if np.may_share_memory(out, self.array):
+            return True
+        return _same_file(_backing_file(out), _backing_file(self.array))
 
     def host_tiles(self, tile_rows, buffers=None):
         if buffers is None:
@@ -679,6 +731,7 @@ class SourceRows:
                 f"out must be a writable, C-contiguous array of {what} (native byte order); "
                 f"got dtype {out.dtype}{'' if out.flags.writeable else ', read-only'}."
             )
+        check_out_apart(self.source, out)
         return torch.from_numpy(out)
 
     def result(self, t: torch.Tensor, kind=None, out=None):

@@ -434,3 +434,35 @@ def test_kmeans_tolerance_is_the_same_in_memory_and_streamed(data, tmp_path, off
         assert line, "the run must stop on the tolerance"
         tolerances.append(line[0].rsplit("tolerance ", 1)[1])
     assert tolerances[0] == tolerances[1]
+
+
+@pytest.mark.parametrize("how", ["same file", "hard link", "view of the memmap", "strided memmap view"])
+def test_out_that_shares_xs_storage_is_refused_and_x_is_untouched(tmp_path, how):
+    # Integer data, one feature: an int64 labels array can lie on X's own bytes. Labels written
+    # while later passes read X would change X (a wrong fit, and the user's file rewritten).
+    rng = np.random.default_rng(0)
+    path = tmp_path / "X.npy"
+    np.save(path, rng.integers(0, 50, size=(600, 1)).astype(np.int64))
+    before = path.read_bytes()
+    X = np.load(path, mmap_mode="r+")
+    if how == "same file":
+        out, source = np.memmap(path, dtype=np.int64, mode="r+", offset=X.offset, shape=(600,)), str(path)
+    elif how == "hard link":
+        os.link(path, tmp_path / "link.npy")
+        out, source = np.load(tmp_path / "link.npy", mmap_mode="r+")[:, 0], str(path)
+    elif how == "view of the memmap":
+        out, source = X[:, 0], X
+    else:  # a strided memmap is read through the map itself (_ArraySource)
+        wide = np.lib.format.open_memmap(tmp_path / "wide.npy", mode="w+", dtype=np.int64, shape=(600, 2))
+        wide[:] = rng.integers(0, 50, size=(600, 2))
+        source, out = wide[::2], np.asarray(wide.reshape(-1)[:300])
+        assert not source.flags.c_contiguous and out.flags.c_contiguous
+    estimators = (KMeans(3, random_state=0, device="cpu", n_init=2), GaussianMixture(2, device="cpu"))
+    for est in estimators:
+        with pytest.raises(ValueError, match="shares memory or its file"):
+            est.fit_predict(source, out=out)
+        assert not hasattr(est, "n_iter_")  # refused before any fit
+    fitted = KMeans(3, random_state=0, device="cpu").fit(source)
+    with pytest.raises(ValueError, match="shares memory or its file"):
+        fitted.predict(source, out=out)
+    assert path.read_bytes() == before
