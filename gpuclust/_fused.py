@@ -18,7 +18,7 @@ import torch
 
 from ._chunks import tile_rows_for
 from ._kmeans_core import assign as _torch_assign
-from ._kmeans_core import nearest_center, squared_norms
+from ._kmeans_core import center_norms, nearest_center
 
 try:  # the optional extra
     import triton
@@ -219,7 +219,7 @@ def assign(X, x_sq, centers, out=None, precision="ieee"):
         tile_rows = tile_rows_for(max(n, 1), (centers.shape[0] + d) * X.element_size(), X.device)
         return _torch_assign(X, x_sq, centers, tile_rows, out)
     labels, dist = out
-    c_sq = squared_norms(centers)
+    c_sq = center_norms(centers)
     best, second = kernel_scores(X, centers, c_sq, labels, precision)
     if precision != "ieee":
         _recheck(X, x_sq, centers, c_sq, labels, best, second, precision)

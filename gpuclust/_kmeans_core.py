@@ -56,6 +56,17 @@ def squared_norms(X: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(X, dim=1).square_()
 
 
+def center_norms(centers: torch.Tensor) -> torch.Tensor:
+    """Squared norms of the centres, ``(C * C).sum(1)``: the products exact, as scikit-learn's.
+
+    The labels are ``argmin(-2 x.c + ||c||^2)``: these norms, not the rows', decide exact ties
+    (integer-valued data has many). :func:`squared_norms`'s ``vector_norm(...).square_()`` takes
+    a square root and squares it, which is off by an ulp (7 came out 6.9999995 for
+    [1.5, 1.5, 1.5, -0.5]) and sent a tie to the later centre. k x d values: the cost is nothing.
+    """
+    return (centers * centers).sum(1)
+
+
 def distances_to_own_center(X, x_sq, centers, labels):
     """Exact ``||x_i - c_{labels_i}||^2`` for every sample (used rarely: empty clusters, verbose)."""
     if not is_sparse(X):
@@ -148,7 +159,7 @@ def assign(X, x_sq, centers, tile_rows, out=None, distances=True):
     distances : (n,) in X's dtype
     """
     n = X.shape[0]
-    c_sq = squared_norms(centers)
+    c_sq = center_norms(centers)
     if out is None:
         out = (torch.empty(n, dtype=torch.int64, device=X.device), torch.empty(n, dtype=X.dtype, device=X.device))
     labels, dist = out
@@ -431,7 +442,7 @@ def assign_top2(X, x_sq, centers, tile_rows, rows_subset=None, buffer=None):
     """
     k = centers.shape[0]
     m = X.shape[0] if rows_subset is None else rows_subset.numel()
-    c_sq = squared_norms(centers).unsqueeze(0)
+    c_sq = center_norms(centers).unsqueeze(0)
     labels = torch.zeros(m, dtype=torch.int64, device=X.device)
     first = torch.empty(m, dtype=X.dtype, device=X.device)
     second = torch.full((m,), float("inf"), dtype=X.dtype, device=X.device)
@@ -861,7 +872,7 @@ class _StreamedPasses:
 
     def assign(self, centers, update=None):
         """Assign every tile; ``update(tile, w, new, old)`` sees each; returns the weighted inertia."""
-        buffers, c_sq = self.buffers, squared_norms(centers)
+        buffers, c_sq = self.buffers, center_norms(centers)
         inertia = torch.zeros((), dtype=torch.float64, device=centers.device)
         for rows, tile in self.tiles():
             m, device = tile.shape[0], tile.device

@@ -539,7 +539,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         ``labels``: where the labels go (any device), or None. ``inertia=False`` skips the exact
         distances (``predict`` needs the labels alone) and returns 0.0.
         """
-        c_sq = core.squared_norms(centers)
+        c_sq = core.center_norms(centers)
         total = torch.zeros((), dtype=torch.float64, device=centers.device)
         for r, tile in tiles:
             x_sq = core.squared_norms(tile)
@@ -620,7 +620,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         """
         rows, kind = self._prepare_rows(X, "cluster_centers_")
         centers = self._model_centers(torch.float64)
-        c_sq = core.squared_norms(centers)
+        c_sq = core.center_norms(centers)
         n, d = rows.shape
         out = rows.empty((n, centers.shape[0]), rows.dtype)
         for r, tile in self._centred_tiles(rows, torch.float64, self._tile_rows(n, d, 2 * centers.shape[0])):

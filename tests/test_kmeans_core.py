@@ -142,3 +142,31 @@ def test_farthest_first_is_a_stable_sort_of_the_distances():
         count = int(rng.integers(0, 6))
         expected = torch.sort(d, descending=True, stable=True).indices[: min(count, d.numel())]
         assert torch.equal(farthest_first(d, count), expected)
+
+
+@pytest.mark.parametrize("k", [16, 32])  # torch.min below gpuclust._argmin.MASKED_ARGMIN_FROM, first_min from it
+def test_exact_ties_on_integer_data_go_to_the_first_centre_as_in_scikit_learn(k):
+    # Integer data and centres: every score -2 x.c + ||c||^2 is an exact float32 integer, so ties are
+    # exact and the first centre must win. ||c||^2 by vector_norm(...).square_() was 6.9999995 for 7
+    # and gave 5% of the rows to a later centre.
+    from sklearn.cluster import KMeans as SkKMeans
+
+    from gpuclust import KMeans
+
+    rng = np.random.default_rng(32)
+    A = rng.integers(0, 4, (1024, 4)).astype(np.float32)
+    X = np.concatenate([A, 3 - A])
+    init = np.unique(X, axis=0)[rng.choice(len(np.unique(X, axis=0)), k, replace=False)]
+    from gpuclust import _kmeans_core as core
+
+    X_t, C = torch.from_numpy(X), torch.from_numpy(init)
+    labels, _ = core.assign(X_t, core.squared_norms(X_t), C, tile_rows=500)
+    exact = ((X_t.double()[:, None, :] - C.double()[None]) ** 2).sum(2)
+    first = (exact == exact.min(1, keepdim=True).values).double().argmax(1)  # the first index attaining it
+    assert int((exact == exact.min(1, keepdim=True).values).sum(1).max()) > 1  # ties are there
+    assert torch.equal(labels, first)
+    ours = KMeans(k, init=init, n_init=1, max_iter=1, device="cpu").fit(X)
+    ref = SkKMeans(k, init=init, n_init=1, max_iter=1).fit(X)
+    ours.cluster_centers_, ref.cluster_centers_ = init.copy(), init.copy()
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_array_equal(ours.predict(X), first.numpy())
