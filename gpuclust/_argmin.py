@@ -35,8 +35,10 @@ def first_min(scores: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor], mask
     """
     values, indices = out
     m, k = scores.shape
-    # The weights must be exact in the scores' dtype: k <= 2**24 in float32.
-    if not MASKED_ARGMIN_FROM <= k <= 2**24 or scores.device.type != "cpu" or m == 0:
+    # The weights must be exact in the scores' dtype: float32 or float64, k <= 2**24 (bf16 and
+    # float16 hold integers exactly only to 256 and 2048).
+    wide = scores.dtype in (torch.float32, torch.float64)
+    if not wide or not MASKED_ARGMIN_FROM <= k <= 2**24 or scores.device.type != "cpu" or m == 0:
         return torch.min(scores, dim=1, out=out)
     if mask is None:
         mask = torch.empty_like(scores)
@@ -48,4 +50,6 @@ def first_min(scores: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor], mask
         # A NaN row (no entry equals its minimum): torch.min's own answer, whatever it is.
         return torch.min(scores, dim=1, out=out)
     indices.copy_(first.neg_().add_(k))
+    # The value at that index, as torch.min gives it: amin may return -0.0 where the first minimum is +0.0.
+    torch.gather(scores, 1, indices.unsqueeze(1), out=values.unsqueeze(1))
     return out

@@ -48,6 +48,19 @@ def test_signed_zeros_and_infinities_tie_as_torch_min_ties_them():
     values, indices = _first_min_of(scores)
     assert indices.tolist() == [5, 2, 0, k - 1]
     assert torch.equal(values, torch.min(scores, dim=1).values)
+    # The first minimum's own zero, bit for bit (torch.equal takes -0.0 == +0.0).
+    assert torch.signbit(values).tolist() == torch.signbit(torch.min(scores, dim=1).values).tolist() == [
+        False, True, False, True,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype,k", [(torch.bfloat16, 300), (torch.float16, 3000), (torch.bfloat16, 3000)])
+def test_narrow_floats_take_torch_min(dtype, k):
+    # Their integers are exact only to 256 (bf16) and 2048 (float16): weights k..1 would round.
+    scores = torch.ones(2, k, dtype=dtype)
+    scores[:, [1, 2]] = 0.0
+    values, indices = _first_min_of(scores)
+    assert indices.tolist() == [1, 1] and values.tolist() == [0.0, 0.0]
 
 
 def test_a_nan_row_gets_torch_mins_answer():
