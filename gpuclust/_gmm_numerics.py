@@ -341,22 +341,35 @@ class StackedTiles:
     device : torch.device
     keep : bool
         Keep the float64 rows of all of X for the next passes.
+    float64_tiles : bool
+        False: the caller reads only the working-dtype tiles (the fused E-step,
+        :func:`gpuclust._fused.mixture_e_step`), so ``z64`` is yielded as None and ``keep`` keeps the
+        working-dtype rows, half the memory, read as they are by later passes (no float64 pass over
+        them). The tiles have the same bits either way (formed through one float64 tile buffer).
     """
 
-    def __init__(self, n_rows, tile_rows, n_features, covariance_type, dtype, device, keep=False):
+    def __init__(self, n_rows, tile_rows, n_features, covariance_type, dtype, device, keep=False, float64_tiles=True):
+        if not float64_tiles and dtype == torch.float64:
+            raise ValueError("float64_tiles=False is for a narrower working dtype")
         self.D, self.covariance_type, self.keep, self.filled = n_features, covariance_type, keep, False
-        self.n_rows, self.tile_rows = n_rows, tile_rows
+        self.n_rows, self.tile_rows, self.float64_tiles = n_rows, tile_rows, float64_tiles
         self.width = n_features + _square_columns(covariance_type, n_features)
         self._dtype, self._device = dtype, device
-        self.z64 = self.z = None
+        self.z64 = self.z = self.kept = None
 
     @staticmethod
-    def kept_nbytes(n_rows, n_features, covariance_type):
-        """Memory the kept float64 rows of ``n_rows`` samples take."""
-        return n_rows * (n_features + _square_columns(covariance_type, n_features)) * 8
+    def kept_nbytes(n_rows, n_features, covariance_type, itemsize=8):
+        """Memory the kept rows of ``n_rows`` samples take (``itemsize``: 8 for float64 rows, 4 for float32)."""
+        return n_rows * (n_features + _square_columns(covariance_type, n_features)) * itemsize
 
     def _allocate(self):
         rows, width = self.tile_rows, self.width
+        if not self.float64_tiles:
+            self.z64 = torch.empty(rows, width, dtype=torch.float64, device=self._device)
+            self.z = torch.empty(rows, width, dtype=self._dtype, device=self._device)
+            if self.keep:
+                self.kept = torch.empty(self.n_rows, width, dtype=self._dtype, device=self._device)
+            return
         if self.keep:
             # One block per tile, each starting on a 64-byte boundary as a buffer of its own
             # does: MKL's float64 GEMM rounds differently for differently aligned operands, so
@@ -384,6 +397,9 @@ class StackedTiles:
         """
         if self.z64 is None:
             self._allocate()
+        if not self.float64_tiles:
+            yield from self._working_tiles(X, tile_rows, shift)
+            return
         for index, (_, tile) in enumerate(X.tiles(tile_rows)):
             c = tile.shape[0]
             z64 = self._tile64(index, c)
@@ -393,6 +409,18 @@ class StackedTiles:
                 yield z64, z64
             else:
                 yield self.z[:c].copy_(z64), z64
+        self.filled = self.keep
+
+    def _working_tiles(self, X, tile_rows, shift):
+        """:meth:`tiles` with ``float64_tiles=False``: ``(z, None)``, z kept (with ``keep``) after the first pass."""
+        for rows, tile in X.tiles(tile_rows):
+            c = tile.shape[0]
+            if self.keep and self.filled:
+                yield self.kept[rows], None
+                continue
+            self._form(tile, shift, self.z64[:c])
+            z = self.kept[rows] if self.keep else self.z[:c]
+            yield z.copy_(self.z64[:c]), None
         self.filled = self.keep
 
     def _form(self, tile, shift, z64):

@@ -350,11 +350,15 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------------- E and M
-    def _keeps_stacked(self, X):
-        """Whether a fit on X keeps its stacked rows (diag and spherical, in memory, within the budget)."""
+    def _keeps_stacked(self, X, fused_e_step=False):
+        """Whether a fit on X keeps its stacked rows (diag and spherical, in memory, within the budget).
+
+        The fused E-step keeps them in the working dtype (see ``StackedTiles(float64_tiles=False)``).
+        """
         if self.covariance_type not in gm.STACKED_TYPES or X.out_of_core:
             return False
-        kept_bytes = gm.StackedTiles.kept_nbytes(X.shape[0], X.shape[1], self.covariance_type)
+        itemsize = torch.empty(0, dtype=self._dtype).element_size() if fused_e_step else 8
+        kept_bytes = gm.StackedTiles.kept_nbytes(X.shape[0], X.shape[1], self.covariance_type, itemsize)
         return kept_bytes <= budget_bytes(X.device, self.memory_budget)
 
     def _stacked_tiles(self, X, plan):
@@ -368,7 +372,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             return None
         n, d = X.shape
         tile_rows = min(plan.tile_rows, n)
-        return gm.StackedTiles(n, tile_rows, d, self.covariance_type, plan.dtype, X.device, keep=plan.keep_stacked)
+        return gm.StackedTiles(n, tile_rows, d, self.covariance_type, plan.dtype, X.device, keep=plan.keep_stacked,
+                               float64_tiles=not plan.fused_e_step)  # fmt: skip
 
     def _e_step(self, X, params, stacked, plan):
         """One pass over X: responsibilities per tile, summed into the M-step's statistics.
@@ -687,9 +692,10 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             self._fitted_covariance_type = self.covariance_type
         self._input_kind = kind
         tile_rows = self._tile_rows(n_local, d, int(self.n_components), self._device, self._dtype)
+        fused = self._uses_fused_e_step(self._device, self._dtype)
         plan = _FitPlan(
-            self._device, self._dtype, comm, n_global, self._shift, tile_rows, self._keeps_stacked(rows),
-            fused_e_step=self._uses_fused_e_step(self._device, self._dtype),
+            self._device, self._dtype, comm, n_global, self._shift, tile_rows, self._keeps_stacked(rows, fused),
+            fused_e_step=fused,
         )  # fmt: skip
         if self.covariance_type == "tied":
             plan = dataclasses.replace(plan, xtx=self._scatter(rows, plan))

@@ -287,6 +287,35 @@ def test_a_fit_with_the_fused_e_step_equals_the_torch_one(ct, monkeypatch):
     np.testing.assert_array_equal(fused.predict(X), plain.predict(X))
 
 
+class UnkeptFusedGaussianMixture(FusedGaussianMixture):
+    """The fused E-step with its stacked rows formed on every pass (as past the memory budget)."""
+
+    def _keeps_stacked(self, X, fused_e_step=False):
+        return False
+
+
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+def test_a_fused_fit_keeps_float32_rows_only_and_equals_itself_unkept(ct, monkeypatch):
+    # The fused E-step reads only the float32 tiles: no float64 stacked rows are formed for it to keep.
+    made = []
+    original = gm.StackedTiles.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(gm.StackedTiles, "__init__", spy)
+    X, _ = make_blobs(240, 3, centers=3, random_state=1)
+    kw = dict(n_components=3, covariance_type=ct, random_state=0, device=DEVICE, dtype="float32", tol=1e-4)
+    kept = FusedGaussianMixture(**kw).fit(X)
+    assert made[-1].keep and not made[-1].float64_tiles and made[-1].kept.dtype == torch.float32
+    unkept = UnkeptFusedGaussianMixture(**kw).fit(X)
+    assert not made[-1].keep
+    assert kept.n_iter_ == unkept.n_iter_ and kept.lower_bound_ == unkept.lower_bound_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(unkept, name))
+
+
 # ------------------------------------------------------------------ KMeans with the fused assignment
 # Labels and n_iter are compared exactly. Centres and inertia within 1e-5 relative to the data's
 # scale: the first centre sums are the fused segment sums (float64 over float32 rows), the CPU

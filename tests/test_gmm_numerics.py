@@ -217,6 +217,26 @@ def test_stacked_statistics_equal_the_plain_ones(ct, dtype):
         _close(x, y, STATS_TOL)
 
 
+@pytest.mark.parametrize("ct", gm.STACKED_TYPES)
+def test_working_dtype_tiles_for_the_fused_e_step_have_the_float64_paths_bits(ct):
+    # float64_tiles=False (the fused E-step reads only the float32 tiles): no float64 tile is given
+    # and keep keeps float32 rows; every pass's tiles are bit for bit the default path's.
+    X, _, shift, _ = _problem(np.float32, FAR, n=230, d=5)
+    rows, shift32 = TensorRows(_t(X)), shift.to(torch.float32)
+    reference = [Z.clone() for Z, _ in gm.StackedTiles(230, 64, 5, ct, torch.float32, CPU).tiles(rows, 64, shift32)]
+    for keep in (False, True):
+        tiles = gm.StackedTiles(230, 64, 5, ct, torch.float32, CPU, keep=keep, float64_tiles=False)
+        for _ in range(3):  # kept: formed on the first pass, read as they are on the next ones
+            got = [(Z.clone(), Z64) for Z, Z64 in tiles.tiles(rows, 64, shift32)]
+            assert all(Z64 is None for _, Z64 in got) and len(got) == len(reference)
+            for (Z, _), ref in zip(got, reference):
+                assert Z.dtype == torch.float32 and torch.equal(Z, ref)
+        if keep:
+            assert tiles.kept.dtype == torch.float32 and tiles.kept.shape == (230, tiles.width)
+    with pytest.raises(ValueError, match="narrower"):
+        gm.StackedTiles(230, 64, 5, ct, torch.float64, CPU, float64_tiles=False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ct", TYPES)
 def test_m_step_equals_sklearns(ct, dtype):
