@@ -607,16 +607,23 @@ def _iterate(run, labels, centers, relabel, centers_moved=None) -> LloydRun:
     return LloydRun(centers, n_iter)
 
 
+# From this many clusters a fused fit re-sums all rows each iteration with the segment sums rather
+# than updating the moved rows by a one-hot GEMM. An estimate, not yet measured (no GPU so far): at
+# 1M x 128 the one-hot GEMM's 4 n k d FLOPs take k / 64 ms or so in float32 on an H100, the
+# segment sums about half a millisecond (a sort of the labels and a gathered read of X); below 64
+# clusters the one-hot GEMM is cheaper and runs n x 2k in parallel where the segment kernel has
+# only k x ceil(d / 32) programs.
+FUSED_RESUM_FROM_K = 64
+
+
 class _InMemoryRun:
     """One in-memory run's centre sums (this rank's, float64), kept up to date as labels change."""
 
     def __init__(self, X, sample_weight, x_sq, labels, n_clusters, settings):
         self.X, self.w, self.x_sq, self.settings = X, sample_weight, x_sq, settings
         if settings.fused is not None:
-            # The first full sums, once per run, by the fused segment sums: no (rows, k) one-hot.
-            # The moved rows of later iterations keep :meth:`move`'s path: its one-hot GEMM runs
-            # rows x 2k in parallel and keeps the moved count on the device, while the segment
-            # kernel has only k x ceil(d / 32) programs, few for small k, to re-sum all of X.
+            # The first full sums by the fused segment sums: no (rows, k) one-hot. Later
+            # iterations: see :meth:`move`.
             self.sums, self.weights = settings.fused.cluster_sums(X, sample_weight, labels, n_clusters)
         else:
             self.sums, self.weights = cluster_sums(X, sample_weight, labels, n_clusters, settings.tile_rows,
@@ -638,6 +645,12 @@ class _InMemoryRun:
         if is_sparse(X):
             changed = (labels != labels_old).sum()
             self.sums, self.weights = cluster_sums(X, w, labels, self.sums.shape[0], s.tile_rows, s.unit_weight)
+            return changed
+        if s.fused is not None and self.sums.shape[0] >= FUSED_RESUM_FROM_K:
+            # Every row re-summed by the segment sums (one sort, one read of X) instead of the one-hot
+            # update, whose GEMM costs 4 n k d FLOPs however few rows moved.
+            changed = (labels != labels_old).sum()
+            self.sums, self.weights = s.fused.cluster_sums(X, w, labels, self.sums.shape[0])
             return changed
         # On a GPU the moved rows go through one-hot GEMMs: no gather buffer (it would be X's size),
         # and the count of moved rows stays on the device.

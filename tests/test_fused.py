@@ -378,6 +378,21 @@ def test_a_kmeans_fit_with_the_fused_assignment_equals_the_torch_one(precision, 
     _assert_same_fit(fused, plain, X)
 
 
+def test_many_clusters_re_sum_every_iteration_by_segment_sums(fused_calls):
+    # From kc.FUSED_RESUM_FROM_K clusters the moved-row one-hot update gives way to full segment sums.
+    k = kc.FUSED_RESUM_FROM_K
+    X, _ = make_blobs(600, 3, centers=k, cluster_std=0.5, random_state=3)
+    X = X.astype(np.float32)
+    w = np.random.RandomState(4).uniform(0.5, 2.0, len(X))
+    init = X[np.random.RandomState(5).choice(len(X), k, replace=False)]
+    kw = dict(n_clusters=k, init=init, n_init=1, max_iter=6, tol=0, device=DEVICE, algorithm="lloyd")
+    plain = GemmKMeans(**kw).fit(X, sample_weight=w)
+    fused = FusedKMeans(**kw).fit(X, sample_weight=w)
+    assert fused.n_iter_ > 1
+    assert len(fused_calls["cluster_sums"]) == fused.n_iter_  # the first sums, then one per later iteration
+    _assert_same_fit(fused, plain, X)
+
+
 def test_the_fused_assignment_relocates_an_empty_cluster_as_the_torch_one(fused_calls):
     # The last initial centre is far from every sample: its cluster is empty after the first assignment.
     X, _ = make_blobs(200, 3, centers=3, random_state=2)
