@@ -168,15 +168,16 @@ def _recheck(X, x_sq, centers, c_sq, labels, best, second, precision):
 def kernel_scores(X, centers, c_sq, labels, precision="ieee"):
     """Run the assignment kernel alone: labels written into ``labels``; returns (best, second) scores.
 
-    Scores are ``||c||^2 - 2 x.c`` in float32 (``second`` is ``best`` itself for "ieee"); no
-    re-check (that is :func:`assign`'s), so low-precision labels may differ from float32's.
+    Scores are ``||c||^2 - 2 x.c`` in float32, and the second-best score; no re-check (that is
+    :func:`assign`'s), so labels may differ from the float32 GEMM path's on near ties, in low
+    precision and also in "ieee" (float32 products summed in another order).
     """
     _require_triton()
     n, d = X.shape
     X, centers = X.contiguous(), centers.contiguous()
     best = torch.empty(n, dtype=torch.float32, device=X.device)
-    keep_second = precision != "ieee"
-    second = torch.empty(n, dtype=torch.float32, device=X.device) if keep_second else best
+    keep_second = True  # every precision is re-checked (see assign)
+    second = torch.empty(n, dtype=torch.float32, device=X.device)
     if n:
         grid = (triton.cdiv(n, BLOCK_M),)
         _assign_kernel[grid](
@@ -196,11 +197,13 @@ def assign(X, x_sq, centers, out=None, precision="ieee"):
     ``tl.dot``, keeping the running minimum and its index in registers; the (n, k) scores are
     never written.
 
-    ``precision``: "ieee" multiplies exact float32 products. "tf32" and "bf16" multiply in the
-    lower precision; the kernel then also keeps the second-best score, and every row whose two
-    best scores are closer than :func:`rounding_bound` is re-checked in float32 (the torch path,
-    :func:`gpuclust._kmeans_core.nearest_center`), so the labels are the float32 path's. Distances
-    of rows not re-checked carry the low-precision error (at most half that bound).
+    ``precision``: "ieee" multiplies exact float32 products, "tf32" and "bf16" multiply in the
+    lower precision. The kernel also keeps the second-best score, and every row whose two best
+    scores are closer than :func:`rounding_bound` is re-checked by the float32 GEMM path
+    (:func:`gpuclust._kmeans_core.nearest_center`), so the labels are that path's in every
+    precision: "ieee" too, whose products are summed in another order than the GEMM's (on
+    near ties the kernel alone disagreed with it on 55 of 400 rows). Distances of rows not
+    re-checked carry the kernel's error (at most half that bound).
 
     float64 X runs the torch path (:func:`gpuclust._kmeans_core.assign`): no float64 kernel.
     ``out``: contiguous (labels, distances) tensors to write into (reused across iterations).
@@ -221,8 +224,7 @@ def assign(X, x_sq, centers, out=None, precision="ieee"):
     labels, dist = out
     c_sq = center_norms(centers)
     best, second = kernel_scores(X, centers, c_sq, labels, precision)
-    if precision != "ieee":
-        _recheck(X, x_sq, centers, c_sq, labels, best, second, precision)
+    _recheck(X, x_sq, centers, c_sq, labels, best, second, precision)
     torch.add(best, x_sq, out=dist).clamp_min_(0)
     return labels, dist
 

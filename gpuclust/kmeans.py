@@ -116,9 +116,10 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         Precision of the distance product of the fused assignment, the one a Lloyd fit of
         dense float32 X in memory runs on CUDA when triton is installed
         (``pip install gpuclust[triton]``): ``"tf32"`` and ``"bf16"`` multiply on tensor
-        cores in that format. The labels are still the float32 path's, since every sample
-        whose two nearest centres are within the product's rounding bound is re-checked in
-        float32; the centres, sums of X over those labels, do not depend on it either. On
+        cores in that format. The labels are still the float32 GEMM path's, since every
+        sample whose two nearest centres are within the product's rounding bound is re-checked
+        on that path (so are "highest"'s, whose float32 products the kernel sums in another
+        order); the centres, sums of X over those labels, do not depend on it either. On
         every other path (CPU, float64, sparse or out-of-core X, Hamerly, the scikit-learn
         and cuML backends) it has no effect.
 
@@ -471,10 +472,10 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         if not None); ``tiles`` yields the training rows in those coordinates. The centres are
         rounded as publishing rounds them (``centred + mean`` in the data's dtype) and every row is
         labelled by :meth:`_assign_tiles`, the routine behind ``predict`` and ``score``, so that
-        ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly. That is also why
-        this pass stays on the GEMM tiles where Lloyd ran the fused kernel (``plan.settings.fused``):
-        one pass per run, whose labels must be predict's bits, which the kernel's float32 sums in
-        another order could differ from on a near tie.
+        ``predict(X) == labels_`` and ``score(X) == -inertia_`` hold exactly. This pass stays on
+        the GEMM tiles where Lloyd ran the fused kernel (``plan.settings.fused``): one pass per
+        run, and it is predict's own routine (the kernel's labels equal it, near ties re-checked,
+        but its distances carry the kernel's rounding, and the inertia must be predict's).
         """
         published, shift = centers, plan.shift
         if shift is not None:
