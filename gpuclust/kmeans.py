@@ -212,6 +212,12 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         self.distributed = distributed
         self.matmul_precision = matmul_precision
 
+    def __setstate__(self, state):
+        # A KMeans pickled before ``matmul_precision`` existed has no such attribute: get_params,
+        # repr and a refit would raise AttributeError. It takes the default, which it ran with.
+        state.setdefault("matmul_precision", "highest")
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True

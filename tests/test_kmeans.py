@@ -656,3 +656,17 @@ def test_callable_init_gets_a_validated_array(container):
 def test_overflow_message_suggests_only_what_helps():
     with pytest.raises(ValueError, match=r"overflow float64.*StandardScaler\)\.$"):
         KMeans(2, device="cpu").fit(np.array([[1e200, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+
+
+def test_a_kmeans_pickled_before_matmul_precision_existed_loads_with_its_default():
+    import pickle
+
+    X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    km = KMeans(3, random_state=0, device="cpu").fit(X)
+    state = km.__getstate__()
+    del state["matmul_precision"]  # as an estimator pickled before the parameter was added holds it
+    old = KMeans.__new__(KMeans)
+    old.__setstate__(state)
+    assert old.get_params()["matmul_precision"] == "highest"
+    np.testing.assert_array_equal(old.predict(X), km.labels_)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(old)).fit(X).labels_, km.labels_)
