@@ -506,3 +506,25 @@ def test_update_readme_puts_a_scale_file_into_the_results_section(tmp_path):
     text = update_readme.render(tmp_path, ROOT)
     assert "### At the sizes GPU users bring" in text and "(`scale_nvidia_h200.jsonl`)" in text
     assert "#### kmeans 60000x784 K=10 (floor at tf32" in text
+
+
+def test_run_grid_refuses_a_tag_that_is_a_path(tmp_path):
+    from gpuclust.app.bench import run_grid
+
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("the user's\n")
+    with pytest.raises(ValueError, match="plain name"):
+        run_grid([], tmp_path / "out", "../victim", repeats=1)
+    assert victim.read_text() == "the user's\n" and not (tmp_path / "victim.md").exists()
+
+
+def test_summarize_file_keeps_a_dotted_tags_whole_name(tmp_path):
+    from gpuclust.app.bench.runner import run_grid, summarize_file
+
+    run_grid([], tmp_path, "run", repeats=1)
+    run_grid([], tmp_path, "run.v2", repeats=1)
+    (tmp_path / "run.md").write_text("tag run's own table\n")
+    before = (tmp_path / "run.md").read_text()
+    assert summarize_file(tmp_path / "run.v2.jsonl", plots=False) == tmp_path / "run.v2.md"
+    assert (tmp_path / "run.md").read_text() == before

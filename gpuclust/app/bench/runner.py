@@ -92,6 +92,7 @@ def run_grid(cases, out_dir, tag, repeats=3, seed=0, say=lambda m: None, fresh=T
     per-iteration row predicts more than ``converged_limit`` seconds (None: no limit) is a
     skipped row saying so.
     """
+    check_tag(tag)  # a public entry point too: "../x" must not reach the unlink below
     env = environment(resolve_device("auto"))
     path = Path(out_dir) / f"{tag}.jsonl"
     if fresh:
@@ -121,8 +122,10 @@ def summarize_file(jsonl_path, plots=True) -> Path:
     """Table and plots next to a stored JSON-lines file (``x.jsonl`` -> ``x.md``, ``x_*.png``)."""
     path = Path(jsonl_path)
     stem = path.with_suffix("")
-    summarize(read_jsonl(path), stem.with_suffix(".md"), stem if plots else None)
-    return stem.with_suffix(".md")
+    # Not stem.with_suffix(".md"): a dotted tag ("run.v2") would lose ".v2" and overwrite run.md.
+    table = stem.with_name(stem.name + ".md")
+    summarize(read_jsonl(path), table, stem if plots else None)
+    return table
 
 
 def summarize(rows, markdown_path, plot_prefix):
