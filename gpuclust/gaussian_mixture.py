@@ -579,6 +579,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
             Ignored.
         out : ndarray of shape (n_samples,), optional
             For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
+            It must not lie on X's memory or file (ValueError: checked for a memmap, a .npy path
+            and a sequence of blocks, not for the blocks a callable makes).
 
         Returns
         -------
@@ -814,6 +816,8 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features), or out-of-core data (see ``fit``)
         out : ndarray of shape (n_samples,), optional
             For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
+            It must not lie on X's memory or file (ValueError: checked for a memmap, a .npy path
+            and a sequence of blocks, not for the blocks a callable makes).
 
         Returns
         -------

@@ -29,7 +29,16 @@ from ._base import (
 from ._chunks import tile_rows_for
 from ._comm import LOCAL, make_comm
 from .device import resolve_device
-from .sources import TensorRows, centred_sums, column_sums, init_sample, is_out_of_core, squared_norms_total
+from .sources import (
+    TensorRows,
+    as_source,
+    centred_sums,
+    check_out_apart,
+    column_sums,
+    init_sample,
+    is_out_of_core,
+    squared_norms_total,
+)
 
 logger = logging.getLogger("gpuclust")
 
@@ -595,6 +604,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         X : array-like of shape (n_samples, n_features), or out-of-core data (see ``fit``)
         out : ndarray of shape (n_samples,), optional
             For out-of-core X: a writable integer array (e.g. a memmap) the labels are written into.
+            It must not lie on X's memory or file (ValueError: checked for a memmap, a .npy path
+            and a sequence of blocks, not for the blocks a callable makes).
 
         Returns
         -------
@@ -612,6 +623,8 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
         """Fit and return ``labels_`` (for out-of-core X written into ``out`` if given, see ``predict``)."""
         if out is not None and not is_out_of_core(X):
             raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
+        if out is not None:
+            check_out_apart(as_source(X), out)  # before the scan of X, not after it
         with unchanged_on_error(self):
             return self._fit(X, sample_weight, out).labels_
 

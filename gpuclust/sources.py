@@ -242,8 +242,12 @@ class _FileSource(RowSource):
         self.n_rows, self.n_features = int(shape[0]), int(shape[1])
         self.dtype = np.dtype(dtype)
 
+    mapped = None  # the memmap X came as (from_memmap), for a check by address
+
     def shares_storage_with(self, out):
-        return _same_file(_backing_file(out), self.path)
+        if self.mapped is not None and np.may_share_memory(out, self.mapped):
+            return True
+        return _same_file(_backing_file(out), self.path) or _file_id(self.path) in _mapped_file_ids(out)
 
     @classmethod
     def from_path(cls, path):
@@ -286,7 +290,9 @@ class _FileSource(RowSource):
         if offset is None:
             # A strided view, or a copy-on-write map whose pages may differ from the file: read through the map.
             return _ArraySource(mm, name)
-        return cls(mm.filename, offset, mm.shape, mm.dtype, f"{name} (memmap of {mm.filename})")
+        source = cls(mm.filename, offset, mm.shape, mm.dtype, f"{name} (memmap of {mm.filename})")
+        source.mapped = mm
+        return source
 
     def host_tiles(self, tile_rows, buffers=None):
         row_bytes = self.n_features * self.dtype.itemsize
@@ -336,6 +342,46 @@ def _backing_file(array) -> str | None:
     return None
 
 
+def _block_shares_storage(block: np.ndarray, out: np.ndarray) -> bool:
+    """Whether ``out`` overlaps ``block``'s memory, or maps the file ``block`` maps."""
+    if np.may_share_memory(out, block):
+        return True
+    name = _backing_file(block)
+    return _same_file(_backing_file(out), name) or (name is not None and _file_id(name) in _mapped_file_ids(out))
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _mapped_file_ids(out: np.ndarray) -> set:
+    """(device, inode) of every file this process maps where ``out``'s bytes lie (Linux's
+    /proc/self/maps; empty elsewhere). Catches any view of a file mapping, whatever wraps it
+    (``np.frombuffer`` over an ``mmap``, a torch tensor's ``numpy()``, ctypes) and whatever path
+    or descriptor it was opened by."""
+    start = out.__array_interface__["data"][0]
+    stop = start + max(out.nbytes, 1)
+    found = set()
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) < 6 or fields[4] == "0":  # anonymous memory
+                    continue
+                low, high = (int(a, 16) for a in fields[0].split("-"))
+                if low < stop and start < high:
+                    major, minor = (int(v, 16) for v in fields[3].split(":"))
+                    found.add((os.makedev(major, minor), int(fields[4])))
+    except OSError:
+        pass
+    return found
+
+
 def _same_file(a: str | None, b: str | None) -> bool:
     """Whether two paths name one file (also through links); False when either is None or gone."""
     if a is None or b is None:
@@ -370,9 +416,7 @@ class _ArraySource(RowSource):
         self.dtype = np.dtype(array.dtype).newbyteorder("=")
 
     def shares_storage_with(self, out):
-        if np.may_share_memory(out, self.array):
-            return True
-        return _same_file(_backing_file(out), _backing_file(self.array))
+        return _block_shares_storage(self.array, out)
 
     def host_tiles(self, tile_rows, buffers=None):
         if buffers is None:
@@ -390,7 +434,7 @@ class _BlockSource(RowSource):
     """Blocks from a sequence, or from a callable returning a new iterator each pass, cut into tiles."""
 
     def __init__(self, make_iter, name, n_blocks=None):
-        self.make_iter, self.name = make_iter, name
+        self.make_iter, self.name, self.static = make_iter, name, n_blocks is not None
         first = True
         for block in self._blocks():
             self.n_features, self.dtype = int(block.shape[1]), block.dtype
@@ -400,6 +444,11 @@ class _BlockSource(RowSource):
             raise ValueError(f"{name} yielded no blocks; at least one row is needed.")
         if n_blocks is not None:
             self.n_rows = sum(int(b.shape[0]) for b in self._blocks())
+
+    def shares_storage_with(self, out):
+        # A sequence's blocks are fixed: each is checked. A callable's may differ from pass to
+        # pass (and producing them may be a pass over a file): not checked, as its docs say.
+        return self.static and any(_block_shares_storage(block, out) for block in self._blocks())
 
     def _blocks(self):
         it = self.make_iter()

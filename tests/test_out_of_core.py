@@ -3,6 +3,7 @@
 Tests gpuclust.sources through both estimators and the CLI (a cross-cutting suite).
 """
 
+import mmap
 import os
 import socket
 import subprocess
@@ -436,7 +437,11 @@ def test_kmeans_tolerance_is_the_same_in_memory_and_streamed(data, tmp_path, off
     assert tolerances[0] == tolerances[1]
 
 
-@pytest.mark.parametrize("how", ["same file", "hard link", "view of the memmap", "strided memmap view"])
+@pytest.mark.parametrize(
+    "how",
+    ["same file", "hard link", "view of the memmap", "strided memmap view", "torch view", "own mmap of the path",
+     "list of blocks"],
+)  # fmt: skip
 def test_out_that_shares_xs_storage_is_refused_and_x_is_untouched(tmp_path, how):
     # Integer data, one feature: an int64 labels array can lie on X's own bytes. Labels written
     # while later passes read X would change X (a wrong fit, and the user's file rewritten).
@@ -452,6 +457,16 @@ def test_out_that_shares_xs_storage_is_refused_and_x_is_untouched(tmp_path, how)
         out, source = np.load(tmp_path / "link.npy", mmap_mode="r+")[:, 0], str(path)
     elif how == "view of the memmap":
         out, source = X[:, 0], X
+    elif how == "torch view":  # no numpy base chain back to the memmap: found by address
+        out, source = torch.from_numpy(X[:, 0]).numpy(), X
+    elif how == "own mmap of the path":  # found through /proc/self/maps (Linux)
+        if not os.path.exists("/proc/self/maps"):
+            pytest.skip("no /proc/self/maps")
+        with open(path, "r+b") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0)  # holds its own descriptor
+        out, source = np.frombuffer(mapping, np.int64, offset=X.offset, count=600), str(path)
+    elif how == "list of blocks":
+        out, source = X[:, 0], [X[:300], X[300:]]
     else:  # a strided memmap is read through the map itself (_ArraySource)
         wide = np.lib.format.open_memmap(tmp_path / "wide.npy", mode="w+", dtype=np.int64, shape=(600, 2))
         wide[:] = rng.integers(0, 50, size=(600, 2))
