@@ -30,7 +30,7 @@ from ._comm import make_comm
 from ._gmm_numerics import COVARIANCE_TYPES, MixtureParameters
 from .device import resolve_device
 from .kmeans import KMeans, kmeans_plusplus
-from .sources import TensorRows, as_source, check_out_apart, column_sums, init_sample, is_out_of_core
+from .sources import TensorRows, check_fit_out, column_sums, init_sample, is_out_of_core
 
 __all__ = ["COVARIANCE_TYPES", "INIT_PARAMS", "GaussianMixture"]
 
@@ -357,7 +357,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         """
         if self.covariance_type not in gm.STACKED_TYPES or X.out_of_core:
             return False
-        itemsize = torch.empty(0, dtype=self._dtype).element_size() if fused_e_step else 8
+        itemsize = self._dtype.itemsize if fused_e_step else 8
         kept_bytes = gm.StackedTiles.kept_nbytes(X.shape[0], X.shape[1], self.covariance_type, itemsize)
         return kept_bytes <= budget_bytes(X.device, self.memory_budget)
 
@@ -587,10 +587,7 @@ class GaussianMixture(TorchEstimatorMixin, DensityMixin, BaseEstimator):
         labels : array of shape (n_samples,)
             Component of each sample, in the input's array type (NumPy for out-of-core X).
         """
-        if out is not None and not is_out_of_core(X):
-            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        if out is not None:
-            check_out_apart(as_source(X), out)  # before the fit, not after it
+        check_fit_out(X, out)  # before any pass over X, not after the fit
         with unchanged_on_error(self):  # the labelling pass can fail too (a bad out, an unreadable file)
             rows, kind = self._fit_all_inits(X)
             labels = self._labels(rows, out)

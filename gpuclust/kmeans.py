@@ -31,9 +31,8 @@ from ._comm import LOCAL, make_comm
 from .device import resolve_device
 from .sources import (
     TensorRows,
-    as_source,
     centred_sums,
-    check_out_apart,
+    check_fit_out,
     column_sums,
     init_sample,
     is_out_of_core,
@@ -621,10 +620,7 @@ class KMeans(TorchEstimatorMixin, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
     @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None, sample_weight=None, out=None):
         """Fit and return ``labels_`` (for out-of-core X written into ``out`` if given, see ``predict``)."""
-        if out is not None and not is_out_of_core(X):
-            raise ValueError("out= is for out-of-core X (a memmap, a .npy path or row blocks).")
-        if out is not None:
-            check_out_apart(as_source(X), out)  # before the scan of X, not after it
+        check_fit_out(X, out)  # before any pass over X, not after the fit
         with unchanged_on_error(self):
             return self._fit(X, sample_weight, out).labels_
 

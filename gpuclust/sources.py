@@ -98,16 +98,15 @@ class RowSource:
 
     n_rows: int | None = None
     n_features: int | None = None
+    dtype: np.dtype | None = None
+    name: str = "X"
 
     def shares_storage_with(self, out: np.ndarray) -> bool:
         """Whether writing ``out`` could change these rows (a file or memory they are read from).
 
-        False where the source cannot tell (blocks from a sequence or a callable).
+        False where the source cannot tell (the blocks a callable makes).
         """
         return False
-
-    dtype: np.dtype | None = None
-    name: str = "X"
 
     def compute_dtype(self, device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
         """The dtype the tiles are computed in (as :func:`gpuclust._arrays.as_tensor` decides)."""
@@ -241,8 +240,7 @@ class _FileSource(RowSource):
         self.path, self.offset, self.name = path, int(offset), name
         self.n_rows, self.n_features = int(shape[0]), int(shape[1])
         self.dtype = np.dtype(dtype)
-
-    mapped = None  # the memmap X came as (from_memmap), for a check by address
+        self.mapped = None  # the memmap X came as (from_memmap), for a check by address
 
     def shares_storage_with(self, out):
         if self.mapped is not None and np.may_share_memory(out, self.mapped):
@@ -319,6 +317,15 @@ class _FileSource(RowSource):
             os.close(fd)
 
 
+def check_fit_out(X, out) -> None:
+    """``fit_predict``'s ``out``, before any pass over X: for out-of-core X only, and apart from it."""
+    if out is None:
+        return
+    if not is_out_of_core(X):
+        raise ValueError(_OUT_IS_OUT_OF_CORE)
+    check_out_apart(as_source(X), out)
+
+
 def check_out_apart(source: RowSource, out) -> None:
     """ValueError when writing ``out`` could change the rows of ``source`` (see ``shares_storage_with``).
 
@@ -342,12 +349,19 @@ def _backing_file(array) -> str | None:
     return None
 
 
-def _block_shares_storage(block: np.ndarray, out: np.ndarray) -> bool:
-    """Whether ``out`` overlaps ``block``'s memory, or maps the file ``block`` maps."""
+def _block_shares_storage(block: np.ndarray, out: np.ndarray, out_files=None) -> bool:
+    """Whether ``out`` overlaps ``block``'s memory, or maps the file ``block`` maps.
+
+    ``out_files``: :func:`_mapped_file_ids` of ``out``, read once by a caller checking many blocks.
+    """
     if np.may_share_memory(out, block):
         return True
     name = _backing_file(block)
-    return _same_file(_backing_file(out), name) or (name is not None and _file_id(name) in _mapped_file_ids(out))
+    if name is None:
+        return False
+    if _same_file(_backing_file(out), name):
+        return True
+    return _file_id(name) in (_mapped_file_ids(out) if out_files is None else out_files)
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -448,7 +462,10 @@ class _BlockSource(RowSource):
     def shares_storage_with(self, out):
         # A sequence's blocks are fixed: each is checked. A callable's may differ from pass to
         # pass (and producing them may be a pass over a file): not checked, as its docs say.
-        return self.static and any(_block_shares_storage(block, out) for block in self._blocks())
+        if not self.static:
+            return False
+        out_files = _mapped_file_ids(out)
+        return any(_block_shares_storage(block, out, out_files) for block in self._blocks())
 
     def _blocks(self):
         it = self.make_iter()
